@@ -1,0 +1,1 @@
+"""Per-operator latency models: features, estimator, roofline fallback, artifacts."""

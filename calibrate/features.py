@@ -1,0 +1,47 @@
+"""Which feature columns drive each operator's latency, and how often it runs.
+
+Vary data, not classes: every operator is fitted by the same
+:class:`calibrate.estimator.LatencyModel`; this table says which columns of the
+``operator_profile`` table are its inputs and how the step cost model counts it.
+
+``scope``: ``"layer"`` ops run once per decoder layer; ``"model"`` ops once per step.
+"""
+
+from __future__ import annotations
+
+DENSE = ("tokens",)
+PER_SEQUENCE = ("sequences",)
+ATTENTION = ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode")
+
+# operator -> (feature columns, scope)
+OPERATORS: dict[str, tuple[tuple[str, ...], str]] = {
+    "qkv_proj": (DENSE, "layer"),
+    "o_proj": (DENSE, "layer"),
+    "gate_up_proj": (DENSE, "layer"),
+    "down_proj": (DENSE, "layer"),
+    "act_fn": (DENSE, "layer"),
+    "rotary_emb": (DENSE, "layer"),
+    "qk_norm": (DENSE, "layer"),
+    # two RMSNorms per decoder layer (input and post-attention); profiled once
+    "layernorm": (DENSE, "layer"),
+    "embedding": (DENSE, "model"),
+    "final_layernorm": (DENSE, "model"),
+    "lm_head": (PER_SEQUENCE, "model"),
+    "sampler": (PER_SEQUENCE, "model"),
+    "attention": (ATTENTION, "layer"),
+}
+
+# How many times a per-layer operator runs in one decoder layer.
+CALLS_PER_LAYER = {"layernorm": 2}
+
+# Operators every dense decoder needs; ``qk_norm`` only where the model has it (Qwen3).
+REQUIRED = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "act_fn", "layernorm",
+            "embedding", "final_layernorm", "lm_head", "sampler", "attention")
+
+
+def features_of(operator: str) -> tuple[str, ...]:
+    """Feature columns of ``operator``; KeyError names the known operators."""
+    try:
+        return OPERATORS[operator][0]
+    except KeyError:
+        raise KeyError(f"unknown operator {operator!r}; known: {sorted(OPERATORS)}") from None

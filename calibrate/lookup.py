@@ -1,0 +1,76 @@
+"""Fast lookups for the replay hot path.
+
+The replay asks for operator latencies millions of times, one step at a time, so
+numpy's per-call overhead (microseconds) would dominate. These lookups are compiled
+once from fitted :class:`~calibrate.estimator.LatencyModel` grids into plain Python
+lists and evaluated with scalar arithmetic.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass
+from itertools import product
+
+import numpy as np
+
+from calibrate.estimator import LatencyModel
+
+
+def integer_table(model: LatencyModel, upto: int) -> np.ndarray:
+    """Latency (s) of a 1-feature model at every integer 0..upto (0 maps to 0 s)."""
+    x = np.arange(upto + 1, dtype=float)
+    out = model.predict(x[:, None])
+    out[0] = 0.0
+    return out
+
+
+@dataclass(frozen=True)
+class GridLookup:
+    """Multilinear interpolation over a regular (uneven) grid, scalar arguments.
+
+    Out-of-range arguments are clipped to the measured range; callers that need to
+    know (the cost model does) test :meth:`inside` first.
+    """
+
+    axes: tuple[tuple[float, ...], ...]
+    values: tuple[float, ...]  # row-major flattening of the grid
+    strides: tuple[int, ...]
+
+    @classmethod
+    def from_model(cls, model: LatencyModel) -> GridLookup:
+        grid = np.asarray(model.grid_, dtype=float)
+        strides = tuple(int(s // grid.itemsize) for s in grid.strides)
+        return cls(tuple(tuple(map(float, a)) for a in model.axes_), tuple(grid.ravel().tolist()), strides)
+
+    def inside(self, *x: float) -> bool:
+        """True when every argument lies within its axis' measured range."""
+        return all(a[0] <= v <= a[-1] for a, v in zip(self.axes, x))
+
+    def __call__(self, *x: float) -> float:
+        base = 0
+        corners = []  # per axis: (index offset along stride, weight low, weight high)
+        for a, s, v in zip(self.axes, self.strides, x):
+            n = len(a)
+            if n == 1 or v <= a[0]:
+                corners.append(((0, 1.0),))
+                continue
+            if v >= a[-1]:
+                base += (n - 1) * s
+                corners.append(((0, 1.0),))
+                continue
+            i = bisect_right(a, v) - 1
+            w = (v - a[i]) / (a[i + 1] - a[i])
+            base += i * s
+            corners.append(((0, 1.0 - w), (s, w)))
+        total = 0.0
+        vals = self.values
+        for combo in product(*corners):
+            off = base
+            w = 1.0
+            for o, cw in combo:
+                off += o
+                w *= cw
+            if w:
+                total += w * vals[off]
+        return total

@@ -1,0 +1,1 @@
+"""Hardware datasheets, model architectures and operator-profile readers."""

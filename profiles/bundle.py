@@ -1,0 +1,159 @@
+"""Reader for layer-profile bundles (LLMServingSim profiler layout, legacy tables).
+
+A bundle root (``.../<hardware>/<org>/<model>/<variant>``) holds ``meta.yaml`` and
+one folder per tensor-parallel degree, ``tp<N>/``, with:
+
+``dense.csv``        ``layer,tokens,time_us`` — per-token ops of ONE decoder layer
+                     (qkv/o/gate_up/down projections, norms, rotary, activation) and
+                     the once-per-model ``embedding`` and ``final_layernorm``.
+``per_sequence.csv`` ``layer,sequences,time_us`` — ``lm_head`` and ``sampler``.
+``attention.csv``    ``prefill_chunk,kv_prefill,n_decode,kv_decode,time_us`` — one
+                     layer's attention for a batch of one prefill chunk (with
+                     ``kv_prefill`` tokens already cached) and ``n_decode`` decodes
+                     of KV length ``kv_decode``.
+``moe.csv``          MoE layer timings (MoE models only).
+``skew.csv`` / ``skew_fit.csv``  decode batches with uneven KV lengths.
+
+Times are microseconds on disk and seconds once read. The tables of ``tp<N>`` hold
+the shapes of ONE tensor-parallel rank (heads, intermediate and vocab divided by N),
+measured on a single GPU: they contain no collective communication, which the
+cost model adds. ``meta.yaml``'s ``hf_overrides`` records the shard shapes of the
+last degree profiled, with ``num_hidden_layers: 1``: tables are per layer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import yaml
+
+from traces.errors import TraceError
+from traces.schema import OPERATOR_PROFILE, from_columns
+
+# table name -> (required columns, feature columns mapped to operator_profile names)
+TABLES = {
+    "dense": (("layer", "tokens", "time_us"), {"tokens": "tokens"}),
+    "per_sequence": (("layer", "sequences", "time_us"), {"sequences": "sequences"}),
+    "attention": (
+        ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode", "time_us"),
+        {c: c for c in ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode")},
+    ),
+}
+OPTIONAL_TABLES = ("moe", "skew", "skew_fit")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A read layer-profile bundle.
+
+    Attributes
+    ----------
+    root : Path
+    meta : dict
+        ``meta.yaml`` as parsed.
+    tables : dict
+        ``{(tp, name): DataFrame}``; ``time_us`` is replaced by ``latency_s`` (s).
+    """
+
+    root: Path
+    meta: dict
+    tables: dict = field(repr=False)
+
+    @property
+    def tp_degrees(self) -> list[int]:
+        return sorted({tp for tp, _ in self.tables})
+
+    @property
+    def hardware(self) -> str:
+        return str(self.meta.get("hardware") or self.meta.get("gpu") or "unknown")
+
+    def table(self, tp: int, name: str) -> pd.DataFrame:
+        """Return table ``name`` of degree ``tp``; TraceError naming the file if absent."""
+        try:
+            return self.tables[(tp, name)]
+        except KeyError:
+            raise TraceError(self.root / f"tp{tp}" / f"{name}.csv", "table not in bundle") from None
+
+
+def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path)
+    except Exception as exc:
+        raise TraceError(path, f"unreadable CSV ({exc})") from exc
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise TraceError(path, f"missing columns {missing}; found {list(df.columns)}", line=1)
+    if "time_us" in df.columns:
+        t = pd.to_numeric(df["time_us"], errors="coerce")
+        bad = np.flatnonzero(~np.isfinite(t.to_numpy(float)) | (t.to_numpy(float) <= 0))
+        if bad.size:
+            raise TraceError(path, f"time_us must be a positive number (got {df['time_us'].iloc[bad[0]]!r})", line=int(bad[0]) + 2)
+        df = df.drop(columns="time_us").assign(latency_s=t.to_numpy(float) * 1e-6)
+    return df
+
+
+def read_bundle(root) -> Bundle:
+    """Read ``meta.yaml`` and every ``tp<N>/*.csv`` table of a bundle.
+
+    Raises
+    ------
+    TraceError
+        Missing ``meta.yaml`` or tp folders, missing columns, non-positive times.
+    """
+    root = Path(root)
+    meta_path = root / "meta.yaml"
+    if not meta_path.is_file():
+        raise TraceError(meta_path, "bundle has no meta.yaml (is --profiles the bundle root, e.g. .../<model>/bf16?)")
+    try:
+        meta = yaml.safe_load(meta_path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise TraceError(meta_path, f"invalid YAML ({exc})") from exc
+    tables = {}
+    for tp_dir in sorted(p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"tp\d+", p.name)):
+        tp = int(tp_dir.name[2:])
+        for name, (required, _) in TABLES.items():
+            path = tp_dir / f"{name}.csv"
+            if path.is_file():
+                tables[(tp, name)] = _read_csv(path, required)
+        for name in OPTIONAL_TABLES:
+            path = tp_dir / f"{name}.csv"
+            if path.is_file():
+                tables[(tp, name)] = _read_csv(path, ())
+    if not tables:
+        raise TraceError(root, "no tp<N>/ folders with profile tables")
+    return Bundle(root=root, meta=meta, tables=tables)
+
+
+def to_operator_profile(bundle: Bundle) -> pa.Table:
+    """Flatten the dense, per-sequence and attention tables into ``operator_profile``."""
+    cols: dict[str, list] = {name: [] for name in OPERATOR_PROFILE.names}
+    engine_version = str(bundle.meta.get("vllm_version", ""))
+    for (tp, name), df in sorted(bundle.tables.items(), key=lambda kv: kv[0]):
+        if name not in TABLES:
+            continue
+        features = TABLES[name][1]
+        ops = df["layer"].astype(str) if "layer" in df.columns else pd.Series(["attention"] * len(df))
+        n = len(df)
+        fixed = {
+            "hardware": bundle.hardware, "engine": "vllm", "engine_version": engine_version,
+            "model": str(bundle.meta.get("model", "")), "dtype": str(bundle.meta.get("variant", "")),
+            "tp": tp, "pp": 1, "ep": 1, "source": f"llmservingsim-bundle:tp{tp}/{name}.csv",
+        }
+        for key in OPERATOR_PROFILE.names:
+            if key in fixed:
+                cols[key].extend([fixed[key]] * n)
+            elif key == "operator":
+                cols[key].extend(ops.tolist())
+            elif key == "latency_s":
+                cols[key].extend(df["latency_s"].tolist())
+            elif key in features.values():
+                src = next(k for k, v in features.items() if v == key)
+                cols[key].extend(df[src].astype("int64").tolist())
+            else:
+                cols[key].extend([None] * n)
+    return from_columns(OPERATOR_PROFILE, cols, metadata={"mist.bundle": str(bundle.root)})

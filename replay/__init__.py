@@ -1,0 +1,1 @@
+"""Event-driven replay: event loop, vLLM-like scheduler, KV cache, cost model."""

@@ -1,0 +1,141 @@
+"""Assemble a replay from data: engine settings, KV capacity, step cost, requests.
+
+Everything here comes from the run's engine settings (``meta.json``), the model
+config, the hardware datasheet and the operator profile — never from the measured
+request timings a replay is validated against.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+
+from calibrate.estimator import LatencyModel
+from calibrate.features import CALLS_PER_LAYER, OPERATORS, REQUIRED
+from calibrate.lookup import GridLookup, integer_table
+from profiles.model import ModelConfig, dtype_bytes
+from replay.config import EngineConfig
+from replay.cost import StepCost
+from replay.request import Request
+from traces.errors import TraceError
+
+# Memory vLLM keeps outside weights and KV (activations of a max-size step, CUDA
+# graphs, NCCL/cuBLAS workspaces): a rule-of-thumb figure, bytes per GPU.
+NON_KV_RESERVE_BYTES = 3 * 2**30
+# Latency of one all-reduce launch (s): CUDA-graph captured NCCL / custom all-reduce
+# over PCIe/NVLink is of this order; bandwidth comes from the datasheet.
+ALLREDUCE_LATENCY_S = 8e-6
+
+
+def kv_blocks(model: ModelConfig, memory_bytes: float, utilization: float, tp: int,
+              block_size: int, kv_dtype_bytes: float = 2.0) -> int:
+    """KV-cache blocks per replica, as vLLM sizes them.
+
+    ``memory * utilization - weights/tp - reserve`` per GPU, divided by the per-rank
+    KV bytes of one block (all layers).
+    """
+    free = memory_bytes * utilization - model.weight_bytes(dtype_bytes(model.torch_dtype)) / tp
+    free -= NON_KV_RESERVE_BYTES
+    per_block = model.kv_bytes_per_token(kv_dtype_bytes) / tp * block_size
+    return max(0, int(free // per_block))
+
+
+def check_profile(models: dict[str, LatencyModel], model: ModelConfig, tp: int, where: str) -> None:
+    """Raise TraceError naming the first operator the model needs that the profile lacks."""
+    needed = list(REQUIRED) + (["qk_norm"] if model.qk_norm else [])
+    for op in needed:
+        if op not in models:
+            raise TraceError(where, f"profile has no operator {op!r} at tp={tp}, needed by {model.name}")
+
+
+def allreduce_s(num_bytes: float, tp: int, link_bw_bytes_s: float,
+                latency_s: float = ALLREDUCE_LATENCY_S) -> float:
+    """Ring all-reduce time (s) of ``num_bytes`` across ``tp`` ranks."""
+    if tp <= 1:
+        return 0.0
+    return latency_s + 2.0 * (tp - 1) / tp * num_bytes / link_bw_bytes_s
+
+
+def build_step_cost(models: dict[str, LatencyModel], model: ModelConfig, cfg: EngineConfig,
+                    link_bw_bytes_s: float, skew_alpha: float = 0.0,
+                    link_latency_s: float = ALLREDUCE_LATENCY_S) -> StepCost:
+    """Compile the per-step cost tables for one replica."""
+    max_tokens = cfg.max_num_batched_tokens
+    layer = np.zeros(max_tokens + 1)
+    once = np.zeros(max_tokens + 1)
+    for op, (feats, scope) in OPERATORS.items():
+        if feats != ("tokens",) or op not in models:
+            continue
+        table = integer_table(models[op], max_tokens) * CALLS_PER_LAYER.get(op, 1)
+        if scope == "layer":
+            layer += table
+        else:
+            once += table
+    act_bytes = np.arange(max_tokens + 1) * model.hidden_size * dtype_bytes(model.torch_dtype)
+    comm = np.array([2 * allreduce_s(b, cfg.tensor_parallel, link_bw_bytes_s, link_latency_s) if b else 0.0 for b in act_bytes])
+    dense = once + model.num_layers * (layer + comm)
+    max_seqs = cfg.max_num_seqs + 1
+    per_seq = integer_table(models["lm_head"], max_seqs) + integer_table(models["sampler"], max_seqs)
+    return StepCost(
+        dense_s=tuple(dense.tolist()), per_seq_s=tuple(per_seq.tolist()),
+        attention=GridLookup.from_model(models["attention"]), num_layers=model.num_layers,
+        skew_alpha=skew_alpha, overhead_s=cfg.step_overhead_s,
+    )
+
+
+def requests_from_table(table: pa.Table, arrival: str = "engine") -> list[Request]:
+    """Replay requests from a ``requests`` table, in arrival order.
+
+    ``arrival="engine"`` feeds each request to the simulated engine when the real
+    engine received it (``queued_s``, when recorded), so the front end's measured
+    delay is replayed rather than modelled; ``"client"`` uses ``arrival_s``.
+    """
+    cols = table.select(["request_id", "arrival_s", "queued_s", "input_tokens", "output_tokens",
+                         "prompt_token_ids"]).to_pydict()
+    out = []
+    for i, rid in enumerate(cols["request_id"]):
+        t = cols["arrival_s"][i]
+        if arrival == "engine" and cols["queued_s"][i] is not None and not math.isnan(cols["queued_s"][i]):
+            t = cols["queued_s"][i]
+        out.append(Request(i, rid, t, int(cols["input_tokens"][i]), int(cols["output_tokens"][i]),
+                           cols["prompt_token_ids"][i]))
+    out.sort(key=lambda r: (r.arrival_s, r.index))
+    return out
+
+
+def _version_at_least(version: str, major: int, minor: int) -> bool:
+    try:
+        parts = [int(p) for p in str(version).split(".")[:2]]
+    except ValueError:
+        return True
+    return tuple(parts) >= (major, minor)
+
+
+def engine_config(meta: dict, model: ModelConfig, memory_bytes: float, bundle_meta: dict | None = None,
+                  **overrides) -> EngineConfig:
+    """Engine settings from a run's ``meta.json`` (``engine_kwargs``) plus vLLM defaults.
+
+    Block size: ``engine_kwargs.block_size``, else the profile's engine block size,
+    else 16 (vLLM's GPU default). Prefix caching defaults on (vLLM v1); async
+    scheduling defaults on from vLLM 0.12.
+    """
+    kw = dict(meta.get("engine_kwargs") or {})
+    eff = dict((bundle_meta or {}).get("engine_effective") or {})
+    tp = int(kw.get("tensor_parallel_size") or 1)
+    block = int(kw.get("block_size") or eff.get("block_size") or 16)
+    util = float(kw.get("gpu_memory_utilization") or eff.get("gpu_memory_utilization") or 0.9)
+    version = str(meta.get("vllm_version", ""))
+    settings = dict(
+        max_num_seqs=int(kw.get("max_num_seqs") or 256),
+        max_num_batched_tokens=int(kw.get("max_num_batched_tokens") or 2048),
+        block_size=block,
+        tensor_parallel=tp,
+        data_parallel=int(kw.get("data_parallel_size") or 1),
+        enable_prefix_caching=bool(kw.get("enable_prefix_caching", True)),
+        async_scheduling=bool(kw.get("async_scheduling", _version_at_least(version, 0, 12))),
+        num_gpu_blocks=int(kw.get("num_gpu_blocks_override") or kv_blocks(model, memory_bytes, util, tp, block)),
+    )
+    settings.update(overrides)
+    return EngineConfig(**settings)

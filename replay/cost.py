@@ -1,0 +1,77 @@
+"""Step time from calibrated operators.
+
+A step that computes ``T`` tokens for ``S`` sequences on a model of ``L`` decoder
+layers takes::
+
+    embedding(T) + final_layernorm(T)
+    + L * [ sum of per-layer dense ops(T) + attention(batch) + tp_allreduce(T) * 2 ]
+    + lm_head(S) + sampler(S) + step_overhead
+
+Dense ops are looked up by token count, ``lm_head``/``sampler`` by sequences (vLLM
+computes logits for the last scheduled token of every request in the step).
+Attention is looked up for the largest prefill chunk together with all decodes
+(the profile measured mixed batches of one prefill and ``n`` decodes); further
+prefill chunks add their own prefill-only attention. Decodes with uneven KV lengths
+use ``t_mean + alpha * (t_max - t_mean)`` with the profiled skew ``alpha``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from calibrate.lookup import GridLookup
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """Compiled per-step cost tables (all seconds).
+
+    Attributes
+    ----------
+    dense_s : tuple
+        Index ``T``: embedding + final norm + ``L`` x per-layer dense ops + TP
+        all-reduces, for ``T`` tokens.
+    per_seq_s : tuple
+        Index ``S``: lm_head + sampler for ``S`` sequences.
+    attention : GridLookup
+        One layer's attention by (prefill_chunk, kv_prefill, n_decode, kv_decode).
+    num_layers : int
+    skew_alpha : float
+    overhead_s : float
+    """
+
+    dense_s: tuple
+    per_seq_s: tuple
+    attention: GridLookup
+    num_layers: int
+    skew_alpha: float = 0.0
+    overhead_s: float = 0.0
+
+    def attention_s(self, prefills: list, n_decode: int, kv_sum: int, kv_max: int) -> float:
+        """Attention time of all layers (s) for prefill chunks ``[(chunk, kv_before)]``
+        and ``n_decode`` decodes whose KV lengths sum to ``kv_sum`` (max ``kv_max``)."""
+        attn = self.attention
+        c0, k0 = max(prefills) if prefills else (0, 0)
+        kv_mean = kv_sum / n_decode if n_decode else 0.0
+        t = attn(c0, k0, n_decode, kv_mean)
+        if n_decode > 1 and kv_max > kv_mean and self.skew_alpha:
+            t_max = attn(c0, k0, n_decode, kv_max)
+            if t_max > t:
+                t += self.skew_alpha * (t_max - t)
+        if len(prefills) > 1:
+            first = True
+            for c, k in prefills:
+                if first and (c, k) == (c0, k0):
+                    first = False
+                    continue
+                t += attn(c, k, 0, 0)
+        return t * self.num_layers
+
+    def step_s(self, num_tokens: int, num_seqs: int, prefills: list, n_decode: int,
+               kv_sum: int, kv_max: int) -> float:
+        """Duration (s) of one engine step."""
+        dense = self.dense_s
+        per_seq = self.per_seq_s
+        d = dense[num_tokens] if num_tokens < len(dense) else dense[-1] * num_tokens / (len(dense) - 1)
+        s = per_seq[num_seqs] if num_seqs < len(per_seq) else per_seq[-1] * num_seqs / (len(per_seq) - 1)
+        return d + s + self.attention_s(prefills, n_decode, kv_sum, kv_max) + self.overhead_s

@@ -1,0 +1,131 @@
+"""A paged KV cache with vLLM-style automatic prefix caching.
+
+Blocks hold ``block_size`` tokens. Free blocks wait in one LRU queue; a block that
+filled up while in use keeps its content hash after it is freed, so a later request
+with the same prefix can reuse it until the block is handed out again (evicted).
+Block hashes chain: block ``i``'s hash covers all tokens up to the end of block ``i``.
+
+Prompt tokens hash by their ids when the trace has them; otherwise, and for
+generated tokens (whose ids a replay never knows), they hash with a per-request
+salt, so they can only be hit by the same request again (after a preemption).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from replay.request import Request
+
+
+def prompt_block_hashes(token_ids, block_size: int, salt: int) -> list[int]:
+    """Chained hashes of the full blocks of ``token_ids``.
+
+    ``salt`` (a negative int) starts the chain for prompts without token ids; ints and
+    tuples of ints hash identically in every Python process, so hits are reproducible.
+    """
+    hashes, prev = [], 0
+    for start in range(0, len(token_ids) - block_size + 1, block_size):
+        prev = hash((prev, tuple(token_ids[start:start + block_size])))
+        hashes.append(prev)
+    return hashes if token_ids else []
+
+
+class KVCache:
+    """Block allocator with prefix caching (``enable_prefix_caching``)."""
+
+    def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = True):
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.prefix_caching = prefix_caching
+        self.free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
+        self.ref = [0] * num_blocks
+        self.hash_of: list[int | None] = [None] * num_blocks
+        self.block_of: dict[int, int] = {}
+        self.hit_tokens = 0
+        self.queried_tokens = 0
+
+    @property
+    def used_blocks(self) -> int:
+        return self.num_blocks - len(self.free)
+
+    def _hashes(self, req: Request, upto_blocks: int) -> list[int]:
+        """Hashes of the request's first ``upto_blocks`` full blocks (computed lazily)."""
+        hashes = req.block_hashes
+        if hashes is None:
+            ids = req.token_ids
+            hashes = prompt_block_hashes(ids, self.block_size, 0) if ids is not None else []
+            req.block_hashes = hashes
+        if len(hashes) < upto_blocks:  # salted hashes for tokens without known ids
+            prev = hashes[-1] if hashes else -(req.index + 1)
+            for i in range(len(hashes), upto_blocks):
+                prev = hash((prev, -(req.index + 1), i))
+                hashes.append(prev)
+        return hashes
+
+    def match_prefix(self, req: Request) -> int:
+        """Tokens of ``req`` found in the cache (whole blocks), at most ``num_tokens - 1``.
+
+        The last token is always recomputed: its logits are needed to sample.
+        """
+        if not self.prefix_caching:
+            return 0
+        max_blocks = (req.num_tokens - 1) // self.block_size
+        hashes = self._hashes(req, max_blocks)
+        n = 0
+        for h in hashes[:max_blocks]:
+            if h not in self.block_of:
+                break
+            n += 1
+        self.queried_tokens += req.num_tokens
+        self.hit_tokens += n * self.block_size
+        return n * self.block_size
+
+    def take_prefix(self, req: Request, num_tokens: int) -> None:
+        """Attach the cached blocks of ``req``'s first ``num_tokens`` tokens."""
+        for h in req.block_hashes[: num_tokens // self.block_size]:
+            b = self.block_of[h]
+            if self.ref[b] == 0:
+                del self.free[b]
+            self.ref[b] += 1
+            req.blocks.append(b)
+
+    def can_allocate(self, req: Request, num_tokens: int) -> bool:
+        need = -(-num_tokens // self.block_size) - len(req.blocks)
+        return need <= len(self.free)
+
+    def allocate(self, req: Request, num_tokens: int) -> bool:
+        """Grow ``req`` to hold ``num_tokens`` tokens; False (and no change) if blocks run out."""
+        need = -(-num_tokens // self.block_size) - len(req.blocks)
+        if need > len(self.free):
+            return False
+        for _ in range(need):
+            b, _ = self.free.popitem(last=False)
+            h = self.hash_of[b]
+            if h is not None:  # evict the cached content
+                del self.block_of[h]
+                self.hash_of[b] = None
+            self.ref[b] = 1
+            req.blocks.append(b)
+        return True
+
+    def commit(self, req: Request) -> None:
+        """Register the hashes of blocks that are now full of computed tokens."""
+        if not self.prefix_caching:
+            return
+        full = req.num_computed // self.block_size
+        hashes = self._hashes(req, full)
+        for i in range(full):
+            b = req.blocks[i]
+            if self.hash_of[b] is None:
+                h = hashes[i]
+                if h not in self.block_of:
+                    self.hash_of[b] = h
+                    self.block_of[h] = b
+
+    def release(self, req: Request) -> None:
+        """Free ``req``'s blocks, tail first, so its last blocks are evicted first."""
+        for b in reversed(req.blocks):
+            self.ref[b] -= 1
+            if self.ref[b] == 0:
+                self.free[b] = None
+        req.blocks = []

@@ -1,0 +1,103 @@
+"""One call from data to simulated tables: settings + profile + requests -> replay."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from calibrate.calibration import fit_operators
+from profiles.bundle import Bundle, to_operator_profile
+from profiles.hardware import Hardware
+from profiles.model import ModelConfig
+from replay.build import build_step_cost, check_profile, engine_config, requests_from_table
+from replay.config import EngineConfig
+from replay.cost import StepCost
+from replay.simulate import replay_requests
+from traces.schema import REQUESTS, STEPS, from_columns
+
+
+@dataclass(frozen=True)
+class Link:
+    """Device-to-device link used by tensor-parallel collectives.
+
+    Attributes
+    ----------
+    bw_bytes_s : float
+        Bandwidth, bytes/s (one direction).
+    latency_s : float
+        Per-collective launch latency, s.
+    source : str
+        Where the figures come from.
+    """
+
+    bw_bytes_s: float
+    latency_s: float
+    source: str
+
+
+def link_from(cluster: dict | None, hardware: Hardware | None) -> Link:
+    """Link figures from a run's ``cluster.json`` (``link_bw`` GB/s, ``link_latency`` ns),
+    else the hardware datasheet's interconnect."""
+    from replay.build import ALLREDUCE_LATENCY_S
+
+    if cluster and cluster.get("link_bw"):
+        lat = float(cluster.get("link_latency") or 0.0) * 1e-9 or ALLREDUCE_LATENCY_S
+        return Link(float(cluster["link_bw"]) * 1e9, lat, "cluster.json")
+    if hardware is not None:
+        return Link(hardware.interconnect_bw_bytes_s, ALLREDUCE_LATENCY_S, f"datasheet:{hardware.name}")
+    return Link(64e9, ALLREDUCE_LATENCY_S, "default PCIe Gen5 x16")
+
+
+def device_memory(cluster: dict | None, hardware: Hardware | None) -> float:
+    """GPU memory (bytes): ``cluster.json`` npu_mem.mem_size (GB) or the datasheet."""
+    try:
+        return float(cluster["nodes"][0]["instances"][0]["npu_mem"]["mem_size"]) * 1e9
+    except (KeyError, IndexError, TypeError):
+        pass
+    if hardware is None:
+        raise ValueError("device memory unknown: give a cluster.json or a catalogued hardware name")
+    return hardware.memory_bytes
+
+
+def skew_alpha(bundle: Bundle, tp: int) -> float:
+    """The bundle's default skew ``alpha`` at degree ``tp`` (0 when not profiled)."""
+    per_tp = ((bundle.meta.get("skew_fit") or {}).get("per_tp") or {})
+    entry = per_tp.get(tp) or per_tp.get(str(tp)) or {}
+    return float(entry.get("alpha_default") or 0.0)
+
+
+def prepare(meta: dict, bundle: Bundle, model: ModelConfig, hardware: Hardware | None,
+            **overrides) -> tuple[EngineConfig, StepCost, dict]:
+    """Engine settings and compiled step cost for a run; plus notes on where figures came from."""
+    cluster = meta.get("cluster")
+    cfg = engine_config(meta, model, device_memory(cluster, hardware), bundle.meta, **overrides)
+    models = fit_operators(to_operator_profile(bundle), cfg.tensor_parallel)
+    check_profile(models, model, cfg.tensor_parallel, str(bundle.root / f"tp{cfg.tensor_parallel}"))
+    link = link_from(cluster, hardware)
+    alpha = skew_alpha(bundle, cfg.tensor_parallel)
+    cost = build_step_cost(models, model, cfg, link.bw_bytes_s, alpha, link.latency_s)
+    notes = {"link": link.source, "skew_alpha": alpha, "num_gpu_blocks": cfg.num_gpu_blocks}
+    return cfg, cost, notes
+
+
+def simulate(requests: pa.Table, cfg: EngineConfig, cost: StepCost, arrival: str = "engine"):
+    """Replay ``requests``; return (simulated requests table, steps table, wall seconds)."""
+    reqs = requests_from_table(requests, arrival)
+    t0 = time.perf_counter()
+    rep = replay_requests(reqs, cfg, cost)
+    wall = time.perf_counter() - t0
+    by_index = sorted(reqs, key=lambda r: r.index)
+    src = requests.select(["request_id", "arrival_s", "input_tokens", "output_tokens"]).to_pydict()
+    cols = dict(src)
+    cols.update(
+        cached_tokens=[r.cached_tokens for r in by_index],
+        queued_s=[r.queued_s for r in by_index],
+        scheduled_s=[r.scheduled_s for r in by_index],
+        first_token_s=[r.first_token_s for r in by_index],
+        finished_s=[r.finished_s for r in by_index],
+    )
+    sim = from_columns(REQUESTS, cols, metadata={"mist.source_format": "mist-replay"})
+    steps = from_columns(STEPS, rep.step_columns())
+    return sim, steps, wall

@@ -1,0 +1,93 @@
+"""A vLLM-v1-like scheduler: continuous batching with chunked prefill.
+
+One call of :func:`schedule` builds one engine step, as vLLM v1's
+``Scheduler.schedule()`` does:
+
+1. Running requests, in admission order, each take what they still need (1 token
+   for a decode, the rest of the prompt for a prefill), cut to the remaining token
+   budget. When KV blocks run out, the last running request is preempted (its
+   blocks freed, to be recomputed) until the current one fits.
+2. Only if nothing was preempted, waiting requests are admitted first-come
+   first-served while the budget lasts and fewer than ``max_num_seqs`` run; each
+   first looks up its prompt in the prefix cache; the last one admitted may get a
+   partial chunk. The first waiting request that cannot get KV blocks stops
+   admission (head-of-line blocking).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from replay.config import EngineConfig
+from replay.kvcache import KVCache
+from replay.request import Request
+
+
+@dataclass
+class StepPlan:
+    """The requests of one step and how many new tokens each computes."""
+
+    items: list[tuple[Request, int]] = field(default_factory=list)
+    num_tokens: int = 0
+    preempted: int = 0
+    # (request, index of the token it samples, 1-based), filled when the plan is applied
+    sampled: list[tuple[Request, int]] = field(default_factory=list)
+
+
+def _preempt(running: list, waiting: deque, kv: KVCache) -> Request:
+    victim = running.pop()
+    kv.release(victim)
+    victim.num_computed = 0
+    victim.num_preemptions += 1
+    waiting.appendleft(victim)
+    return victim
+
+
+def schedule(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now: float) -> StepPlan:
+    """Build the next step from the ``running`` list and ``waiting`` queue (mutated)."""
+    plan = StepPlan()
+    budget = cfg.max_num_batched_tokens
+    i = 0
+    while i < len(running) and budget > 0:
+        req = running[i]
+        n = min(req.num_tokens - req.num_computed, budget)
+        if n <= 0 or req.num_generated >= req.output_len:  # done, awaiting its last output
+            i += 1
+            continue
+        while not kv.allocate(req, req.num_computed + n):
+            victim = _preempt(running, waiting, kv)
+            plan.preempted += 1
+            if victim is req:
+                break
+        else:
+            plan.items.append((req, n))
+            budget -= n
+            i += 1
+    if plan.preempted:
+        plan.num_tokens = cfg.max_num_batched_tokens - budget
+        return plan
+    while waiting and budget > 0 and len(running) < cfg.max_num_seqs:
+        req = waiting[0]
+        if req.num_computed == 0 and not req.blocks:
+            hit = kv.match_prefix(req)
+        else:
+            hit = req.num_computed
+        n = min(req.num_tokens - hit, budget)
+        if cfg.reserve_full_prompt and not kv.can_allocate(req, req.num_tokens):
+            break
+        if hit and not req.blocks:
+            kv.take_prefix(req, hit)
+        if not kv.allocate(req, hit + n):
+            kv.release(req)
+            break
+        waiting.popleft()
+        if req.scheduled_s is None:
+            req.scheduled_s = now
+            req.cached_tokens = hit
+        req.num_computed = hit
+        running.append(req)
+        plan.items.append((req, n))
+        budget -= n
+    plan.num_tokens = cfg.max_num_batched_tokens - budget
+    return plan

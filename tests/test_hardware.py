@@ -1,0 +1,139 @@
+"""Hardware datasheet catalog: loads, resolves aliases, agrees with real system files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from profiles.hardware import DEFAULT_CATALOG, get_hardware, load_catalog
+from traces.errors import TraceError
+
+REQUIRED = ("RTXPRO6000", "RTX4090", "H100_SXM", "H200", "A100_SXM_80GB", "L40S", "MI300X")
+
+
+def test_catalog_has_every_device_with_core_figures():
+    catalog = load_catalog()
+    assert set(REQUIRED) <= set(catalog)
+    for hw in catalog.values():
+        assert hw.peak_flops["bf16"] > 1e13, hw.name
+        assert hw.memory_bytes > 1e9 and hw.memory_bw_bytes_s > 1e11, hw.name
+        assert hw.interconnect_bw_bytes_s > 0 and hw.interconnect, hw.name
+        assert hw.price_per_hour_usd and hw.price_per_hour_usd > 0, hw.name
+        assert len(hw.sources["price"]) > 20 and len(hw.sources["datasheet"]) > 20, hw.name
+        # dense figures: fp8 about 2x bf16 (a sparse fp8 figure would be 4x); L40S's
+        # datasheet really says 733 vs 362.05
+        if "fp8" in hw.peak_flops:
+            assert hw.peak_flops["fp8"] <= 2.05 * hw.peak_flops["bf16"], hw.name
+
+
+@pytest.mark.parametrize(
+    ("alias", "key"),
+    [
+        ("h100_sxm", "H100_SXM"),
+        ("RTXPRO6000", "RTXPRO6000"),
+        ("rtxpro6000", "RTXPRO6000"),
+        ("H100 SXM", "H100_SXM"),
+        ("a100_sxm", "A100_SXM_80GB"),
+        ("l40s", "L40S"),
+        ("mi300x", "MI300X"),
+    ],
+)
+def test_aliases_resolve(alias, key):
+    assert get_hardware(alias).name == key
+
+
+def test_full_name_from_profile_meta_resolves(shared_data):
+    meta = shared_data / "profiles/llmservingsim/RTXPRO6000/meta-llama/Llama-3.1-8B/bf16/meta.yaml"
+    gpu = yaml.safe_load(meta.read_text())["gpu"]
+    assert gpu == "NVIDIA RTX PRO 6000 Blackwell Server Edition"
+    assert get_hardware(gpu).name == "RTXPRO6000"
+
+
+def test_unknown_name_lists_known():
+    with pytest.raises(KeyError, match="RTXPRO6000"):
+        get_hardware("TPU v9")
+
+
+def test_rtxpro6000_matches_cluster_json(shared_data):
+    hw = get_hardware("RTXPRO6000")
+    clusters = sorted((shared_data / "vllm-runs/RTXPRO6000").glob("*/cluster.json"))
+    assert clusters
+    for path in clusters:
+        for node in json.loads(path.read_text())["nodes"]:
+            for inst in node["instances"]:
+                assert inst["hardware"] == "RTXPRO6000"
+                # LLMServingSim npu_mem: mem_size in GB (1e9 B), mem_bw in GB/s (1e9 B/s)
+                assert hw.memory_bytes == pytest.approx(inst["npu_mem"]["mem_size"] * 1e9)
+                assert hw.memory_bw_bytes_s == pytest.approx(inst["npu_mem"]["mem_bw"] * 1e9)
+
+
+# aiconfigurator rounds (989 vs 989.4 TFLOPS) and reports L40S memory with ECC on
+# (46068 MiB vs 48 GB): 1 % on rates and links, 1 % on capacity.
+AIC_TOLERANCE = 0.01
+
+
+@pytest.mark.parametrize(
+    ("system", "key"), [("h100_sxm", "H100_SXM"), ("a100_sxm", "A100_SXM_80GB"), ("l40s", "L40S")]
+)
+def test_agrees_with_aiconfigurator_system(shared_data, system, key):
+    sys_yaml = yaml.safe_load((shared_data / f"profiles/aiconfigurator/{system}.yaml").read_text())
+    gpu, node = sys_yaml["gpu"], sys_yaml["node"]
+    hw = get_hardware(key)
+    tol = AIC_TOLERANCE
+    assert hw.peak_flops["bf16"] == pytest.approx(gpu["bfloat16_tc_flops"], rel=tol)
+    assert hw.peak_flops["int8"] == pytest.approx(gpu["int8_tc_flops"], rel=tol)
+    if "fp8_tc_flops" in gpu:
+        assert hw.peak_flops["fp8"] == pytest.approx(gpu["fp8_tc_flops"], rel=tol)
+    assert hw.memory_bw_bytes_s == pytest.approx(gpu["mem_bw"], rel=tol)
+    assert hw.memory_bytes == pytest.approx(gpu["mem_capacity"], rel=tol)
+    assert hw.tdp_w == pytest.approx(gpu["power"])
+    assert hw.interconnect_bw_bytes_s == pytest.approx(node["intra_node_bw"], rel=tol)
+
+
+def test_peak_accepts_torch_dtype_names():
+    hw = get_hardware("H100_SXM")
+    assert hw.peak("bfloat16") == hw.peak("bf16") == hw.peak("auto") == pytest.approx(989.4e12)
+    with pytest.raises(KeyError, match="fp4"):
+        hw.peak("fp4")
+
+
+def _write_catalog(tmp_path, mutate):
+    doc = yaml.safe_load(DEFAULT_CATALOG.read_text())
+    mutate(doc["devices"])
+    path = tmp_path / "hw.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d["L40S"].pop("memory_bw_gbps"), "memory_bw_gbps"),
+        (lambda d: d["L40S"].update(memory_bw_gbps="fast"), "memory_bw_gbps"),
+        (lambda d: d["L40S"]["peak_tflops"].update(bf16=-1), "bf16"),
+        (lambda d: d["L40S"]["peak_tflops"].update(bf17=1), "peak_tflops"),
+        (lambda d: d["L40S"].pop("price_source"), "price_source"),
+        (lambda d: d["L40S"].update(kind="gpgpu"), "kind"),
+        (lambda d: d["L40S"].update(memory_gib=48), "memory_gib"),
+        (lambda d: d["L40S"]["interconnect"].pop("bw_gbps_per_direction"), "bw_gbps_per_direction"),
+        (lambda d: d["L40S"].update(aliases=["h100_sxm"]), "h100_sxm"),
+    ],
+)
+def test_malformed_catalog_names_device_and_field(tmp_path, mutate, field):
+    path = _write_catalog(tmp_path, mutate)
+    with pytest.raises(TraceError, match=field) as info:
+        load_catalog(path)
+    assert "L40S" in str(info.value) and info.value.path == str(path)
+
+
+def test_bad_yaml_and_missing_devices(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("devices:\n  X: [1, 2\n")
+    with pytest.raises(TraceError, match="YAML"):
+        load_catalog(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("gpus: {}\n")
+    with pytest.raises(TraceError, match="devices"):
+        load_catalog(empty)

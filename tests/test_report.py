@@ -1,0 +1,98 @@
+"""The validation report: every file written, byte-identical across runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from validate.align import align
+from validate.metrics import summarize
+from validate.report import write_report
+
+
+def _aligned():
+    rng = np.random.default_rng(0)
+    n = 40
+    arrival = np.sort(rng.uniform(0, 10, n))
+    first = arrival + rng.uniform(0.05, 2.0, n)
+    out = rng.integers(1, 200, n)
+    finished = first + out * 0.02
+    ids = [f"r{i:03d}" for i in range(n)]
+    meas = pd.DataFrame(
+        {
+            "request_id": ids,
+            "arrival_s": arrival,
+            "input_tokens": 64,
+            "output_tokens": out,
+            "scheduled_s": arrival + 0.01,
+            "first_token_s": first,
+            "finished_s": finished,
+        }
+    )
+    sim_first = arrival + (first - arrival) * 1.1
+    sim = meas.assign(first_token_s=sim_first, finished_s=sim_first + out * 0.021).iloc[:-2]
+    return align(meas, sim)
+
+
+def _steps():
+    t = np.arange(0.0, 10.0, 0.5)
+    return pd.DataFrame(
+        {
+            "step_id": np.arange(2 * t.size),
+            "replica": np.repeat([0, 1], t.size),
+            "start_s": np.concatenate([t, t + 0.25]),
+            "duration_s": 0.1,
+            "num_running": np.arange(2 * t.size) % 7,
+            "num_waiting": np.arange(2 * t.size) % 3,
+        }
+    )
+
+
+def _timeseries():
+    t = np.arange(1.0, 11.0)
+    return pd.DataFrame({"t": t, "running": (t * 3) % 11, "waiting": t % 4})
+
+
+def _write(out_dir, **kwargs):
+    aligned = _aligned()
+    return write_report(
+        out_dir,
+        aligned,
+        summarize(aligned),
+        title="Synthetic run",
+        notes=["scheduler: fcfs"],
+        **kwargs,
+    )
+
+
+def test_report_writes_all_files_deterministically(tmp_path):
+    paths = [_write(tmp_path / d, steps=_steps(), timeseries=_timeseries()) for d in ("a", "b")]
+    names = sorted(p.name for p in paths[0].parent.iterdir())
+    assert names == [
+        "ape_vs_arrival.png",
+        "cdf.png",
+        "queue.png",
+        "report.md",
+        "scatter.png",
+    ]
+    for name in names:
+        assert (paths[0].parent / name).read_bytes() == (paths[1].parent / name).read_bytes(), name
+    text = paths[0].read_text()
+    assert text.startswith("# Synthetic run\n")
+    assert "- matched (compared): 38" in text and "`r038`, `r039`" in text
+    assert "| ttft" in text and "scheduler: fcfs" in text
+    for name in names:
+        if name.endswith(".png"):
+            assert f"]({name})" in text
+
+
+def test_report_without_queue_data_skips_queue_plot(tmp_path):
+    path = _write(tmp_path)
+    assert not (tmp_path / "queue.png").exists()
+    assert "queue.png" not in path.read_text()
+
+
+def test_report_with_real_timeseries(tmp_path, shared_data):
+    ts = pd.read_csv(shared_data / "vllm-runs/RTXPRO6000/Llama-3.1-8B/timeseries.csv")
+    _write(tmp_path, timeseries=ts)
+    assert (tmp_path / "queue.png").stat().st_size > 1000

@@ -1,0 +1,72 @@
+"""Parquet I/O with atomic writes (write to a temporary file, then rename)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from traces.errors import TraceError
+from traces.schema import SCHEMAS
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary shared files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Atomically write UTF-8 ``text`` to ``path``."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path, obj) -> None:
+    """Atomically write ``obj`` as indented, key-sorted JSON (byte-stable)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_table(table: pa.Table, path) -> None:
+    """Write ``table`` to Parquet at ``path`` atomically."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def read_table(path, expect: str | None = None) -> pa.Table:
+    """Read a Parquet table; with ``expect``, check it is that canonical table.
+
+    Raises
+    ------
+    TraceError
+        When the file is missing, unreadable, or holds another table kind.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TraceError(path, "file not found")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise TraceError(path, f"not a readable Parquet file ({exc})") from exc
+    if expect is not None:
+        meta = table.schema.metadata or {}
+        kind = meta.get(b"mist.table", b"").decode()
+        if kind != expect:
+            raise TraceError(path, f"expected a {expect!r} table, found {kind or 'an unlabelled table'!r}")
+        missing = set(SCHEMAS[expect].names) - set(table.schema.names)
+        if missing:
+            raise TraceError(path, f"missing columns {sorted(missing)}")
+    return table

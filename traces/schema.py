@@ -1,0 +1,130 @@
+"""The canonical table schemas, declared once.
+
+All times are seconds (float64). In ``requests`` the time origin is the first
+request's arrival (``arrival_s == 0`` for the earliest request); the original epoch
+of that instant, when known, is kept in the table metadata ``mist.origin_epoch_s``.
+TTFT, TPOT and E2E are derived (see :mod:`traces.derive`), never stored.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+
+def _schema(name: str, fields: list[pa.Field]) -> pa.Schema:
+    return pa.schema(fields, metadata={"mist.table": name, "mist.version": SCHEMA_VERSION})
+
+
+REQUESTS = _schema(
+    "requests",
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("session_id", pa.string()),
+        pa.field("round", pa.int32()),
+        pa.field("client", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("pipeline", pa.string()),
+        pa.field("arrival_s", pa.float64(), nullable=False),
+        pa.field("input_tokens", pa.int64(), nullable=False),
+        pa.field("output_tokens", pa.int64(), nullable=False),
+        pa.field("cached_tokens", pa.int64()),
+        pa.field("queued_s", pa.float64()),
+        pa.field("scheduled_s", pa.float64()),
+        pa.field("first_token_s", pa.float64()),
+        pa.field("finished_s", pa.float64()),
+        # Prompt token ids (exact prefix-cache modelling) or, when only block hashes
+        # are known (Mooncake), one hash per block of ``mist.hash_block_tokens`` tokens.
+        pa.field("prompt_token_ids", pa.list_(pa.int32())),
+        pa.field("block_hashes", pa.list_(pa.int64())),
+    ],
+)
+
+TOKENS = _schema(
+    "tokens",
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("token_index", pa.int32(), nullable=False),
+        pa.field("time_s", pa.float64(), nullable=False),
+    ],
+)
+
+STEPS = _schema(
+    "steps",
+    [
+        pa.field("step_id", pa.int64(), nullable=False),
+        pa.field("replica", pa.int32(), nullable=False),
+        pa.field("start_s", pa.float64(), nullable=False),
+        pa.field("duration_s", pa.float64(), nullable=False),
+        pa.field("num_prefill_seqs", pa.int32(), nullable=False),
+        pa.field("prefill_tokens", pa.int64(), nullable=False),
+        pa.field("num_decode_seqs", pa.int32(), nullable=False),
+        pa.field("kv_tokens", pa.int64(), nullable=False),
+        pa.field("num_running", pa.int32(), nullable=False),
+        pa.field("num_waiting", pa.int32(), nullable=False),
+        pa.field("kv_blocks_used", pa.int64(), nullable=False),
+        pa.field("num_preempted", pa.int32(), nullable=False),
+    ],
+)
+
+OPERATOR_PROFILE = _schema(
+    "operator_profile",
+    [
+        pa.field("hardware", pa.string(), nullable=False),
+        pa.field("engine", pa.string()),
+        pa.field("engine_version", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("operator", pa.string(), nullable=False),
+        pa.field("dtype", pa.string()),
+        pa.field("tp", pa.int32()),
+        pa.field("pp", pa.int32()),
+        pa.field("ep", pa.int32()),
+        # feature columns; null where the operator does not use them
+        pa.field("tokens", pa.int64()),
+        pa.field("sequences", pa.int64()),
+        pa.field("prefill_chunk", pa.int64()),
+        pa.field("kv_prefill", pa.int64()),
+        pa.field("n_decode", pa.int64()),
+        pa.field("kv_decode", pa.int64()),
+        pa.field("m", pa.int64()),
+        pa.field("n", pa.int64()),
+        pa.field("k", pa.int64()),
+        pa.field("message_bytes", pa.int64()),
+        pa.field("latency_s", pa.float64(), nullable=False),
+        pa.field("spread_s", pa.float64()),
+        pa.field("samples", pa.int32()),
+        pa.field("source", pa.string()),
+    ],
+)
+
+SCHEMAS = {s.metadata[b"mist.table"].decode(): s for s in (REQUESTS, TOKENS, STEPS, OPERATOR_PROFILE)}
+
+
+def empty(schema: pa.Schema) -> pa.Table:
+    """Return a zero-row table of ``schema``."""
+    return schema.empty_table()
+
+
+def from_columns(schema: pa.Schema, columns: dict, metadata: dict | None = None) -> pa.Table:
+    """Build a table of ``schema`` from a dict of column arrays.
+
+    Columns missing from ``columns`` are filled with nulls (they must be nullable);
+    unknown keys raise ``KeyError`` so a typo cannot silently drop data.
+    """
+    unknown = set(columns) - set(schema.names)
+    if unknown:
+        raise KeyError(f"unknown columns for {schema.metadata[b'mist.table'].decode()}: {sorted(unknown)}")
+    n = len(next(iter(columns.values()))) if columns else 0
+    arrays = []
+    for field in schema:
+        if field.name in columns:
+            arrays.append(pa.array(columns[field.name], type=field.type))
+        else:
+            if not field.nullable:
+                raise KeyError(f"column {field.name!r} is required")
+            arrays.append(pa.nulls(n, type=field.type))
+    meta = dict(schema.metadata)
+    for k, v in (metadata or {}).items():
+        meta[k.encode() if isinstance(k, str) else k] = str(v).encode()
+    return pa.Table.from_arrays(arrays, schema=schema.with_metadata(meta))

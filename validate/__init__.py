@@ -1,0 +1,1 @@
+"""Measured-vs-simulated alignment, error metrics, reports, baselines and the `mist` CLI."""

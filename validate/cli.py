@@ -1,0 +1,54 @@
+"""The ``mist`` command line.
+
+Each sub-command lives in its own module (``validate/cmd_<name>.py``) exposing
+``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. Adding a
+command touches this table and one new file; modules are imported lazily so
+``mist --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from traces.errors import TraceError
+
+COMMANDS = {
+    "ingest": "validate.cmd_ingest",
+    "validate": "validate.cmd_validate",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mist",
+        description="Replay recorded LLM-serving traces through a calibrated simulator "
+        "and measure how far it is from what the real engine measured.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=(module.__doc__ or module.HELP).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mist`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except TraceError as exc:
+        print(f"mist {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Replay a recorded vLLM run through the simulator and report its error.
+
+Reads RUN_DIR (``requests.jsonl``, ``meta.json``, optional ``cluster.json`` and
+``timeseries.csv``), fits per-operator latency models from the layer-profile
+bundle, replays the run's requests with its engine settings, and compares
+simulated with measured TTFT, TPOT and end-to-end latency per request.
+
+Only the profile, the model config and the engine/hardware settings go into the
+simulation; the measured timings are used for the comparison alone (and, with the
+default ``--arrival engine``, the instant the real engine received each request).
+
+Example::
+
+    mist validate --run ../shared/data/vllm-runs/RTXPRO6000/Llama-3.1-8B \\
+        --profiles ../shared/data/profiles/llmservingsim/RTXPRO6000/meta-llama/Llama-3.1-8B/bf16 \\
+        --model ../shared/data/models/llmservingsim/meta-llama/Llama-3.1-8B.json \\
+        --workload ../shared/data/workloads/sharegpt-llama-3.1-8b-300-sps10.jsonl \\
+        --out out/llama --json out/llama.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from traces.io import atomic_write_json, write_table
+
+HELP = "replay a recorded run and report simulated-vs-measured errors"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, type=Path, help="run folder with requests.jsonl and meta.json")
+    p.add_argument("--profiles", required=True, type=Path, help="layer-profile bundle root (holds meta.yaml, tp<N>/)")
+    p.add_argument("--model", required=True, type=Path, help="Hugging Face config.json of the served model")
+    p.add_argument("--workload", type=Path, help="request-stream JSONL with input_tok_ids (exact prefix caching)")
+    p.add_argument("--hardware", help="hardware catalog name (default: the bundle's meta.yaml 'hardware')")
+    p.add_argument("--out", type=Path, help="folder for report.md, plots and simulated tables")
+    p.add_argument("--json", type=Path, help="write the error summary as JSON here")
+    p.add_argument("--arrival", choices=("engine", "client"), default="engine",
+                   help="feed requests when the real engine received them (engine, default) "
+                   "or when the client sent them (client)")
+    p.add_argument("--no-async-scheduling", action="store_true", help="plan each step after the previous ends")
+    p.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching in the replay")
+
+
+def _timeseries(meta: dict, requests_meta: dict) -> pd.DataFrame | None:
+    """The run's 1 s ticks, shifted onto the requests' time origin (first arrival)."""
+    path = meta.get("timeseries_path")
+    origin = requests_meta.get(b"mist.origin_epoch_s")
+    if not path or not Path(path).is_file():
+        return None
+    ts = pd.read_csv(path)
+    if origin is not None and meta.get("started_at"):
+        start = datetime.fromisoformat(str(meta["started_at"]).replace("Z", "+00:00")).timestamp()
+        ts["t"] = ts["t"] + (start - float(origin))
+    return ts
+
+
+def run(args: argparse.Namespace) -> int:
+    from profiles.bundle import read_bundle
+    from profiles.hardware import get_hardware
+    from profiles.model import load_model_config
+    from replay.run import prepare, simulate
+    from traces.readers.vllm_run import attach_workload, read_vllm_run
+    from validate.align import align
+    from validate.metrics import format_table, rounded, summarize
+    from validate.report import write_report
+
+    measured = read_vllm_run(args.run)
+    requests = measured.requests
+    if args.workload:
+        requests = attach_workload(requests, args.workload)
+    bundle = read_bundle(args.profiles)
+    model = load_model_config(args.model)
+    try:
+        hardware = get_hardware(args.hardware or bundle.hardware)
+    except KeyError:
+        hardware = None
+    overrides = {}
+    if args.no_async_scheduling:
+        overrides["async_scheduling"] = False
+    if args.no_prefix_caching:
+        overrides["enable_prefix_caching"] = False
+    cfg, cost, notes = prepare(measured.meta, bundle, model, hardware, **overrides)
+    sim, steps, wall = simulate(requests, cfg, cost, args.arrival)
+    aligned = align(requests.to_pandas(), sim.to_pandas())
+    metrics = summarize(aligned)
+    summary = {
+        "requests": {"measured": aligned.measured, "simulated": aligned.simulated, "matched": aligned.matched},
+        "metrics": rounded(metrics),
+        "replay_wall_s": round(wall, 4),
+    }
+    print(f"{args.run}: {aligned.matched} of {aligned.measured} requests matched; "
+          f"replay {wall:.3f} s wall, {steps.num_rows} steps")
+    print(format_table(metrics))
+    if args.json:
+        atomic_write_json(args.json, summary)
+    if args.out:
+        write_table(sim, args.out / "simulated.requests.parquet")
+        write_table(steps, args.out / "simulated.steps.parquet")
+        lines = [f"Engine: {cfg}", f"Link: {notes['link']}; skew alpha {notes['skew_alpha']}",
+                 f"Arrivals fed at the {args.arrival} clock."]
+        path = write_report(args.out, aligned, metrics, steps=steps.to_pandas(),
+                            timeseries=_timeseries(measured.meta, requests.schema.metadata or {}),
+                            title=f"mist validate: {args.run.name}", notes=lines)
+        print(f"report: {path}")
+    return 0

@@ -1,0 +1,262 @@
+"""A Markdown validation report with plots, written deterministically.
+
+Figures are drawn on plain :class:`matplotlib.figure.Figure` objects (Agg canvas,
+no pyplot global state) under matplotlib's default style, so a user's
+``matplotlibrc`` cannot change the bytes, and saved without date/software metadata:
+the same inputs give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib.style
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from traces.io import atomic_write_bytes, atomic_write_text
+from validate.align import METRICS, AlignResult
+from validate.metrics import ape, excluded, format_table, valid_mask
+
+LABELS = {"ttft": "TTFT (s)", "tpot": "TPOT (s)", "e2e": "E2E latency (s)"}
+_MEAS, _SIM = "tab:blue", "tab:orange"
+_QUEUE_COLUMNS = (("num_running", "running"), ("num_waiting", "waiting"))  # (steps, timeseries)
+_MAX_IDS = 10  # unmatched request ids listed in the report before "... and N more"
+
+
+def _png(fig: Figure) -> bytes:
+    """Render ``fig`` to PNG bytes with no timestamp or software tag."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _panels(n: int, height: float = 3.6) -> tuple[Figure, list]:
+    """A figure of ``n`` side-by-side axes."""
+    fig = Figure(figsize=(4.6 * n, height), layout="constrained")
+    return fig, list(np.atleast_1d(fig.subplots(1, n)))
+
+
+def _pairs(frame: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Valid (measured, simulated) values of ``metric`` in seconds."""
+    meas = frame[f"{metric}_meas"].to_numpy(dtype=float)
+    sim = frame[f"{metric}_sim"].to_numpy(dtype=float)
+    keep = valid_mask(meas, sim)
+    return meas[keep], sim[keep]
+
+
+def _decades(*arrays: np.ndarray) -> float:
+    """Decades spanned by positive data, 0 when empty or not all positive.
+
+    Log axes only make sense for positive data spanning over a decade.
+    """
+    values = np.concatenate([np.asarray(a, dtype=float) for a in arrays])
+    if values.size == 0 or values.min() <= 0:
+        return 0.0
+    return float(np.log10(values.max() / values.min()))
+
+
+def _log_axes(ax, decades: float, *axes: str) -> None:
+    """Log scale on ``axes`` ("x", "y") with plain labels (``0.2``, ``0.5``, ``1``).
+
+    The default ``2x10^-1`` minor labels overlap on narrow panels, so they go; a
+    data span of few ``decades`` gets 1-2-5 major ticks so that labels remain.
+    """
+    subs = (1.0, 2.0, 5.0) if decades <= 3 else (1.0,)
+    for name in axes:
+        getattr(ax, f"set_{name}scale")("log")
+        axis = getattr(ax, f"{name}axis")
+        axis.set_major_locator(LogLocator(base=10, subs=subs))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
+
+
+def plot_cdfs(frame: pd.DataFrame) -> Figure:
+    """Measured and simulated empirical CDFs of TTFT, TPOT and E2E (3 panels)."""
+    fig, axes = _panels(len(METRICS))
+    for ax, metric in zip(axes, METRICS, strict=True):
+        meas, sim = _pairs(frame, metric)
+        for values, color, label in ((meas, _MEAS, "measured"), (sim, _SIM, "simulated")):
+            x = np.sort(values)
+            ax.step(
+                x, np.arange(1, x.size + 1) / max(x.size, 1), where="post", color=color, label=label
+            )
+        if (decades := _decades(meas, sim)) > 1:
+            _log_axes(ax, decades, "x")
+        ax.set(xlabel=LABELS[metric], ylabel="fraction of requests", ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+    return fig
+
+
+def plot_scatter(frame: pd.DataFrame) -> Figure:
+    """Per-request simulated against measured values with the ``y = x`` line (3 panels)."""
+    fig, axes = _panels(len(METRICS), height=4.2)
+    for ax, metric in zip(axes, METRICS, strict=True):
+        meas, sim = _pairs(frame, metric)
+        ax.scatter(meas, sim, s=8, alpha=0.6, color=_SIM, linewidths=0)
+        both = np.concatenate([meas, sim])
+        if both.size:
+            lo, hi = float(both.min()), float(both.max())
+            ax.plot([lo, hi], [lo, hi], color="black", lw=1, ls="--", label="y = x")
+            ax.legend(loc="upper left")
+        if (decades := _decades(meas, sim)) > 1:
+            _log_axes(ax, decades, "x", "y")
+        ax.set(xlabel=f"measured {LABELS[metric]}", ylabel=f"simulated {LABELS[metric]}")
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def _replica_total(steps: pd.DataFrame, column: str) -> pd.Series:
+    """Sum over replicas of ``column``, each replica holding its last value between steps."""
+    wide = steps.pivot_table(index="start_s", columns="replica", values=column, aggfunc="last")
+    return wide.sort_index().ffill().fillna(0).sum(axis=1)
+
+
+def plot_queue(steps: pd.DataFrame | None, timeseries: pd.DataFrame | None) -> Figure:
+    """Running and waiting requests over time: simulated steps against measured ticks.
+
+    Simulated counts come from ``steps`` (``num_running``/``num_waiting`` at
+    ``start_s``, summed over replicas); measured ones from ``timeseries``
+    (``running``/``waiting`` at ``t``, s since the run start). The two clocks are
+    plotted as given: the caller must put both on one origin (``requests`` tables
+    start at the first arrival, vLLM's ``timeseries.csv`` at the benchmark start).
+    """
+    fig, axes = _panels(2)
+    for ax, (sim_col, meas_col) in zip(axes, _QUEUE_COLUMNS, strict=True):
+        if timeseries is not None and len(timeseries):
+            ts = timeseries.sort_values("t", kind="mergesort")
+            ax.step(ts["t"], ts[meas_col], where="post", color=_MEAS, label="measured")
+        if steps is not None and len(steps):
+            total = _replica_total(steps, sim_col)
+            ax.step(total.index, total.to_numpy(), where="post", color=_SIM, label="simulated")
+        ax.set(xlabel="time (s)", ylabel=f"{meas_col} requests")
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend(loc="upper right")
+    return fig
+
+
+def plot_ape_vs_arrival(frame: pd.DataFrame) -> Figure:
+    """Per-request absolute percentage error against arrival time (3 panels)."""
+    fig, axes = _panels(len(METRICS))
+    arrival = frame["arrival_s"].to_numpy(dtype=float)
+    for ax, metric in zip(axes, METRICS, strict=True):
+        err = ape(frame[f"{metric}_meas"], frame[f"{metric}_sim"])
+        keep = np.isfinite(err)
+        ax.scatter(arrival[keep], err[keep], s=8, alpha=0.6, color=_SIM, linewidths=0)
+        ax.set(xlabel="arrival time (s)", ylabel=f"{metric.upper()} APE (%)")
+        # APE >= 0; a fixed 0-based range also avoids offset labels on near-constant APE
+        top = float(err[keep].max()) if keep.any() else 0.0
+        ax.set_ylim(0, 1.1 * top if top > 0 else 1.0)
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def _ids(ids: tuple[str, ...]) -> str:
+    """A short, sorted listing of request ids."""
+    shown = ", ".join(f"`{i}`" for i in ids[:_MAX_IDS])
+    more = len(ids) - _MAX_IDS
+    return shown + (f" … and {more} more" if more > 0 else "")
+
+
+def _counts_md(aligned: AlignResult) -> list[str]:
+    """Markdown lines with request counts, unmatched ids and excluded rows."""
+    lines = [
+        f"- measured requests: {aligned.measured}",
+        f"- simulated requests: {aligned.simulated}",
+        f"- matched (compared): {aligned.matched}",
+    ]
+    if aligned.only_measured:
+        lines.append(
+            f"- only measured ({len(aligned.only_measured)}): {_ids(aligned.only_measured)}"
+        )
+    if aligned.only_simulated:
+        lines.append(
+            f"- only simulated ({len(aligned.only_simulated)}): {_ids(aligned.only_simulated)}"
+        )
+    skipped = excluded(aligned)
+    parts = ", ".join(f"{m} {skipped[m]}" for m in METRICS)
+    lines.append(f"- matched requests left out (NaN or measured <= 0): {parts}")
+    return lines
+
+
+def _markdown(title, aligned, metrics, notes, images: list[tuple[str, str]]) -> str:
+    """The report text: title, counts, error table, notes, images."""
+    out = [f"# {title}", "", "## Requests", "", *_counts_md(aligned), ""]
+    out += [
+        "## Errors",
+        "",
+        "Percent of the measured value; signed errors are simulated minus measured.",
+        "",
+    ]
+    out += [format_table(metrics, markdown=True)]
+    if notes:
+        out += ["## Notes", "", *(f"- {n}" for n in notes), ""]
+    out += ["## Plots", ""]
+    for name, caption in images:
+        out += [f"### {caption}", "", f"![{caption}]({name})", ""]
+    return "\n".join(out)
+
+
+def write_report(
+    out_dir,
+    aligned: AlignResult,
+    metrics: dict,
+    *,
+    steps: pd.DataFrame | None = None,
+    timeseries: pd.DataFrame | None = None,
+    title: str,
+    notes=(),
+) -> Path:
+    """Write ``report.md`` and its PNG plots to ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Output folder, created if missing.
+    aligned : AlignResult
+        Output of :func:`validate.align.align`.
+    metrics : dict
+        Output of :func:`validate.metrics.summarize` (percentages).
+    steps : pandas.DataFrame, optional
+        Simulated ``steps`` table (times in s) for the queue-depth plot.
+    timeseries : pandas.DataFrame, optional
+        Measured engine ticks with columns ``t`` (s since run start), ``running``,
+        ``waiting``. The queue-depth plot is drawn when ``steps`` or this is given.
+    title : str
+        Report heading.
+    notes : sequence of str, optional
+        Free-text bullet points (settings, caveats).
+
+    Returns
+    -------
+    Path
+        Path of ``report.md``. Files written: ``report.md``, ``cdf.png``,
+        ``scatter.png``, ``ape_vs_arrival.png`` and, when drawn, ``queue.png``.
+    """
+    out = Path(out_dir)
+    frame = aligned.frame
+    plots = [
+        ("cdf.png", "Latency CDFs, measured vs simulated", lambda: plot_cdfs(frame)),
+        ("scatter.png", "Per-request simulated vs measured", lambda: plot_scatter(frame)),
+    ]
+    if steps is not None or timeseries is not None:
+        plots.append(("queue.png", "Queue depth over time", lambda: plot_queue(steps, timeseries)))
+    plots.append(
+        (
+            "ape_vs_arrival.png",
+            "Per-request APE vs arrival time",
+            lambda: plot_ape_vs_arrival(frame),
+        )
+    )
+    with matplotlib.style.context("default"):
+        for name, _, draw in plots:
+            atomic_write_bytes(out / name, _png(draw()))
+    path = out / "report.md"
+    atomic_write_text(path, _markdown(title, aligned, metrics, list(notes), [p[:2] for p in plots]))
+    return path
