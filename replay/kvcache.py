@@ -88,6 +88,7 @@ class KVCache:
                 del self.free[b]
             self.ref[b] += 1
             req.blocks.append(b)
+        req.num_committed = len(req.blocks)
 
     def can_allocate(self, req: Request, num_tokens: int) -> bool:
         need = -(-num_tokens // self.block_size) - len(req.blocks)
@@ -113,8 +114,12 @@ class KVCache:
         if not self.prefix_caching:
             return
         full = req.num_computed // self.block_size
+        start = req.num_committed
+        if full <= start:
+            return
         hashes = self._hashes(req, full)
-        for i in range(full):
+        req.num_committed = full
+        for i in range(start, full):
             b = req.blocks[i]
             if self.hash_of[b] is None:
                 h = hashes[i]
@@ -129,3 +134,4 @@ class KVCache:
             if self.ref[b] == 0:
                 self.free[b] = None
         req.blocks = []
+        req.num_committed = 0

@@ -13,7 +13,7 @@ class Request:
 
     __slots__ = (
         "index", "request_id", "arrival_s", "prompt_len", "output_len", "token_ids",
-        "num_computed", "num_generated", "blocks", "block_hashes", "cached_tokens",
+        "num_computed", "num_generated", "blocks", "num_committed", "block_hashes", "cached_tokens",
         "queued_s", "scheduled_s", "first_token_s", "finished_s", "num_preemptions", "replica",
     )
 
@@ -28,6 +28,7 @@ class Request:
         self.num_computed = 0
         self.num_generated = 0
         self.blocks: list[int] = []
+        self.num_committed = 0  # leading blocks whose hashes are registered
         self.block_hashes: list[int] | None = None
         self.cached_tokens = 0
         self.queued_s = None

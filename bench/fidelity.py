@@ -1,0 +1,57 @@
+"""Replay every shared real vLLM run through `mist validate` and print its errors.
+
+    python bench/fidelity.py              # print per-run errors (%)
+    python bench/fidelity.py --update     # also rewrite bench/baselines.json
+
+The numbers come from the project's own command line on data we did not make
+(../shared/data); nothing here is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runs import RUNS, SHARED, validate_args  # noqa: E402
+
+BASELINES = Path(__file__).resolve().parent / "baselines.json"
+
+
+def run_one(name: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "summary.json"
+        cmd = [sys.executable, "-m", "validate.cli", *validate_args(name), "--json", str(out)]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--update", action="store_true", help="rewrite bench/baselines.json")
+    args = parser.parse_args()
+    if not SHARED.is_dir():
+        print(f"shared data not found at {SHARED}", file=sys.stderr)
+        return 2
+    results = {}
+    print(f"{'run':28s} {'metric':6s} {'MAPE%':>7s} {'P50err%':>8s} {'P90err%':>8s} {'P99err%':>8s} {'wall s':>7s}")
+    for name in RUNS:
+        summary = run_one(name)
+        results[name] = summary["metrics"]
+        for metric, m in summary["metrics"].items():
+            print(f"{name:28s} {metric:6s} {m['mape']:7.2f} {m['p50_error']:+8.2f} {m['p90_error']:+8.2f} "
+                  f"{m['p99_error']:+8.2f} {summary['replay_wall_s']:7.3f}")
+    if args.update:
+        from validate.baseline import update
+
+        update(BASELINES, results)
+        print(f"wrote {BASELINES}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Fidelity gate: `mist validate` on the shared real vLLM runs, against measured data.
+
+Two checks per run, both on measured requests the simulator never saw:
+- the issue's acceptance bounds (E2E and TPOT MAPE <= 5 %, TTFT MAPE <= 20 %);
+- no regression beyond the tolerance recorded in ``bench/baselines.json``
+  (made by ``python bench/fidelity.py --update`` through the same command line).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from validate.baseline import check, load_baselines
+from validate.cli import main
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+from runs import RUNS, validate_args  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def summaries(shared_data, tmp_path_factory):
+    out = {}
+    for name in RUNS:
+        path = tmp_path_factory.mktemp("fidelity") / "summary.json"
+        assert main([*validate_args(name, shared_data), "--json", str(path)]) == 0
+        out[name] = json.loads(path.read_text())
+    return out
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_acceptance_bounds(summaries, name):
+    s = summaries[name]
+    assert s["requests"]["matched"] == s["requests"]["measured"] == 300
+    m = s["metrics"]
+    assert m["e2e"]["mape"] <= 5.0
+    assert m["tpot"]["mape"] <= 5.0
+    assert m["ttft"]["mape"] <= 20.0
+
+
+def test_no_regression_against_baselines(summaries):
+    baselines = load_baselines(BENCH / "baselines.json")
+    current = {name: s["metrics"] for name, s in summaries.items()}
+    assert check(current, baselines) == []
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_replay_is_fast(summaries, name):
+    # the issue's bound is 2 s per 300-request run; bench/replay_speed.py prints the figure
+    assert summaries[name]["replay_wall_s"] < 2.0
