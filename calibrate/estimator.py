@@ -92,7 +92,7 @@ class LatencyModel(BaseEstimator, RegressorMixin):
         X = np.atleast_2d(np.asarray(X, dtype=float))
         lo = np.array([a[0] for a in self.axes_])
         hi = np.array([a[-1] for a in self.axes_])
-        return np.all((X >= lo) & (X <= hi), axis=1)
+        return np.all((lo <= X) & (hi >= X), axis=1)
 
     def predict(self, X) -> np.ndarray:
         """Predicted latency (s) for each row of ``X``."""

@@ -69,10 +69,8 @@ def schedule(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now:
         return plan
     while waiting and budget > 0 and len(running) < cfg.max_num_seqs:
         req = waiting[0]
-        if req.num_computed == 0 and not req.blocks:
-            hit = kv.match_prefix(req)
-        else:
-            hit = req.num_computed
+        fresh = req.num_computed == 0 and not req.blocks
+        hit = kv.match_prefix(req) if fresh else req.num_computed
         n = min(req.num_tokens - hit, budget)
         if cfg.reserve_full_prompt and not kv.can_allocate(req, req.num_tokens):
             break

@@ -17,6 +17,7 @@ from traces.errors import TraceError
 COMMANDS = {
     "ingest": "validate.cmd_ingest",
     "validate": "validate.cmd_validate",
+    "calibrate": "validate.cmd_calibrate",
 }
 
 
