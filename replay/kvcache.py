@@ -16,12 +16,14 @@ from collections import OrderedDict
 
 from replay.request import Request
 
+_SALT_TAG = -7  # marks per-request salted hashes; token ids are never negative
 
-def prompt_block_hashes(token_ids, block_size: int, salt: int) -> list[int]:
+
+def prompt_block_hashes(token_ids, block_size: int) -> list[int]:
     """Chained hashes of the full blocks of ``token_ids``.
 
-    ``salt`` (a negative int) starts the chain for prompts without token ids; ints and
-    tuples of ints hash identically in every Python process, so hits are reproducible.
+    Ints and tuples of ints hash identically in every Python process (no hash
+    randomisation), so hits are reproducible.
     """
     hashes, prev = [], 0
     for start in range(0, len(token_ids) - block_size + 1, block_size):
@@ -53,12 +55,14 @@ class KVCache:
         hashes = req.block_hashes
         if hashes is None:
             ids = req.token_ids
-            hashes = prompt_block_hashes(ids, self.block_size, 0) if ids is not None else []
+            hashes = prompt_block_hashes(ids, self.block_size) if ids is not None else []
             req.block_hashes = hashes
         if len(hashes) < upto_blocks:  # salted hashes for tokens without known ids
-            prev = hashes[-1] if hashes else -(req.index + 1)
+            # (a tuple salt: hash(-1) == hash(-2) in CPython, so bare ints could collide)
+            salt = (_SALT_TAG, req.index)
+            prev = hashes[-1] if hashes else hash(salt)
             for i in range(len(hashes), upto_blocks):
-                prev = hash((prev, -(req.index + 1), i))
+                prev = hash((prev, salt, i))
                 hashes.append(prev)
         return hashes
 

@@ -36,7 +36,15 @@ class StepPlan:
 
 
 def _preempt(running: list, waiting: deque, kv: KVCache) -> Request:
-    victim = running.pop()
+    """Preempt the last running request that still has tokens to produce.
+
+    (With async scheduling a request whose last token is in flight is finishing,
+    not preemptible.)
+    """
+    i = len(running) - 1
+    while i > 0 and running[i].num_generated >= running[i].output_len:
+        i -= 1
+    victim = running.pop(i)
     kv.release(victim)
     victim.num_computed = 0
     victim.num_preemptions += 1

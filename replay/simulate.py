@@ -22,7 +22,9 @@ from replay.kvcache import KVCache
 from replay.request import Request
 from replay.scheduler import StepPlan, schedule
 
-ARRIVAL, STEP_END = 1, 0  # at equal times, finish a step before admitting arrivals
+# At equal times: finish a step, then queue arrivals, then start an idle replica,
+# so requests arriving together share their first step.
+STEP_END, ARRIVAL, KICK = 0, 1, 2
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Replica:
     current: StepPlan | None = None
     pending: StepPlan | None = None
     busy: bool = False
+    kick_scheduled: bool = False
 
 
 class Replay:
@@ -107,6 +110,13 @@ class Replay:
         req.replica = rep.index
         req.queued_s = now
         rep.waiting.append(req)
+        if rep.busy or rep.kick_scheduled:
+            return []
+        rep.kick_scheduled = True
+        return [(now, KICK, self._on_kick, rep)]
+
+    def _on_kick(self, now: float, rep: Replica):
+        rep.kick_scheduled = False
         return [] if rep.busy else self._kick(rep, now)
 
     def _on_step_end(self, now: float, rep: Replica):

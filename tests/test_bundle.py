@@ -1,0 +1,103 @@
+"""Layer-profile bundles: real bundles, unit conversion, rejection of bad input."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from calibrate.calibration import fit_operators
+from calibrate.features import REQUIRED
+from profiles.bundle import read_bundle, to_operator_profile
+from profiles.model import load_model_config
+from replay.build import check_profile
+from traces.errors import TraceError
+
+ROOT = "profiles/llmservingsim/RTXPRO6000"
+BUNDLES = ("meta-llama/Llama-3.1-8B", "Qwen/Qwen3-32B", "Qwen/Qwen3-30B-A3B-Instruct-2507")
+LLAMA_CONFIG = "models/llmservingsim/meta-llama/Llama-3.1-8B.json"
+META = "hardware: TEST\nmodel: test/tiny\nvariant: bf16\nvllm_version: 0.19.0\n"
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_real_bundles_convert_microseconds_to_seconds(shared_data, name):
+    root = shared_data / ROOT / name / "bf16"
+    bundle = read_bundle(root)
+    assert bundle.tp_degrees == [1, 2]
+    assert bundle.hardware == "RTXPRO6000"
+    raw = pd.read_csv(root / "tp2" / "dense.csv")
+    read = bundle.table(2, "dense")
+    assert "time_us" not in read.columns
+    for i in (0, len(raw) // 2, len(raw) - 1):
+        assert read["latency_s"].iloc[i] == pytest.approx(raw["time_us"].iloc[i] * 1e-6, rel=1e-15)
+        assert read["layer"].iloc[i] == raw["layer"].iloc[i]
+
+
+def test_to_operator_profile_has_one_row_per_timed_shape(shared_data):
+    bundle = read_bundle(shared_data / ROOT / BUNDLES[0] / "bf16")
+    profile = to_operator_profile(bundle)
+    expected = sum(len(bundle.table(tp, name)) for tp in bundle.tp_degrees
+                   for name in ("dense", "per_sequence", "attention"))
+    assert profile.num_rows == expected
+    df = profile.to_pandas()
+    attn = df[(df["operator"] == "attention") & (df["tp"] == 1)]
+    assert len(attn) == len(bundle.table(1, "attention"))
+    assert set(df["engine_version"]) == {"0.19.0"}
+
+
+def _bundle(tmp_path, dense: str | None = None, meta: str | None = META):
+    """A tiny fake bundle: tp1 with dense, per-sequence and attention tables."""
+    root = tmp_path / "bundle"
+    (root / "tp1").mkdir(parents=True)
+    if meta is not None:
+        (root / "meta.yaml").write_text(meta)
+    if dense is None:
+        ops = [op for op in REQUIRED if op not in ("lm_head", "sampler", "attention")]
+        dense = "layer,tokens,time_us\n" + "".join(
+            f"{op},{t},{1.0 + i + t / 100}\n" for i, op in enumerate(ops) for t in (1, 16, 256))
+    (root / "tp1" / "dense.csv").write_text(dense)
+    (root / "tp1" / "per_sequence.csv").write_text(
+        "layer,sequences,time_us\n" + "".join(f"{op},{s},{50 + s}\n" for op in ("lm_head", "sampler") for s in (1, 8)))
+    (root / "tp1" / "attention.csv").write_text(
+        "prefill_chunk,kv_prefill,n_decode,kv_decode,time_us\n"
+        + "".join(f"{p},0,{n},{kv},{5 + p / 10 + n * kv / 100}\n"
+                  for p in (0, 16) for n in (0, 1) for kv in (0, 16) if p or n))
+    return root
+
+
+def test_fake_bundle_fits_every_required_operator(tmp_path):
+    profile = to_operator_profile(read_bundle(_bundle(tmp_path)))
+    assert set(fit_operators(profile, 1)) == set(REQUIRED)
+
+
+def test_bundle_without_meta_yaml(tmp_path):
+    with pytest.raises(TraceError, match="meta.yaml"):
+        read_bundle(_bundle(tmp_path, meta=None))
+
+
+def test_csv_missing_a_column_names_file_and_column(tmp_path):
+    root = _bundle(tmp_path, dense="layer,time_us\nqkv_proj,3.0\n")
+    with pytest.raises(TraceError) as err:
+        read_bundle(root)
+    assert str(root / "tp1" / "dense.csv") in str(err.value)
+    assert "tokens" in err.value.reason
+
+
+def test_negative_time_names_file_and_line(tmp_path):
+    root = _bundle(tmp_path, dense="layer,tokens,time_us\nqkv_proj,1,3.0\nqkv_proj,2,3.5\nqkv_proj,4,-1.0\n")
+    with pytest.raises(TraceError) as err:
+        read_bundle(root)
+    assert err.value.path == str(root / "tp1" / "dense.csv")
+    assert err.value.line == 4  # header is line 1
+    assert "dense.csv:4" in str(err.value) and "-1.0" in str(err.value)
+
+
+def test_check_profile_names_the_missing_operator(tmp_path, shared_data):
+    ops = [op for op in REQUIRED if op not in ("lm_head", "sampler", "attention", "down_proj")]
+    dense = "layer,tokens,time_us\n" + "".join(f"{op},{t},{2.0 + t / 50}\n" for op in ops for t in (1, 64))
+    models = fit_operators(to_operator_profile(read_bundle(_bundle(tmp_path, dense=dense))), 1)
+    assert "down_proj" not in models
+    llama = load_model_config(shared_data / LLAMA_CONFIG)
+    with pytest.raises(TraceError, match="'down_proj'"):
+        check_profile(models, llama, 1, "fake-bundle")
+    models_full = fit_operators(to_operator_profile(read_bundle(_bundle(tmp_path / "full"))), 1)
+    check_profile(models_full, llama, 1, "fake-bundle")  # nothing missing: no error

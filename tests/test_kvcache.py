@@ -1,0 +1,200 @@
+"""Paged KV cache: block counts, allocation failure, release, prefix caching."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from replay.kvcache import KVCache, prompt_block_hashes
+from replay.request import Request
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _req(index, prompt_len, token_ids=None, output_len=4):
+    return Request(index, f"r{index}", 0.0, prompt_len, output_len, token_ids)
+
+
+def _compute_all(kv, req):
+    """Attach cached prefix, allocate the rest, and mark the whole prompt computed."""
+    hit = kv.match_prefix(req)
+    if hit:  # as the scheduler does: take_prefix only after a hit
+        kv.take_prefix(req, hit)
+    assert kv.allocate(req, req.num_tokens)
+    req.num_computed = req.num_tokens
+    kv.commit(req)
+    return hit
+
+
+@pytest.mark.parametrize("tokens, blocks", [(1, 1), (16, 1), (17, 2), (33, 3), (48, 3), (49, 4)])
+def test_allocation_counts_ceil_of_tokens_over_block_size(tokens, blocks):
+    kv = KVCache(num_blocks=10, block_size=16)
+    req = _req(1, tokens)
+    assert kv.allocate(req, tokens)
+    # ceil(tokens / 16) blocks, all taken from the free list.
+    assert len(req.blocks) == blocks
+    assert kv.used_blocks == blocks
+    assert len(set(req.blocks)) == blocks
+
+
+def test_allocation_grows_incrementally():
+    kv = KVCache(num_blocks=10, block_size=16)
+    req = _req(1, 100)
+    assert kv.allocate(req, 20)  # 2 blocks
+    first = list(req.blocks)
+    assert kv.allocate(req, 32)  # still 2 blocks: nothing new
+    assert req.blocks == first
+    assert kv.allocate(req, 33)  # 3 blocks: one more, old ones kept in place
+    assert req.blocks[:2] == first and len(req.blocks) == 3
+    assert kv.used_blocks == 3
+
+
+def test_allocation_failure_leaves_state_unchanged():
+    kv = KVCache(num_blocks=4, block_size=16)
+    a = _req(1, 32)
+    assert kv.allocate(a, 32)  # 2 of 4 blocks
+    free_before = list(kv.free)
+    ref_before = list(kv.ref)
+    b = _req(2, 100)
+    assert not kv.can_allocate(b, 100)  # ceil(100/16) = 7 > 2 free
+    assert kv.allocate(b, 100) is False
+    assert b.blocks == []
+    assert list(kv.free) == free_before
+    assert kv.ref == ref_before
+    assert kv.used_blocks == 2
+    assert kv.can_allocate(b, 32) and kv.allocate(b, 32)  # exactly the 2 left
+
+
+def test_release_returns_blocks():
+    kv = KVCache(num_blocks=8, block_size=16)
+    a, b = _req(1, 40), _req(2, 20)
+    assert kv.allocate(a, 40) and kv.allocate(b, 20)  # 3 + 2 blocks
+    assert kv.used_blocks == 5
+    kv.release(a)
+    assert a.blocks == [] and kv.used_blocks == 2
+    kv.release(b)
+    assert kv.used_blocks == 0 and len(kv.free) == 8
+    assert kv.ref == [0] * 8
+
+
+def test_shared_prefix_of_40_tokens_matches_32():
+    kv = KVCache(num_blocks=20, block_size=16)
+    shared = list(range(40))
+    a = _req(1, 60, shared + list(range(1000, 1020)))
+    b = _req(2, 60, shared + list(range(2000, 2020)))
+    assert _compute_all(kv, a) == 0
+    # Blocks 0 (ids 0-15) and 1 (16-31) are equal; block 2 (32-47) differs from id 40 on.
+    assert kv.match_prefix(b) == 32
+    before = kv.used_blocks
+    kv.take_prefix(b, 32)
+    assert b.blocks == a.blocks[:2]  # the same physical blocks, shared
+    assert kv.used_blocks == before  # sharing takes nothing new
+    assert kv.ref[a.blocks[0]] == 2
+
+
+def test_fully_cached_prompt_still_recomputes_a_token():
+    kv = KVCache(num_blocks=20, block_size=16)
+    ids = list(range(64))
+    a = _req(1, 64, ids)
+    _compute_all(kv, a)  # 4 full blocks committed
+    b = _req(2, 64, list(ids))
+    # All 4 blocks are cached, but the match is capped at num_tokens - 1 = 63 tokens,
+    # i.e. floor(63/16) = 3 whole blocks = 48.
+    assert kv.match_prefix(b) == 48
+    c = _req(3, 48, ids[:48])
+    assert kv.match_prefix(c) == 32  # floor(47/16) = 2 blocks
+    d = _req(4, 1, ids[:1])
+    assert kv.match_prefix(d) == 0
+
+
+def test_partial_block_is_not_cached():
+    kv = KVCache(num_blocks=20, block_size=16)
+    a = _req(1, 40, list(range(40)))
+    _compute_all(kv, a)  # blocks 0,1 full; block 2 holds 8 tokens: not hashed
+    b = _req(2, 60, list(range(60)))
+    assert kv.match_prefix(b) == 32
+
+
+def test_evicted_blocks_no_longer_hit():
+    kv = KVCache(num_blocks=4, block_size=16)
+    ids = list(range(64))
+    a = _req(1, 64, ids)
+    _compute_all(kv, a)
+    kv.release(a)
+    # Freed but still cached: a copy hits (48 tokens, capped as above).
+    assert kv.match_prefix(_req(2, 64, list(ids))) == 48
+    # Another request takes all 4 free blocks: every cached block is handed out again.
+    other = _req(3, 64, list(range(500, 564)))
+    assert kv.allocate(other, 64)
+    assert kv.match_prefix(_req(4, 64, list(ids))) == 0
+
+
+def test_eviction_is_lru_tail_first():
+    kv = KVCache(num_blocks=4, block_size=16)
+    ids = list(range(64))
+    a = _req(1, 64, ids)
+    _compute_all(kv, a)
+    kv.release(a)
+    # Release is tail first, so one new block evicts a's LAST block (ids 48-63); the
+    # first three blocks still hit: min(3 blocks, floor(63/16) = 3) = 48 tokens.
+    assert kv.allocate(_req(3, 16, list(range(500, 516))), 16)
+    assert kv.match_prefix(_req(2, 64, list(ids))) == 48
+    # A second new block evicts block 2 (ids 32-47): the chain now breaks after 2 blocks.
+    assert kv.allocate(_req(5, 16, list(range(600, 616))), 16)
+    assert kv.match_prefix(_req(4, 64, list(ids))) == 32
+
+
+def test_prefix_caching_off_never_hits():
+    kv = KVCache(num_blocks=20, block_size=16, prefix_caching=False)
+    ids = list(range(64))
+    a = _req(1, 64, ids)
+    _compute_all(kv, a)
+    assert kv.match_prefix(_req(2, 64, list(ids))) == 0
+    assert kv.block_of == {}
+    assert kv.hit_tokens == 0
+
+
+def test_hashes_are_deterministic_and_chained():
+    ids = list(range(50))
+    h1 = prompt_block_hashes(ids, 16)
+    h2 = prompt_block_hashes(list(ids), 16)
+    assert h1 == h2 and len(h1) == 3  # floor(50/16) full blocks
+    # Chained: changing a token in block 0 changes every later hash.
+    other = prompt_block_hashes([999] + ids[1:], 16)
+    assert all(x != y for x, y in zip(h1, other))
+    # Changing a token in block 2 changes only block 2.
+    late = prompt_block_hashes(ids[:40] + [999] + ids[41:], 16)
+    assert late[:2] == h1[:2] and late[2] != h1[2]
+    assert prompt_block_hashes([], 16) == []
+
+
+def test_hashes_are_identical_across_processes():
+    # Block hashes must not depend on PYTHONHASHSEED, or prefix hits would differ by run.
+    code = ("from replay.kvcache import prompt_block_hashes;"
+            "print(prompt_block_hashes(list(range(50)), 16))")
+    outs = set()
+    for seed in ("1", "2"):
+        res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                             env={"PYTHONHASHSEED": seed, "PYTHONPATH": str(REPO)}, check=True)
+        outs.add(res.stdout)
+    assert outs == {str(prompt_block_hashes(list(range(50)), 16)) + "\n"}
+
+
+def test_requests_without_token_ids_do_not_share_blocks_with_other_requests():
+    kv = KVCache(num_blocks=40, block_size=16)
+    a = _req(5, 64)
+    _compute_all(kv, a)
+    # Without token ids, blocks are salted per request: another request never hits them ...
+    assert kv.match_prefix(_req(6, 64)) == 0
+    # ... but the same request (after a preemption) does: 48 tokens as above.
+    a.blocks, a.num_computed = [], 0
+    assert kv.match_prefix(a) == 48
+
+
+def test_requests_0_and_1_without_token_ids_do_not_share_blocks():
+    kv = KVCache(num_blocks=40, block_size=16)
+    _compute_all(kv, _req(0, 64))
+    assert kv.match_prefix(_req(1, 64)) == 0
