@@ -22,7 +22,7 @@ from sklearn.model_selection import KFold
 from calibrate.estimator import LatencyModel
 from calibrate.features import OPERATORS, REQUIRED
 from traces.errors import TraceError
-from traces.io import atomic_write_bytes, atomic_write_json
+from traces.io import atomic_write_bytes, atomic_write_json, read_table
 
 GRIDS_TABLE = "calibration_grids"
 GRIDS_VERSION = "2"  # 2 added n_measured and out_of_range; version 1 files still load
@@ -228,16 +228,7 @@ def load_artifact(out_dir) -> dict[int, dict[str, LatencyModel]]:
     path = Path(out_dir) / "grids.parquet"
     if not path.is_file():
         raise TraceError(path, "calibration artifact not found")
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise TraceError(path, f"not a readable Parquet file ({exc})") from exc
-    kind = (table.schema.metadata or {}).get(b"mist.table", b"").decode()
-    if kind != GRIDS_TABLE:
-        raise TraceError(path, f"expected a {GRIDS_TABLE!r} table, found {kind or 'an unlabelled table'!r}")
-    missing = [c for c in _GRIDS_COLUMNS if c not in table.schema.names]
-    if missing:
-        raise TraceError(path, f"missing columns {missing}")
+    table = read_table(path, expect=GRIDS_TABLE, columns=_GRIDS_COLUMNS)
     models: dict[int, dict[str, LatencyModel]] = {}
     for i, row in enumerate(table.to_pylist()):
         models.setdefault(int(row["tp"]), {})[row["operator"]] = _model_from_row(path, i, row)

@@ -8,11 +8,11 @@ the text part is what serving cost depends on, so it is read from there.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from traces.errors import TraceError
+from traces.io import read_json_object
 
 #: canonical field -> raw config keys, first present wins.
 FIELD_ALIASES: dict[str, tuple[str, ...]] = {
@@ -208,18 +208,6 @@ def _first(cfg: dict, field: str, default=None):
     return default
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        raw = json.loads(path.read_text())
-    except OSError as exc:
-        raise TraceError(path, f"cannot read model config: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise TraceError(path, f"not valid JSON: {exc.msg}", line=exc.lineno) from exc
-    if not isinstance(raw, dict):
-        raise TraceError(path, "model config must be a JSON object")
-    return raw
-
-
 def _dense_layers(cfg: dict, num_layers: int, num_experts: int) -> int:
     """How many layers use a dense MLP in an MoE stack (see :class:`ModelConfig`)."""
     if not num_experts:
@@ -275,7 +263,7 @@ def load_model_config(path) -> ModelConfig:
         key (layers, hidden size, heads, vocab) or a non-integer size.
     """
     path = Path(path)
-    top = _read_json(path)
+    top = read_json_object(path)
     cfg = top.get("text_config") if isinstance(top.get("text_config"), dict) else top
     f = _int_fields(cfg, path)
     nh = f["num_heads"]

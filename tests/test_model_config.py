@@ -121,7 +121,7 @@ def test_missing_hidden_size_names_file_and_key(tmp_path, shared_data):
 def test_bad_json_names_file_and_line(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text('{\n  "hidden_size": 4096,\n  oops\n}')
-    with pytest.raises(TraceError, match="not valid JSON") as info:
+    with pytest.raises(TraceError, match="malformed JSON") as info:
         load_model_config(path)
     assert info.value.path == str(path) and info.value.line == 3
 

@@ -46,8 +46,31 @@ def write_table(table: pa.Table, path) -> None:
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
-def read_table(path, expect: str | None = None) -> pa.Table:
-    """Read a Parquet table; with ``expect``, check it is that canonical table.
+def read_json_object(path) -> dict:
+    """Parse a JSON file that must hold one object.
+
+    Raises
+    ------
+    TraceError
+        Unreadable file, malformed JSON (with its line), or a non-object top level.
+    """
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TraceError(path, f"malformed JSON ({exc.msg})", exc.lineno) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TraceError(path, f"cannot read file ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise TraceError(path, f"expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def read_table(path, expect: str | None = None, columns=None) -> pa.Table:
+    """Read a Parquet table; with ``expect``, check it is that kind of table.
+
+    ``expect`` is matched against the ``mist.table`` metadata; the required columns
+    are ``columns`` or, for canonical tables, those of its schema.
 
     Raises
     ------
@@ -66,7 +89,8 @@ def read_table(path, expect: str | None = None) -> pa.Table:
         kind = meta.get(b"mist.table", b"").decode()
         if kind != expect:
             raise TraceError(path, f"expected a {expect!r} table, found {kind or 'an unlabelled table'!r}")
-        missing = set(SCHEMAS[expect].names) - set(table.schema.names)
+        required = columns if columns is not None else SCHEMAS[expect].names if expect in SCHEMAS else ()
+        missing = set(required) - set(table.schema.names)
         if missing:
             raise TraceError(path, f"missing columns {sorted(missing)}")
     return table

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from traces.errors import TraceError
+from traces.io import read_json_object
 from traces.readers.base import ReadResult, finish, skip_mask
 
 FORMAT = "vllm-bench"
@@ -67,12 +68,7 @@ def find_bench_json(path) -> Path:
 
 
 def _load(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise TraceError(path, f"malformed JSON ({exc.msg})", exc.lineno) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TraceError(path, f"cannot read file ({exc})") from exc
+    obj = read_json_object(path)
     if not is_bench_result(obj):
         raise TraceError(path, "not a vllm bench serve result (no 'duration'/'ttfts' keys)")
     if "ttfts" not in obj:

@@ -30,13 +30,13 @@ No row is ever skipped: a measured run is taken whole or not at all.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from traces.errors import TraceError
+from traces.io import read_json_object
 from traces.readers.base import ReadResult, finish, float_column, int_column, read_jsonl
 from traces.readers.workload import parse_workload, token_id_array
 
@@ -63,18 +63,6 @@ def run_dir(path) -> Path:
     return path
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise TraceError(path, f"malformed JSON ({exc.msg})", exc.lineno) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TraceError(path, f"cannot read file ({exc})") from exc
-    if not isinstance(obj, dict):
-        raise TraceError(path, f"expected a JSON object, found {type(obj).__name__}")
-    return obj
-
-
 def read_run_meta(directory) -> dict:
     """``meta.json`` (+ ``cluster`` from ``cluster.json``, + ``timeseries_path``).
 
@@ -87,7 +75,7 @@ def read_run_meta(directory) -> dict:
     meta_path = directory / "meta.json"
     if not meta_path.is_file():
         raise TraceError(meta_path, "missing: a vLLM run needs meta.json with engine_kwargs")
-    meta = _read_json(meta_path)
+    meta = read_json_object(meta_path)
     engine = meta.get("engine_kwargs")
     if not isinstance(engine, dict):
         raise TraceError(meta_path, "missing key 'engine_kwargs' (an object of engine settings)")
@@ -95,7 +83,7 @@ def read_run_meta(directory) -> dict:
     if missing:
         raise TraceError(meta_path, f"engine_kwargs lacks integer {missing}")
     if (directory / "cluster.json").is_file():
-        meta["cluster"] = _read_json(directory / "cluster.json")
+        meta["cluster"] = read_json_object(directory / "cluster.json")
     if (directory / "timeseries.csv").is_file():
         meta["timeseries_path"] = str(directory / "timeseries.csv")
     return meta
