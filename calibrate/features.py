@@ -29,6 +29,9 @@ OPERATORS: dict[str, tuple[tuple[str, ...], str]] = {
     "lm_head": (PER_SEQUENCE, "model"),
     "sampler": (PER_SEQUENCE, "model"),
     "attention": (ATTENTION, "layer"),
+    # engine host time per step outside the forward pass (scheduling, input
+    # preparation, output processing); measured by ``mist profile`` on CPUs
+    "step_overhead": (("sequences", "tokens"), "model"),
 }
 
 # How many times a per-layer operator runs in one decoder layer.

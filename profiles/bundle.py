@@ -13,6 +13,8 @@ one folder per tensor-parallel degree, ``tp<N>/``, with:
                      of KV length ``kv_decode``.
 ``moe.csv``          MoE layer timings (MoE models only).
 ``skew.csv`` / ``skew_fit.csv``  decode batches with uneven KV lengths.
+``step_overhead.csv`` ``sequences,tokens,time_us`` — host time of one engine step
+                     outside the model forward (written by ``mist profile`` on CPUs).
 
 Times are microseconds on disk and seconds once read. The tables of ``tp<N>`` hold
 the shapes of ONE tensor-parallel rank (heads, intermediate and vocab divided by N),
@@ -35,7 +37,8 @@ import yaml
 from traces.errors import TraceError
 from traces.schema import OPERATOR_PROFILE, from_columns
 
-# table name -> (required columns, feature columns mapped to operator_profile names)
+# table name -> (required columns, feature columns mapped to operator_profile names);
+# tables without a ``layer`` column hold one operator, named like the table.
 TABLES = {
     "dense": (("layer", "tokens", "time_us"), {"tokens": "tokens"}),
     "per_sequence": (("layer", "sequences", "time_us"), {"sequences": "sequences"}),
@@ -43,6 +46,8 @@ TABLES = {
         ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode", "time_us"),
         {c: c for c in ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode")},
     ),
+    # host time of an engine step outside the model forward (CPU profiles)
+    "step_overhead": (("sequences", "tokens", "time_us"), {"sequences": "sequences", "tokens": "tokens"}),
 }
 OPTIONAL_TABLES = ("moe", "skew", "skew_fit")
 
@@ -137,7 +142,7 @@ def to_operator_profile(bundle: Bundle) -> pa.Table:
         if name not in TABLES:
             continue
         features = TABLES[name][1]
-        ops = df["layer"].astype(str) if "layer" in df.columns else pd.Series(["attention"] * len(df))
+        ops = df["layer"].astype(str) if "layer" in df.columns else pd.Series([name] * len(df))
         n = len(df)
         fixed = {
             "hardware": bundle.hardware, "engine": "vllm", "engine_version": engine_version,

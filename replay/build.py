@@ -82,6 +82,7 @@ def build_step_cost(models: dict[str, LatencyModel], model: ModelConfig, cfg: En
         dense_s=tuple(dense.tolist()), per_seq_s=tuple(per_seq.tolist()),
         attention=GridLookup.from_model(models["attention"]), num_layers=model.num_layers,
         skew_alpha=skew_alpha, overhead_s=cfg.step_overhead_s,
+        host=GridLookup.from_model(models["step_overhead"]) if "step_overhead" in models else None,
     )
 
 
@@ -113,20 +114,31 @@ def _version_at_least(version: str, major: int, minor: int) -> bool:
     return tuple(parts) >= (major, minor)
 
 
-def engine_config(meta: dict, model: ModelConfig, memory_bytes: float, bundle_meta: dict | None = None,
+def engine_config(meta: dict, model: ModelConfig, memory_bytes=None, bundle_meta: dict | None = None,
                   **overrides) -> EngineConfig:
-    """Engine settings from a run's ``meta.json`` (``engine_kwargs``) plus vLLM defaults.
+    """Engine settings of a run, most trusted source first.
 
-    Block size: ``engine_kwargs.block_size``, else the profile's engine block size,
-    else 16 (vLLM's GPU default). Prefix caching defaults on (vLLM v1); async
-    scheduling defaults on from vLLM 0.12.
+    1. ``meta["engine_effective"]``: what the live engine reported (``mist record``
+       writes it: block size, real KV block count, async scheduling …);
+    2. ``meta["engine_kwargs"]``: what the engine was asked for;
+    3. vLLM defaults: block size from the profile's engine or 16 (GPU), prefix caching
+       and chunked prefill on (v1), async scheduling on from vLLM 0.12, KV blocks
+       sized from memory (``memory_bytes``: a number or a zero-argument callable,
+       only evaluated when the run does not say).
     """
     kw = dict(meta.get("engine_kwargs") or {})
+    kw.update({k: v for k, v in (meta.get("engine_effective") or {}).items() if v is not None})
     eff = dict((bundle_meta or {}).get("engine_effective") or {})
     tp = int(kw.get("tensor_parallel_size") or 1)
     block = int(kw.get("block_size") or eff.get("block_size") or 16)
-    util = float(kw.get("gpu_memory_utilization") or eff.get("gpu_memory_utilization") or 0.9)
     version = str(meta.get("vllm_version", ""))
+    blocks = kw.get("num_gpu_blocks") or kw.get("num_gpu_blocks_override")
+    if not blocks:
+        util = float(kw.get("gpu_memory_utilization") or eff.get("gpu_memory_utilization") or 0.9)
+        memory = memory_bytes() if callable(memory_bytes) else memory_bytes
+        if memory is None:
+            raise ValueError("KV capacity unknown: the run gives no num_gpu_blocks and no device memory")
+        blocks = kv_blocks(model, memory, util, tp, block)
     settings = dict(
         max_num_seqs=int(kw.get("max_num_seqs") or 256),
         max_num_batched_tokens=int(kw.get("max_num_batched_tokens") or 2048),
@@ -134,8 +146,9 @@ def engine_config(meta: dict, model: ModelConfig, memory_bytes: float, bundle_me
         tensor_parallel=tp,
         data_parallel=int(kw.get("data_parallel_size") or 1),
         enable_prefix_caching=bool(kw.get("enable_prefix_caching", True)),
+        enable_chunked_prefill=bool(kw.get("enable_chunked_prefill", True)),
         async_scheduling=bool(kw.get("async_scheduling", _version_at_least(version, 0, 12))),
-        num_gpu_blocks=int(kw.get("num_gpu_blocks_override") or kv_blocks(model, memory_bytes, util, tp, block)),
+        num_gpu_blocks=int(blocks),
     )
     settings.update(overrides)
     return EngineConfig(**settings)

@@ -23,6 +23,9 @@ class EngineConfig:
     data_parallel : int
         Number of independent replicas requests are routed across.
     enable_prefix_caching : bool
+    enable_chunked_prefill : bool
+        When off, a waiting prompt that does not fit the step's remaining token
+        budget waits for a later step (it is never split).
     async_scheduling : bool
         vLLM's overlap of scheduling step k+1 with executing step k: a request that
         arrives while step k runs is admitted no earlier than step k+2, and a request
@@ -40,6 +43,7 @@ class EngineConfig:
     tensor_parallel: int = 1
     data_parallel: int = 1
     enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
     async_scheduling: bool = True
     reserve_full_prompt: bool = False
     step_overhead_s: float = 0.0

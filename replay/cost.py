@@ -5,7 +5,10 @@ layers takes::
 
     embedding(T) + final_layernorm(T)
     + L * [ sum of per-layer dense ops(T) + attention(batch) + tp_allreduce(T) * 2 ]
-    + lm_head(S) + sampler(S) + step_overhead
+    + lm_head(S) + sampler(S) + host_overhead(S, T) + step_overhead_s
+
+all multiplied by ``scale`` (drift correction: the machine's speed when the run
+was recorded relative to when it was profiled).
 
 Dense ops are looked up by token count, ``lm_head``/``sampler`` by sequences (vLLM
 computes logits for the last scheduled token of every request in the step).
@@ -38,6 +41,11 @@ class StepCost:
     num_layers : int
     skew_alpha : float
     overhead_s : float
+        Constant host time added to every step.
+    host : GridLookup or None
+        Host time of a step outside the forward pass by (sequences, tokens).
+    scale : float
+        Multiplies every step's duration.
     """
 
     dense_s: tuple
@@ -46,6 +54,8 @@ class StepCost:
     num_layers: int
     skew_alpha: float = 0.0
     overhead_s: float = 0.0
+    host: GridLookup | None = None
+    scale: float = 1.0
 
     def attention_s(self, prefills: list, n_decode: int, kv_sum: int, kv_max: int) -> float:
         """Attention time of all layers (s) for prefill chunks ``[(chunk, kv_before)]``
@@ -74,4 +84,7 @@ class StepCost:
         per_seq = self.per_seq_s
         d = dense[num_tokens] if num_tokens < len(dense) else dense[-1] * num_tokens / (len(dense) - 1)
         s = per_seq[num_seqs] if num_seqs < len(per_seq) else per_seq[-1] * num_seqs / (len(per_seq) - 1)
-        return d + s + self.attention_s(prefills, n_decode, kv_sum, kv_max) + self.overhead_s
+        t = d + s + self.attention_s(prefills, n_decode, kv_sum, kv_max) + self.overhead_s
+        if self.host is not None:
+            t += self.host(num_seqs, num_tokens)
+        return t * self.scale

@@ -72,7 +72,7 @@ def prepare(meta: dict, bundle: Bundle, model: ModelConfig, hardware: Hardware |
             **overrides) -> tuple[EngineConfig, StepCost, dict]:
     """Engine settings and compiled step cost for a run; plus notes on where figures came from."""
     cluster = meta.get("cluster")
-    cfg = engine_config(meta, model, device_memory(cluster, hardware), bundle.meta, **overrides)
+    cfg = engine_config(meta, model, lambda: device_memory(cluster, hardware), bundle.meta, **overrides)
     models = fit_operators(to_operator_profile(bundle), cfg.tensor_parallel)
     check_profile(models, model, cfg.tensor_parallel, str(bundle.root / f"tp{cfg.tensor_parallel}"))
     link = link_from(cluster, hardware)

@@ -80,6 +80,8 @@ def schedule(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now:
         fresh = req.num_computed == 0 and not req.blocks
         hit = kv.match_prefix(req) if fresh else req.num_computed
         n = min(req.num_tokens - hit, budget)
+        if n < req.num_tokens - hit and not cfg.enable_chunked_prefill:
+            break
         if cfg.reserve_full_prompt and not kv.can_allocate(req, req.num_tokens):
             break
         if hit and not req.blocks:

@@ -17,6 +17,7 @@ from traces.errors import TraceError
 COMMANDS = {
     "ingest": "validate.cmd_ingest",
     "validate": "validate.cmd_validate",
+    "noise": "validate.cmd_noise",
     "calibrate": "validate.cmd_calibrate",
 }
 

@@ -21,6 +21,8 @@ Example::
 from __future__ import annotations
 
 import argparse
+import sys
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -29,6 +31,7 @@ import pandas as pd
 from traces.io import atomic_write_json, write_table
 
 HELP = "replay a recorded run and report simulated-vs-measured errors"
+DRIFT_WARN = 0.05  # warn when the speed probes differ by more than this fraction
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arrival", choices=("engine", "client"), default="engine",
                    help="feed requests when the real engine received them (engine, default) "
                    "or when the client sent them (client)")
+    p.add_argument("--drift", choices=("auto", "off"), default="auto",
+                   help="auto (default): when both the run and the profile carry a speed probe, "
+                   "rescale the profile by their ratio and report errors with and without")
     p.add_argument("--no-async-scheduling", action="store_true", help="plan each step after the previous ends")
     p.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching in the replay")
 
@@ -63,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from profiles.bundle import read_bundle
     from profiles.hardware import get_hardware
     from profiles.model import load_model_config
+    from profiles.probe import drift_ratio
     from replay.run import prepare, simulate
     from traces.readers.vllm_run import attach_workload, read_vllm_run
     from validate.align import align
@@ -85,6 +92,12 @@ def run(args: argparse.Namespace) -> int:
     if args.no_prefix_caching:
         overrides["enable_prefix_caching"] = False
     cfg, cost, notes = prepare(measured.meta, bundle, model, hardware, **overrides)
+    ratio = drift_ratio(measured.meta.get("speed_probe"), bundle.meta.get("speed_probe"))
+    uncorrected = None
+    if ratio is not None and args.drift == "auto":
+        sim0, _, _ = simulate(requests, cfg, cost, args.arrival)
+        uncorrected = summarize(align(requests.to_pandas(), sim0.to_pandas()))
+        cost = replace(cost, scale=ratio)
     sim, steps, wall = simulate(requests, cfg, cost, args.arrival)
     aligned = align(requests.to_pandas(), sim.to_pandas())
     metrics = summarize(aligned)
@@ -95,6 +108,18 @@ def run(args: argparse.Namespace) -> int:
     }
     print(f"{args.run}: {aligned.matched} of {aligned.measured} requests matched; "
           f"replay {wall:.3f} s wall, {steps.num_rows} steps")
+    if ratio is not None:
+        summary["drift_ratio"] = round(ratio, 4)
+        print(f"speed probe: recording/profiling time ratio {ratio:.3f} "
+              f"({'applied' if uncorrected is not None else 'not applied'})")
+        if abs(ratio - 1.0) > DRIFT_WARN:
+            print(f"warning: the machine's speed drifted by {100 * (ratio - 1):+.1f} % between "
+                  "profiling and recording; compare errors with and without correction", file=sys.stderr)
+    if uncorrected is not None:
+        summary["metrics_uncorrected"] = rounded(uncorrected)
+        print("without drift correction:")
+        print(format_table(uncorrected))
+        print("with drift correction:")
     print(format_table(metrics))
     if args.json:
         atomic_write_json(args.json, summary)
@@ -103,6 +128,11 @@ def run(args: argparse.Namespace) -> int:
         write_table(steps, args.out / "simulated.steps.parquet")
         lines = [f"Engine: {cfg}", f"Link: {notes['link']}; skew alpha {notes['skew_alpha']}",
                  f"Arrivals fed at the {args.arrival} clock."]
+        if ratio is not None:
+            lines.append(f"Speed-probe drift ratio (recording / profiling): {ratio:.3f}; "
+                         f"{'profile rescaled by it' if uncorrected is not None else 'not applied'}.")
+        if uncorrected is not None:
+            lines.append("Errors without drift correction:\n\n" + format_table(uncorrected, markdown=True))
         path = write_report(args.out, aligned, metrics, steps=steps.to_pandas(),
                             timeseries=_timeseries(measured.meta, requests.schema.metadata or {}),
                             title=f"mist validate: {args.run.name}", notes=lines)
