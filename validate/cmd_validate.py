@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from replay.run import prepare, simulate
     from traces.readers.vllm_run import attach_workload, read_vllm_run
     from validate.align import align
+    from validate.attribution import attribute
+    from validate.attribution import to_markdown as attribution_md
     from validate.metrics import format_table, rounded, summarize
     from validate.report import write_report
 
@@ -133,8 +135,11 @@ def run(args: argparse.Namespace) -> int:
                          f"{'profile rescaled by it' if uncorrected is not None else 'not applied'}.")
         if uncorrected is not None:
             lines.append("Errors without drift correction:\n\n" + format_table(uncorrected, markdown=True))
+        intro = ("Error of each request split at the instant it was first scheduled: "
+                 "queueing (waiting for admission) versus its own service (prefill and decode steps).\n\n")
         path = write_report(args.out, aligned, metrics, steps=steps.to_pandas(),
                             timeseries=_timeseries(measured.meta, requests.schema.metadata or {}),
-                            title=f"mist validate: {args.run.name}", notes=lines)
+                            title=f"mist validate: {args.run.name}", notes=lines,
+                            sections=[("Error attribution", intro + attribution_md(attribute(aligned)))])
         print(f"report: {path}")
     return 0

@@ -185,7 +185,7 @@ def _counts_md(aligned: AlignResult) -> list[str]:
     return lines
 
 
-def _markdown(title, aligned, metrics, notes, images: list[tuple[str, str]]) -> str:
+def _markdown(title, aligned, metrics, notes, images: list[tuple[str, str]], sections=()) -> str:
     """The report text: title, counts, error table, notes, images."""
     out = [f"# {title}", "", "## Requests", "", *_counts_md(aligned), ""]
     out += [
@@ -195,6 +195,8 @@ def _markdown(title, aligned, metrics, notes, images: list[tuple[str, str]]) -> 
         "",
     ]
     out += [format_table(metrics, markdown=True)]
+    for heading, body in sections:
+        out += [f"## {heading}", "", body]
     if notes:
         out += ["## Notes", "", *(f"- {n}" for n in notes), ""]
     out += ["## Plots", ""]
@@ -212,6 +214,7 @@ def write_report(
     timeseries: pd.DataFrame | None = None,
     title: str,
     notes=(),
+    sections=(),
 ) -> Path:
     """Write ``report.md`` and its PNG plots to ``out_dir``.
 
@@ -232,6 +235,8 @@ def write_report(
         Report heading.
     notes : sequence of str, optional
         Free-text bullet points (settings, caveats).
+    sections : sequence of (heading, markdown), optional
+        Extra report sections placed after the error table.
 
     Returns
     -------
@@ -258,5 +263,5 @@ def write_report(
         for name, _, draw in plots:
             atomic_write_bytes(out / name, _png(draw()))
     path = out / "report.md"
-    atomic_write_text(path, _markdown(title, aligned, metrics, list(notes), [p[:2] for p in plots]))
+    atomic_write_text(path, _markdown(title, aligned, metrics, list(notes), [p[:2] for p in plots], sections))
     return path
