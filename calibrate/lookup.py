@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass
-from itertools import product
 
 import numpy as np
 
@@ -48,29 +47,23 @@ class GridLookup:
         return all(a[0] <= v <= a[-1] for a, v in zip(self.axes, x))
 
     def __call__(self, *x: float) -> float:
-        base = 0
-        corners = []  # per axis: (index offset along stride, weight low, weight high)
+        # Corners are expanded only along axes where the point falls strictly inside a
+        # cell, so a decode-only query (prefill axes at 0) touches 4 corners, not 16.
+        corners = [(0, 1.0)]
         for a, s, v in zip(self.axes, self.strides, x):
-            n = len(a)
-            if n == 1 or v <= a[0]:
-                corners.append(((0, 1.0),))
+            if v <= a[0]:
                 continue
+            n = len(a)
             if v >= a[-1]:
-                base += (n - 1) * s
-                corners.append(((0, 1.0),))
+                corners = [(o + (n - 1) * s, w) for o, w in corners]
                 continue
             i = bisect_right(a, v) - 1
-            w = (v - a[i]) / (a[i + 1] - a[i])
-            base += i * s
-            corners.append(((0, 1.0 - w), (s, w)))
-        total = 0.0
+            f = (v - a[i]) / (a[i + 1] - a[i])
+            lo = i * s
+            if f == 0.0:
+                corners = [(o + lo, w) for o, w in corners]
+            else:
+                g = 1.0 - f
+                corners = [c for o, w in corners for c in ((o + lo, w * g), (o + lo + s, w * f))]
         vals = self.values
-        for combo in product(*corners):
-            off = base
-            w = 1.0
-            for o, cw in combo:
-                off += o
-                w *= cw
-            if w:
-                total += w * vals[off]
-        return total
+        return sum(w * vals[o] for o, w in corners)

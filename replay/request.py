@@ -13,7 +13,7 @@ class Request:
 
     __slots__ = (
         "index", "request_id", "arrival_s", "prompt_len", "output_len", "token_ids",
-        "num_computed", "num_generated", "blocks", "num_committed", "block_hashes", "cached_tokens",
+        "num_computed", "num_generated", "num_tokens", "blocks", "num_committed", "block_hashes", "cached_tokens",
         "queued_s", "scheduled_s", "first_token_s", "finished_s", "num_preemptions", "replica",
     )
 
@@ -27,6 +27,7 @@ class Request:
         self.token_ids = token_ids
         self.num_computed = 0
         self.num_generated = 0
+        self.num_tokens = prompt_len  # prompt_len + num_generated, kept in step for speed
         self.blocks: list[int] = []
         self.num_committed = 0  # leading blocks whose hashes are registered
         self.block_hashes: list[int] | None = None
@@ -37,7 +38,3 @@ class Request:
         self.finished_s = None
         self.num_preemptions = 0
         self.replica = 0
-
-    @property
-    def num_tokens(self) -> int:
-        return self.prompt_len + self.num_generated

@@ -33,6 +33,13 @@ class StepPlan:
     preempted: int = 0
     # (request, index of the token it samples, 1-based), filled when the plan is applied
     sampled: list[tuple[Request, int]] = field(default_factory=list)
+    # cost-model inputs, filled when the plan is applied: prefill chunks
+    # [(tokens, kv_before)], decode count, their KV sum and max, all KV tokens
+    prefills: list[tuple[int, int]] = field(default_factory=list)
+    n_decode: int = 0
+    kv_decode_sum: int = 0
+    kv_decode_max: int = 0
+    kv_tokens: int = 0
 
 
 def _preempt(running: list, waiting: deque, kv: KVCache) -> Request:
@@ -56,14 +63,18 @@ def schedule(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now:
     """Build the next step from the ``running`` list and ``waiting`` queue (mutated)."""
     plan = StepPlan()
     budget = cfg.max_num_batched_tokens
+    block = kv.block_size
     i = 0
     while i < len(running) and budget > 0:
         req = running[i]
-        n = min(req.num_tokens - req.num_computed, budget)
+        n = req.num_tokens - req.num_computed
+        if n > budget:
+            n = budget
         if n <= 0 or req.num_generated >= req.output_len:  # done, awaiting its last output
             i += 1
             continue
-        while not kv.allocate(req, req.num_computed + n):
+        # (fast path: most decodes fit in the blocks the request already holds)
+        while -(-(req.num_computed + n) // block) > len(req.blocks) and not kv.allocate(req, req.num_computed + n):
             victim = _preempt(running, waiting, kv)
             plan.preempted += 1
             if victim is req:
@@ -98,4 +109,33 @@ def schedule(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now:
         plan.items.append((req, n))
         budget -= n
     plan.num_tokens = cfg.max_num_batched_tokens - budget
+    return plan
+
+
+def apply(plan: StepPlan, kv: KVCache) -> StepPlan:
+    """Advance the planned requests' token counts; note what the step samples and costs.
+
+    A request whose computed tokens reach its token count samples one new token
+    (emitted when the step ends). Fills the plan's cost-model inputs. Returns ``plan``.
+    """
+    block = kv.block_size
+    n_dec = kv_sum = kv_max = kv_tok = 0
+    for req, n in plan.items:
+        computed = req.num_computed + n
+        req.num_computed = computed
+        kv_tok += computed
+        if n == 1:  # a decode (or a prompt's last token): KV length incl. this token
+            n_dec += 1
+            kv_sum += computed
+            if computed > kv_max:
+                kv_max = computed
+        else:
+            plan.prefills.append((n, computed - n))
+        if computed // block > req.num_committed:
+            kv.commit(req)
+        if computed >= req.num_tokens:
+            req.num_generated += 1
+            req.num_tokens += 1
+            plan.sampled.append((req, req.num_generated))
+    plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max, plan.kv_tokens = n_dec, kv_sum, kv_max, kv_tok
     return plan

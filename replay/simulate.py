@@ -20,7 +20,7 @@ from replay.cost import StepCost
 from replay.engine import EventLoop
 from replay.kvcache import KVCache
 from replay.request import Request
-from replay.scheduler import StepPlan, schedule
+from replay.scheduler import StepPlan, apply, schedule
 
 # At equal times: finish a step, then queue arrivals, then start an idle replica,
 # so requests arriving together share their first step.
@@ -58,36 +58,18 @@ class Replay:
 
     # -- planning -------------------------------------------------------------
     def _plan(self, rep: Replica, now: float) -> StepPlan:
-        plan = schedule(self.cfg, rep.running, rep.waiting, rep.kv, now)
-        for req, n in plan.items:  # advance at plan time, as vLLM does
-            req.num_computed += n
-            rep.kv.commit(req)
-            if req.num_computed >= req.num_tokens:
-                req.num_generated += 1
-                plan.sampled.append((req, req.num_generated))
-        return plan
-
-    def _duration(self, plan: StepPlan) -> float:
-        prefills, n_dec, kv_sum, kv_max = [], 0, 0, 0
-        for req, n in plan.items:
-            if n == 1:
-                kv = req.num_computed  # already advanced: KV length incl. this token
-                n_dec += 1
-                kv_sum += kv
-                kv_max = max(kv_max, kv)
-            else:
-                prefills.append((n, req.num_computed - n))
-        return self.cost.step_s(plan.num_tokens, len(plan.items), prefills, n_dec, kv_sum, kv_max)
+        """Schedule a step and apply it at once (vLLM advances requests at plan time)."""
+        return apply(schedule(self.cfg, rep.running, rep.waiting, rep.kv, now), rep.kv)
 
     def _start(self, rep: Replica, plan: StepPlan, now: float):
         rep.current = plan
         rep.busy = True
-        d = self._duration(plan)
-        n_pf = sum(1 for _, n in plan.items if n > 1)
-        pf_tok = sum(n for _, n in plan.items if n > 1)
-        kv_tok = sum(r.num_computed for r, _ in plan.items)
-        self.steps.append((len(self.steps), rep.index, now, d, n_pf, pf_tok, len(plan.items) - n_pf,
-                           kv_tok, len(rep.running), len(rep.waiting), rep.kv.used_blocks, plan.preempted))
+        d = self.cost.step_s(plan.num_tokens, len(plan.items), plan.prefills, plan.n_decode,
+                             plan.kv_decode_sum, plan.kv_decode_max)
+        n_pf = len(plan.prefills)
+        self.steps.append((len(self.steps), rep.index, now, d, n_pf, plan.num_tokens - plan.n_decode,
+                           plan.n_decode, plan.kv_tokens, len(rep.running), len(rep.waiting),
+                           rep.kv.used_blocks, plan.preempted))
         return (now + d, STEP_END, self._on_step_end, rep)
 
     def _kick(self, rep: Replica, now: float) -> list:

@@ -7,7 +7,7 @@ from collections import deque
 from replay.config import EngineConfig
 from replay.kvcache import KVCache
 from replay.request import Request
-from replay.scheduler import schedule
+from replay.scheduler import apply, schedule
 
 
 def _cfg(**kw):
@@ -27,11 +27,7 @@ def _reqs(*prompts, output_len=8):
 
 def _apply(plan, kv):
     """Advance token counts as a replay does after planning a step (sync mode)."""
-    for req, n in plan.items:
-        req.num_computed += n
-        kv.commit(req)
-        if req.num_computed >= req.num_tokens:
-            req.num_generated += 1
+    apply(plan, kv)
 
 
 def test_token_budget_respected():

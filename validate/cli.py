@@ -18,7 +18,9 @@ COMMANDS = {
     "ingest": "validate.cmd_ingest",
     "validate": "validate.cmd_validate",
     "noise": "validate.cmd_noise",
+    "replay": "validate.cmd_replay",
     "calibrate": "validate.cmd_calibrate",
+    "record": "validate.cmd_record",
 }
 
 
