@@ -19,6 +19,7 @@ from profiles.model import ModelConfig, dtype_bytes
 from replay.config import EngineConfig
 from replay.cost import StepCost
 from replay.request import Request
+from replay.skew import SkewAlpha
 from traces.errors import TraceError
 
 # Memory vLLM keeps outside weights and KV (activations of a max-size step, CUDA
@@ -60,7 +61,7 @@ def allreduce_s(num_bytes: float, tp: int, link_bw_bytes_s: float,
 
 def build_step_cost(models: dict[str, LatencyModel], model: ModelConfig, cfg: EngineConfig,
                     link_bw_bytes_s: float, skew_alpha: float = 0.0,
-                    link_latency_s: float = ALLREDUCE_LATENCY_S) -> StepCost:
+                    link_latency_s: float = ALLREDUCE_LATENCY_S, skew: SkewAlpha | None = None) -> StepCost:
     """Compile the per-step cost tables for one replica."""
     max_tokens = cfg.max_num_batched_tokens
     layer = np.zeros(max_tokens + 1)
@@ -81,7 +82,8 @@ def build_step_cost(models: dict[str, LatencyModel], model: ModelConfig, cfg: En
     return StepCost(
         dense_s=tuple(dense.tolist()), per_seq_s=tuple(per_seq.tolist()),
         attention=GridLookup.from_model(models["attention"]), num_layers=model.num_layers,
-        skew_alpha=skew_alpha, overhead_s=cfg.step_overhead_s,
+        skew_alpha=skew.default if skew is not None else skew_alpha, skew=skew,
+        overhead_s=cfg.step_overhead_s,
         host=GridLookup.from_model(models["step_overhead"]) if "step_overhead" in models else None,
     )
 

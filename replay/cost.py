@@ -15,7 +15,8 @@ computes logits for the last scheduled token of every request in the step).
 Attention is looked up for the largest prefill chunk together with all decodes
 (the profile measured mixed batches of one prefill and ``n`` decodes); further
 prefill chunks add their own prefill-only attention. Decodes with uneven KV lengths
-use ``t_mean + alpha * (t_max - t_mean)`` with the profiled skew ``alpha``.
+use ``t_mean + alpha * (t_max - t_mean)`` with the profiled skew ``alpha`` of
+their bucket (see :mod:`replay.skew`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from calibrate.lookup import GridLookup
+from replay.skew import SkewAlpha
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,9 @@ class StepCost:
         One layer's attention by (prefill_chunk, kv_prefill, n_decode, kv_decode).
     num_layers : int
     skew_alpha : float
+        Default skew alpha (used when ``skew`` is absent or finds no bucket).
+    skew : SkewAlpha or None
+        Bucketed alphas from the profile's ``skew_fit.csv``.
     overhead_s : float
         Constant host time added to every step.
     host : GridLookup or None
@@ -53,21 +58,28 @@ class StepCost:
     attention: GridLookup
     num_layers: int
     skew_alpha: float = 0.0
+    skew: SkewAlpha | None = None
     overhead_s: float = 0.0
     host: GridLookup | None = None
     scale: float = 1.0
 
-    def attention_s(self, prefills: list, n_decode: int, kv_sum: int, kv_max: int) -> float:
+    def attention_s(self, prefills: list, n_decode: int, kv_sum: int, kv_max: int,
+                    kv_min: int | None = None) -> float:
         """Attention time of all layers (s) for prefill chunks ``[(chunk, kv_before)]``
-        and ``n_decode`` decodes whose KV lengths sum to ``kv_sum`` (max ``kv_max``)."""
+        and ``n_decode`` decodes whose KV lengths sum to ``kv_sum`` (max ``kv_max``,
+        min ``kv_min``; without ``kv_min`` the default skew alpha applies)."""
         attn = self.attention
         c0, k0 = max(prefills) if prefills else (0, 0)
         kv_mean = kv_sum / n_decode if n_decode else 0.0
         t = attn(c0, k0, n_decode, kv_mean)
-        if n_decode > 1 and kv_max > kv_mean and self.skew_alpha:
-            t_max = attn(c0, k0, n_decode, kv_max)
-            if t_max > t:
-                t += self.skew_alpha * (t_max - t)
+        if n_decode > 1 and kv_max > kv_mean:
+            alpha = self.skew_alpha
+            if self.skew is not None and kv_min is not None:
+                alpha = self.skew(c0, n_decode, kv_min, kv_mean, kv_max, k0)
+            if alpha:
+                t_max = attn(c0, k0, n_decode, kv_max)
+                if t_max > t:
+                    t += alpha * (t_max - t)
         if len(prefills) > 1:
             first = True
             for c, k in prefills:
@@ -78,13 +90,13 @@ class StepCost:
         return t * self.num_layers
 
     def step_s(self, num_tokens: int, num_seqs: int, prefills: list, n_decode: int,
-               kv_sum: int, kv_max: int) -> float:
+               kv_sum: int, kv_max: int, kv_min: int | None = None) -> float:
         """Duration (s) of one engine step."""
         dense = self.dense_s
         per_seq = self.per_seq_s
         d = dense[num_tokens] if num_tokens < len(dense) else dense[-1] * num_tokens / (len(dense) - 1)
         s = per_seq[num_seqs] if num_seqs < len(per_seq) else per_seq[-1] * num_seqs / (len(per_seq) - 1)
-        t = d + s + self.attention_s(prefills, n_decode, kv_sum, kv_max) + self.overhead_s
+        t = d + s + self.attention_s(prefills, n_decode, kv_sum, kv_max, kv_min) + self.overhead_s
         if self.host is not None:
             t += self.host(num_seqs, num_tokens)
         return t * self.scale

@@ -15,6 +15,7 @@ from replay.build import build_step_cost, check_profile, engine_config, requests
 from replay.config import EngineConfig
 from replay.cost import StepCost
 from replay.simulate import replay_requests
+from replay.skew import skew_from_bundle
 from traces.schema import REQUESTS, STEPS, from_columns
 
 
@@ -61,24 +62,18 @@ def device_memory(cluster: dict | None, hardware: Hardware | None) -> float:
     return hardware.memory_bytes
 
 
-def skew_alpha(bundle: Bundle, tp: int) -> float:
-    """The bundle's default skew ``alpha`` at degree ``tp`` (0 when not profiled)."""
-    per_tp = ((bundle.meta.get("skew_fit") or {}).get("per_tp") or {})
-    entry = per_tp.get(tp) or per_tp.get(str(tp)) or {}
-    return float(entry.get("alpha_default") or 0.0)
-
-
 def prepare(meta: dict, bundle: Bundle, model: ModelConfig, hardware: Hardware | None,
-            **overrides) -> tuple[EngineConfig, StepCost, dict]:
+            skew_buckets: bool = False, **overrides) -> tuple[EngineConfig, StepCost, dict]:
     """Engine settings and compiled step cost for a run; plus notes on where figures came from."""
     cluster = meta.get("cluster")
     cfg = engine_config(meta, model, lambda: device_memory(cluster, hardware), bundle.meta, **overrides)
     models = fit_operators(to_operator_profile(bundle), cfg.tensor_parallel)
     check_profile(models, model, cfg.tensor_parallel, str(bundle.root / f"tp{cfg.tensor_parallel}"))
     link = link_from(cluster, hardware)
-    alpha = skew_alpha(bundle, cfg.tensor_parallel)
-    cost = build_step_cost(models, model, cfg, link.bw_bytes_s, alpha, link.latency_s)
-    notes = {"link": link.source, "skew_alpha": alpha, "num_gpu_blocks": cfg.num_gpu_blocks}
+    skew = skew_from_bundle(bundle, cfg.tensor_parallel, buckets=skew_buckets)
+    cost = build_step_cost(models, model, cfg, link.bw_bytes_s, link_latency_s=link.latency_s, skew=skew)
+    notes = {"link": link.source, "skew_alpha": f"{skew.default} default, {len(skew.table)} buckets",
+             "num_gpu_blocks": cfg.num_gpu_blocks}
     return cfg, cost, notes
 
 

@@ -39,6 +39,7 @@ class StepPlan:
     n_decode: int = 0
     kv_decode_sum: int = 0
     kv_decode_max: int = 0
+    kv_decode_min: int = 0
     kv_tokens: int = 0
 
 
@@ -120,6 +121,7 @@ def apply(plan: StepPlan, kv: KVCache) -> StepPlan:
     """
     block = kv.block_size
     n_dec = kv_sum = kv_max = kv_tok = 0
+    kv_min = 1 << 62
     for req, n in plan.items:
         computed = req.num_computed + n
         req.num_computed = computed
@@ -129,6 +131,8 @@ def apply(plan: StepPlan, kv: KVCache) -> StepPlan:
             kv_sum += computed
             if computed > kv_max:
                 kv_max = computed
+            if computed < kv_min:
+                kv_min = computed
         else:
             plan.prefills.append((n, computed - n))
         if computed // block > req.num_committed:
@@ -138,4 +142,5 @@ def apply(plan: StepPlan, kv: KVCache) -> StepPlan:
             req.num_tokens += 1
             plan.sampled.append((req, req.num_generated))
     plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max, plan.kv_tokens = n_dec, kv_sum, kv_max, kv_tok
+    plan.kv_decode_min = kv_min if n_dec else 0
     return plan

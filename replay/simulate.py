@@ -65,7 +65,7 @@ class Replay:
         rep.current = plan
         rep.busy = True
         d = self.cost.step_s(plan.num_tokens, len(plan.items), plan.prefills, plan.n_decode,
-                             plan.kv_decode_sum, plan.kv_decode_max)
+                             plan.kv_decode_sum, plan.kv_decode_max, plan.kv_decode_min)
         n_pf = len(plan.prefills)
         self.steps.append((len(self.steps), rep.index, now, d, n_pf, plan.num_tokens - plan.n_decode,
                            plan.n_decode, plan.kv_tokens, len(rep.running), len(rep.waiting),

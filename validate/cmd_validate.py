@@ -48,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drift", choices=("auto", "off"), default="auto",
                    help="auto (default): when both the run and the profile carry a speed probe, "
                    "rescale the profile by their ratio and report errors with and without")
+    p.add_argument("--skew", choices=("default", "buckets"), default="default",
+                   help="uneven decode KV lengths: the profile's default alpha (default) or its "
+                   "per-bucket alphas from skew_fit.csv")
     p.add_argument("--no-async-scheduling", action="store_true", help="plan each step after the previous ends")
     p.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching in the replay")
 
@@ -93,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["async_scheduling"] = False
     if args.no_prefix_caching:
         overrides["enable_prefix_caching"] = False
-    cfg, cost, notes = prepare(measured.meta, bundle, model, hardware, **overrides)
+    cfg, cost, notes = prepare(measured.meta, bundle, model, hardware,
+                               skew_buckets=args.skew == "buckets", **overrides)
     ratio = drift_ratio(measured.meta.get("speed_probe"), bundle.meta.get("speed_probe"))
     uncorrected = None
     if ratio is not None and args.drift == "auto":
