@@ -15,6 +15,7 @@ one folder per tensor-parallel degree, ``tp<N>/``, with:
 ``skew.csv`` / ``skew_fit.csv``  decode batches with uneven KV lengths.
 ``step_overhead.csv`` ``sequences,tokens,time_us`` — host time of one engine step
                      outside the model forward (written by ``mist profile`` on CPUs).
+``engine_steps.csv`` every engine step ``mist profile`` measured: shape and wall time.
 
 Times are microseconds on disk and seconds once read. The tables of ``tp<N>`` hold
 the shapes of ONE tensor-parallel rank (heads, intermediate and vocab divided by N),
@@ -49,7 +50,7 @@ TABLES = {
     # host time of an engine step outside the model forward (CPU profiles)
     "step_overhead": (("sequences", "tokens", "time_us"), {"sequences": "sequences", "tokens": "tokens"}),
 }
-OPTIONAL_TABLES = ("moe", "skew", "skew_fit")
+OPTIONAL_TABLES = ("moe", "skew", "skew_fit", "engine_steps")
 
 
 @dataclass(frozen=True)

@@ -79,15 +79,36 @@ def _build_engine(model, raw: dict, settings, workdir: Path):
     return LLM(**kwargs), kwargs
 
 
-def _instrument(core, runner) -> list[tuple]:
-    """Wrap the live engine's methods; return the list each step appends a record to.
+def step_shape(out) -> dict:
+    """A scheduler output's shape as the replay's cost model sees it.
+
+    Each scheduled request computes ``n`` tokens after ``c`` already computed: ``n == 1``
+    is a decode attending to ``c + 1`` KV tokens, otherwise a prefill chunk ``(n, c)``.
+    """
+    before = {r.req_id: int(r.num_computed_tokens) for r in out.scheduled_new_reqs}
+    cached = out.scheduled_cached_reqs
+    before.update(zip(cached.req_ids, (int(c) for c in cached.num_computed_tokens)))
+    kvs, prefills = [], []
+    for rid, n in out.num_scheduled_tokens.items():
+        if n == 1:
+            kvs.append(before[rid] + 1)
+        else:
+            prefills.append(f"{int(n)}:{before[rid]}")
+    return {"n_decode": len(kvs), "kv_decode_sum": sum(kvs), "kv_decode_max": max(kvs, default=0),
+            "kv_decode_min": min(kvs, default=0), "prefills": ";".join(sorted(prefills))}
+
+
+def _instrument(core, runner) -> tuple[list[tuple], list[dict]]:
+    """Wrap the live engine's methods; return the lists each step appends to.
 
     Record: ``(S, T, step_s, model_s, kv, forward_s, logits_s, sampler_s)``; ``kv`` is
-    the mean KV length of a pure-decode step, else -1.
+    the mean KV length of a pure-decode step, else -1. Step: the step's full shape
+    (:func:`step_shape`) and wall time, for ``engine_steps.csv``.
     """
     acc: dict[str, float] = {}
     shape: dict[str, float] = {}
     records: list[tuple] = []
+    steps: list[dict] = []
     inner_schedule, inner_step = core.scheduler.schedule, core.step_fn
 
     def schedule(*args, **kwargs):
@@ -96,7 +117,8 @@ def _instrument(core, runner) -> list[tuple]:
         kv = list(getattr(out.scheduled_cached_reqs, "num_computed_tokens", None) or [])
         pure_decode = S == T and not out.scheduled_new_reqs and len(kv) == S
         # KV length a decode attends to: the tokens computed before plus its own
-        shape.update(S=S, T=T, kv=float(np.mean(kv)) + 1 if pure_decode and kv else -1.0)
+        shape.update(S=S, T=T, kv=float(np.mean(kv)) + 1 if pure_decode and kv else -1.0,
+                     detail=step_shape(out))
         return out
 
     def step():
@@ -108,6 +130,7 @@ def _instrument(core, runner) -> list[tuple]:
         if shape.get("T", 0) > 0:
             parts = tuple(acc.get(k, 0.0) for k in ("forward", "logits", "sampler"))
             records.append((shape["S"], shape["T"], dt, sum(parts), shape["kv"], *parts))
+            steps.append({"sequences": shape["S"], "tokens": shape["T"], **shape["detail"], "time_us": dt * 1e6})
         return out
 
     core.scheduler.schedule = schedule
@@ -115,7 +138,7 @@ def _instrument(core, runner) -> list[tuple]:
     _wrap(runner, "_model_forward", acc, "forward")
     _wrap(runner.model, "compute_logits", acc, "logits")
     _wrap(runner, "_sample", acc, "sampler")
-    return records
+    return records, steps
 
 
 def _effective(kwargs: dict, cfg) -> dict:
@@ -141,7 +164,7 @@ def profile_step_overhead(model, raw: dict, settings, progress) -> dict:
         llm, kwargs = _build_engine(model, raw, settings, Path(tmp))
         core = llm.llm_engine.engine_core.engine_core
         worker = core.model_executor.driver_worker
-        records = _instrument(core, getattr(worker, "worker", worker).model_runner)
+        records, steps = _instrument(core, getattr(worker, "worker", worker).model_runner)
         rng = np.random.default_rng(0)
         runs = [(2, 32, 4)] + scenarios(settings)  # the first run warms up, discarded
         tick = progress(len(runs) - 1, "engine steps")
@@ -153,11 +176,13 @@ def profile_step_overhead(model, raw: dict, settings, progress) -> dict:
             llm.generate(prompts, params, use_tqdm=False)
             if i == 0:
                 records.clear()
+                steps.clear()
             else:
                 tick(1)
         eff = _effective(kwargs, core.vllm_config)
         del llm, core, worker
     return {"rows": aggregate(records), "decode_steps": decode_steps(records), "engine_effective": eff,
+            "steps": [dict(s, step=i) for i, s in enumerate(steps)],
             "description": {"method": "EngineCore.step_fn wall time minus model_runner._model_forward "
                                       "+ model.compute_logits + model_runner._sample, per step",
                             "includes": "scheduling, input/attention-metadata preparation, logits "

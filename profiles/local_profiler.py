@@ -8,6 +8,12 @@ reads) for a Llama-style model on the local CPU:
 ``tp1/per_sequence.csv``   ``layer,sequences,time_us,spread_us,samples``
 ``tp1/attention.csv``      ``prefill_chunk,kv_prefill,n_decode,kv_decode,time_us,…``
 ``tp1/step_overhead.csv``  ``sequences,tokens,time_us,spread_us,samples,step_us,model_us``
+``tp1/engine_steps.csv``   every engine step of the overhead scenarios: its shape (sequences,
+                           tokens, decode count and KV lengths, prefill chunks
+                           ``chunk:kv_before`` joined by ``;``) and wall time ``time_us`` —
+                           the replay derives its host time per step from these (``replay.host``)
+``tp1/serving_steps.csv``  with ``--serving-steps``: the same for a synthetic stream served
+                           like a recording (``profiles.local_serving``); diagnostic
 
 ``time_us`` is always the median of the samples; ``spread_us`` is their p90 − p10.
 The operators are timed by :mod:`profiles.local_ops` (vLLM's own CPU kernels where
@@ -40,7 +46,11 @@ TABLE_COLUMNS = {
     "per_sequence": ("layer", "sequences") + SUMMARY_COLUMNS,
     "attention": ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode") + SUMMARY_COLUMNS,
     "step_overhead": ("sequences", "tokens") + SUMMARY_COLUMNS + ("step_us", "model_us"),
+    # one row per engine step of the overhead scenarios, in the order they ran
+    "engine_steps": ("step", "sequences", "tokens", "n_decode", "kv_decode_sum", "kv_decode_max",
+                     "kv_decode_min", "prefills", "time_us"),
 }
+TABLE_COLUMNS["serving_steps"] = TABLE_COLUMNS["engine_steps"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,7 @@ class ProfileSettings:
     min_time_s: float = 2e-3
     flush_mb: int = 64
     name: str = ""
+    serving_steps: bool = False
 
     def __post_init__(self):
         if self.flush_mb < 0:
@@ -205,6 +216,8 @@ def render_csv(name: str, rows: list[dict]) -> str:
         if missing:
             raise ValueError(f"{name} row {i} lacks columns {missing}")
     keyed = sorted(rows, key=lambda r: tuple(r[c] for c in cols[: cols.index("time_us")]))
+    if "step" in cols:  # a log, not a grid: keep the order the steps ran in
+        keyed = sorted(rows, key=lambda r: r["step"])
     lines = [",".join(cols)] + [",".join(_fmt(r[c]) for c in cols) for r in keyed]
     return "\n".join(lines) + "\n"
 
@@ -309,13 +322,14 @@ def run_profile(settings: ProfileSettings, progress: Callable[[int, str], Callab
     model = load_model_config(settings.model_config)
     raw = read_json_object(settings.model_config)
     _prepare_environment(settings)
-    from profiles import local_engine, local_ops  # heavy: torch, vllm
+    from profiles import local_engine, local_ops, local_serving  # heavy: torch, vllm
 
-    probe_start = run_probe()
+    probe_start = run_probe(cpus=cpus)
     started = datetime.now(timezone.utc)
     ops = local_ops.profile_operators(model, raw, settings, cpus, progress)
     engine = local_engine.profile_step_overhead(model, raw, settings, progress)
-    probe_end = run_probe()
+    serving = local_serving.profile_serving_steps(raw, settings) if settings.serving_steps else None
+    probe_end = run_probe(cpus=cpus)
     meta = {
         "profiler": "mist profile (profiles.local_profiler)",
         "profiler_version": PROFILER_VERSION,
@@ -344,11 +358,24 @@ def run_profile(settings: ProfileSettings, progress: Callable[[int, str], Callab
                         "statistic": "median; spread_us = p90 - p10"},
         "kernels": ops["kernels"],
         "step_overhead": engine["description"],
+        "engine_steps": {"method": "every engine step of the step_overhead scenarios (in-process "
+                                   "engine): shape and wall time; the replay's host time is their "
+                                   "residual over the operators (replay.host)",
+                         "steps": len(engine["steps"])},
+        "serving_steps": None if serving is None else {
+            "method": "every engine step of a synthetic open-loop stream served like mist record "
+                      "(AsyncLLM, engine core in its own process, streaming), logged inside the "
+                      "engine core; diagnostic, not used by the replay",
+            "stream": "profiles.local_serving.stream: 160 requests in three load levels",
+            "steps": len(serving)},
         "engine_decode_steps": engine["decode_steps"],
         "speed_probe": probe_start,
         "speed_probe_end": probe_end,
         "settings": asdict(settings),
     }
     tables = {"dense": ops["dense"], "per_sequence": ops["per_sequence"],
-              "attention": ops["attention"], "step_overhead": engine["rows"]}
+              "attention": ops["attention"], "step_overhead": engine["rows"],
+              "engine_steps": engine["steps"]}
+    if serving is not None:
+        tables["serving_steps"] = serving
     return meta, tables

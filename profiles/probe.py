@@ -14,6 +14,7 @@ repeats; ``score_s`` is their geometric mean, in seconds (smaller is faster).
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -38,12 +39,20 @@ def _python_work() -> int:
     return sum(len(v) for v in d.values())
 
 
-def run_probe(repeats: int = 41) -> dict:
+def run_probe(repeats: int = 41, cpus=None) -> dict:
     """Time the probe's operations; return ``{"version", "matmul_s", "python_s", "score_s"}``.
 
     Uses one BLAS thread when threadpoolctl is available (the engines here are
-    measured with one compute thread too).
+    measured with one compute thread too). ``cpus``: run pinned to these CPUs (the
+    ones the engine computes on — virtual CPUs of one machine can differ in speed).
     """
+    if cpus and hasattr(os, "sched_setaffinity"):
+        before = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, set(cpus))
+        try:
+            return run_probe(repeats)
+        finally:
+            os.sched_setaffinity(0, before)
     rng = np.random.default_rng(0)
     a = rng.standard_normal((384, 384), dtype=np.float32)
     b = rng.standard_normal((384, 384), dtype=np.float32)
@@ -66,13 +75,23 @@ def run_probe(repeats: int = 41) -> dict:
             "score_s": float(np.sqrt(matmul_s * python_s))}
 
 
-def drift_ratio(recorded: dict | None, profiled: dict | None) -> float | None:
+def probe_score(*probes) -> tuple[float | None, int | None]:
+    """Mean ``score_s`` of the given probes (``None`` entries skipped) and their version."""
+    found = [p for p in probes if p]
+    versions = {p.get("version") for p in found}
+    if not found or len(versions) != 1:
+        return None, None
+    return float(np.mean([float(p["score_s"]) for p in found])), versions.pop()
+
+
+def drift_ratio(recorded, profiled) -> float | None:
     """How much slower the machine was when recording than when profiling (>1: slower).
 
-    ``None`` when either probe is missing or of another probe version.
+    Each side is one probe dict or a list of them (e.g. taken before and after),
+    averaged. ``None`` when either side has none or the probe versions differ.
     """
-    if not recorded or not profiled:
+    rec, rv = probe_score(*(recorded if isinstance(recorded, list) else [recorded]))
+    prof, pv = probe_score(*(profiled if isinstance(profiled, list) else [profiled]))
+    if rec is None or prof is None or rv != pv:
         return None
-    if recorded.get("version") != profiled.get("version"):
-        return None
-    return float(recorded["score_s"]) / float(profiled["score_s"])
+    return rec / prof

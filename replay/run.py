@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
 from calibrate.calibration import fit_operators
+from calibrate.lookup import GridLookup
 from profiles.bundle import Bundle, to_operator_profile
 from profiles.hardware import Hardware
 from profiles.model import ModelConfig
 from replay.build import build_step_cost, check_profile, engine_config, requests_from_table
 from replay.config import EngineConfig
 from replay.cost import StepCost
+from replay.host import host_model, residual_summary
 from replay.simulate import replay_requests
 from replay.skew import skew_from_bundle
 from traces.schema import REQUESTS, STEPS, from_columns
@@ -73,7 +75,16 @@ def prepare(meta: dict, bundle: Bundle, model: ModelConfig, hardware: Hardware |
     skew = skew_from_bundle(bundle, cfg.tensor_parallel, buckets=skew_buckets)
     cost = build_step_cost(models, model, cfg, link.bw_bytes_s, link_latency_s=link.latency_s, skew=skew)
     notes = {"link": link.source, "skew_alpha": f"{skew.default} default, {len(skew.table)} buckets",
-             "num_gpu_blocks": cfg.num_gpu_blocks}
+             "num_gpu_blocks": cfg.num_gpu_blocks, "host": "none"}
+    engine_steps = bundle.tables.get((cfg.tensor_parallel, "engine_steps"))
+    if engine_steps is not None and len(engine_steps):
+        summary = residual_summary(engine_steps, cost)
+        cost = replace(cost, host=GridLookup.from_model(host_model(engine_steps, cost)))
+        notes["host"] = (f"residual of {summary['steps']} profiled engine steps over the operators "
+                         f"(operators explain {100 * summary['median_composed_over_measured']:.0f} % "
+                         f"of a step, median)")
+    elif "step_overhead" in models:
+        notes["host"] = "step_overhead.csv"
     return cfg, cost, notes
 
 

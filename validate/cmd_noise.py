@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     a, b = read_trace(args.a), read_trace(args.b)
     aligned = align(a.requests.to_pandas(), b.requests.to_pandas())
     metrics = summarize(aligned)
-    ratio = drift_ratio(b.meta.get("speed_probe"), a.meta.get("speed_probe"))
+    ratio = drift_ratio([b.meta.get("speed_probe"), b.meta.get("speed_probe_end")],
+                        [a.meta.get("speed_probe"), a.meta.get("speed_probe_end")])
     summary = {
         "requests": {"a": aligned.measured, "b": aligned.simulated, "matched": aligned.matched},
         "metrics": rounded(metrics),

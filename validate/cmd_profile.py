@@ -67,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flush-mb", type=int, default=64, metavar="MB",
                    help="cache-evicting buffer read before every sample; GEMMs rotate over 2x this much weight (default 64; 0: warm caches)")
     p.add_argument("--quick", action="store_true", help="coarse grids, few repeats (about 30 s; for tests)")
+    p.add_argument("--serving-steps", action="store_true",
+                   help="also log the engine steps of a synthetic stream served like `mist record` "
+                   "(about 90 s more; tp1/serving_steps.csv, a diagnostic the replay does not use)")
     p.add_argument("--force", action="store_true", help="replace a non-empty BUNDLE_DIR")
 
 
@@ -138,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             max_num_seqs=args.max_num_seqs, max_kv=args.max_kv, repeats=args.repeats,
             threads_bind=args.threads_bind, quick=args.quick, temperature=args.temperature,
             block_size=args.block_size, flush_mb=args.flush_mb, name=args.name,
-            enable_prefix_caching=args.enable_prefix_caching)
+            enable_prefix_caching=args.enable_prefix_caching, serving_steps=args.serving_steps)
     except ValueError as exc:
         raise TraceError(args.model, str(exc)) from None
     progress, bars = _progress_factory()

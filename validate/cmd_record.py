@@ -257,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from tqdm import tqdm
 
+    from profiles.local_profiler import parse_cpus
     from profiles.probe import run_probe
 
     config = read_json_object(args.model)
@@ -274,11 +275,17 @@ def run(args: argparse.Namespace) -> int:
             requests = load_requests(dataset, vocab)
             with tqdm(total=len(requests), desc="record", unit="req",
                       disable=not sys.stderr.isatty()) as bar:  # fmt: skip
-                rec = record(config, requests, settings, weights, run_probe, bar.update)
+                try:
+                    cpus = parse_cpus(args.threads_bind)
+                except ValueError:  # "auto"/"all": leave the probe unpinned
+                    cpus = None
+                rec = record(config, requests, settings, weights, lambda: run_probe(cpus=cpus), bar.update)
+            probe_end = run_probe(cpus=cpus)  # the machine's speed drifts: probe after too
             check_results(requests, rec["results"])
             final = args.out / "workload.jsonl" if args.generate else dataset.resolve()
             meta = build_meta(rec, args, config, dataset, len(requests), versions)
             meta["dataset_path"] = str(final)
+            meta["speed_probe_end"] = probe_end
             write_run(tmp, rec, requests, meta, config)
     except KeyboardInterrupt:
         print(f"mist record: interrupted; nothing written to {args.out}", file=sys.stderr)

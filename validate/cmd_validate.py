@@ -38,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, type=Path, help="run folder with requests.jsonl and meta.json")
     p.add_argument("--profiles", required=True, type=Path, help="layer-profile bundle root (holds meta.yaml, tp<N>/)")
     p.add_argument("--model", required=True, type=Path, help="Hugging Face config.json of the served model")
-    p.add_argument("--workload", type=Path, help="request-stream JSONL with input_tok_ids (exact prefix caching)")
+    p.add_argument("--workload", type=Path, help="request-stream JSONL with input_tok_ids (exact prefix caching); "
+                   "default: RUN_DIR/workload.jsonl when present")
     p.add_argument("--hardware", help="hardware catalog name (default: the bundle's meta.yaml 'hardware')")
     p.add_argument("--out", type=Path, help="folder for report.md, plots and simulated tables")
     p.add_argument("--json", type=Path, help="write the error summary as JSON here")
@@ -83,8 +84,12 @@ def run(args: argparse.Namespace) -> int:
 
     measured = read_vllm_run(args.run)
     requests = measured.requests
-    if args.workload:
-        requests = attach_workload(requests, args.workload)
+    workload = args.workload
+    if workload is None and (args.run / "workload.jsonl").is_file():
+        workload = args.run / "workload.jsonl"  # `mist record` keeps its generated stream here
+        print(f"prompt token ids from {workload}")
+    if workload:
+        requests = attach_workload(requests, workload)
     bundle = read_bundle(args.profiles)
     model = load_model_config(args.model)
     try:
@@ -98,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["enable_prefix_caching"] = False
     cfg, cost, notes = prepare(measured.meta, bundle, model, hardware,
                                skew_buckets=args.skew == "buckets", **overrides)
-    ratio = drift_ratio(measured.meta.get("speed_probe"), bundle.meta.get("speed_probe"))
+    ratio = drift_ratio([measured.meta.get("speed_probe"), measured.meta.get("speed_probe_end")],
+                        [bundle.meta.get("speed_probe"), bundle.meta.get("speed_probe_end")])
     uncorrected = None
     if ratio is not None and args.drift == "auto":
         sim0, _, _ = simulate(requests, cfg, cost, args.arrival)
@@ -133,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         write_table(sim, args.out / "simulated.requests.parquet")
         write_table(steps, args.out / "simulated.steps.parquet")
         lines = [f"Engine: {cfg}", f"Link: {notes['link']}; skew alpha {notes['skew_alpha']}",
+                 f"Host time per step: {notes['host']}",
                  f"Arrivals fed at the {args.arrival} clock."]
         if ratio is not None:
             lines.append(f"Speed-probe drift ratio (recording / profiling): {ratio:.3f}; "
