@@ -49,9 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drift", choices=("auto", "off"), default="auto",
                    help="auto (default): when both the run and the profile carry a speed probe, "
                    "rescale the profile by their ratio and report errors with and without")
-    p.add_argument("--skew", choices=("default", "buckets"), default="default",
-                   help="uneven decode KV lengths: the profile's default alpha (default) or its "
-                   "per-bucket alphas from skew_fit.csv")
+    p.add_argument("--skew", choices=("default", "buckets", "off"), default="default",
+                   help="uneven decode KV lengths: the profile's default alpha (default), its "
+                   "per-bucket alphas from skew_fit.csv, or off (decodes cost as at their mean KV)")
     p.add_argument("--no-async-scheduling", action="store_true", help="plan each step after the previous ends")
     p.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching in the replay")
 
@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["enable_prefix_caching"] = False
     cfg, cost, notes = prepare(measured.meta, bundle, model, hardware,
                                skew_buckets=args.skew == "buckets", **overrides)
+    if args.skew == "off":
+        cost = replace(cost, skew=None, skew_alpha=0.0)
     ratio = drift_ratio([measured.meta.get("speed_probe"), measured.meta.get("speed_probe_end")],
                         [bundle.meta.get("speed_probe"), bundle.meta.get("speed_probe_end")])
     uncorrected = None
