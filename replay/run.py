@@ -12,7 +12,13 @@ from calibrate.lookup import GridLookup
 from profiles.bundle import Bundle, to_operator_profile
 from profiles.hardware import Hardware
 from profiles.model import ModelConfig
-from replay.build import build_step_cost, check_profile, engine_config, requests_from_table
+from replay.build import (
+    ALLREDUCE_LATENCY_S,
+    build_step_cost,
+    check_profile,
+    engine_config,
+    requests_from_table,
+)
 from replay.config import EngineConfig
 from replay.cost import StepCost
 from replay.host import host_model, residual_summary
@@ -43,8 +49,6 @@ class Link:
 def link_from(cluster: dict | None, hardware: Hardware | None) -> Link:
     """Link figures from a run's ``cluster.json`` (``link_bw`` GB/s, ``link_latency`` ns),
     else the hardware datasheet's interconnect."""
-    from replay.build import ALLREDUCE_LATENCY_S
-
     if cluster and cluster.get("link_bw"):
         lat = float(cluster.get("link_latency") or 0.0) * 1e-9 or ALLREDUCE_LATENCY_S
         return Link(float(cluster["link_bw"]) * 1e9, lat, "cluster.json")
