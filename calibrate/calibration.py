@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from sklearn.model_selection import KFold
 
 from calibrate.estimator import LatencyModel
-from calibrate.features import OPERATORS, REQUIRED
+from calibrate.features import COMMON, MLP, OPERATORS
 from traces.errors import TraceError
 from traces.io import atomic_write_bytes, atomic_write_json, read_table
 
@@ -156,7 +156,7 @@ def calibrate_bundle(bundle, tps: Iterable[int] | None = None, k: int = 5, seed:
         if not known:
             raise TraceError(bundle.root / f"tp{tp}", "no known operator measured at this degree")
         per_tp[tp] = {"ignored_operators": [op for op in ops if op not in OPERATORS],
-                      "missing_required": [op for op in REQUIRED if op not in known], "operators": {}}
+                      "missing_required": [op for op in COMMON + (() if "moe" in known else MLP) if op not in known], "operators": {}}
         tasks += [(tp, op, rows[rows["operator"] == op]) for op in known]
     models: dict[int, dict[str, LatencyModel]] = {tp: {} for tp in tps}
     for tp, op, frame in (progress(tasks) if progress else tasks):

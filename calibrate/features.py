@@ -29,6 +29,8 @@ OPERATORS: dict[str, tuple[tuple[str, ...], str]] = {
     "lm_head": (PER_SEQUENCE, "model"),
     "sampler": (PER_SEQUENCE, "model"),
     "attention": (ATTENTION, "layer"),
+    # a mixture-of-experts MLP layer (replaces gate_up/act/down in MoE layers)
+    "moe": (("tokens", "activated_experts"), "layer"),
     # engine host time per step outside the forward pass (scheduling, input
     # preparation, output processing); measured by ``mist profile`` on CPUs
     "step_overhead": (("sequences", "tokens"), "model"),
@@ -37,9 +39,13 @@ OPERATORS: dict[str, tuple[tuple[str, ...], str]] = {
 # How many times a per-layer operator runs in one decoder layer.
 CALLS_PER_LAYER = {"layernorm": 2}
 
-# Operators every dense decoder needs; ``qk_norm`` only where the model has it (Qwen3).
-REQUIRED = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "act_fn", "layernorm",
-            "embedding", "final_layernorm", "lm_head", "sampler", "attention")
+# The dense MLP of a decoder layer; MoE layers run ``moe`` instead.
+MLP = ("gate_up_proj", "down_proj", "act_fn")
+# Operators every decoder needs besides its MLPs; ``qk_norm`` only where the model
+# has it (Qwen3).
+COMMON = ("qkv_proj", "o_proj", "layernorm", "embedding", "final_layernorm", "lm_head",
+          "sampler", "attention")
+REQUIRED = COMMON + MLP  # a dense decoder
 
 
 def features_of(operator: str) -> tuple[str, ...]:

@@ -11,7 +11,9 @@ one folder per tensor-parallel degree, ``tp<N>/``, with:
                      layer's attention for a batch of one prefill chunk (with
                      ``kv_prefill`` tokens already cached) and ``n_decode`` decodes
                      of KV length ``kv_decode``.
-``moe.csv``          MoE layer timings (MoE models only).
+``moe.csv``          ``tokens,activated_experts,time_us`` — one MoE layer for a
+                     batch of tokens whose top-k routing hit that many distinct
+                     experts (MoE models only; all experts on the one GPU).
 ``skew.csv`` / ``skew_fit.csv``  decode batches with uneven KV lengths.
 ``step_overhead.csv`` ``sequences,tokens,time_us`` — host time of one engine step
                      outside the model forward (written by ``mist profile`` on CPUs).
@@ -47,10 +49,12 @@ TABLES = {
         ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode", "time_us"),
         {c: c for c in ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode")},
     ),
+    # one MoE layer (router, experts, combine) by tokens and distinct experts activated
+    "moe": (("tokens", "activated_experts", "time_us"), {"tokens": "tokens", "activated_experts": "activated_experts"}),
     # host time of an engine step outside the model forward (CPU profiles)
     "step_overhead": (("sequences", "tokens", "time_us"), {"sequences": "sequences", "tokens": "tokens"}),
 }
-OPTIONAL_TABLES = ("moe", "skew", "skew_fit", "engine_steps")
+OPTIONAL_TABLES = ("skew", "skew_fit", "engine_steps")
 
 
 @dataclass(frozen=True)

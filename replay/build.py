@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from calibrate.estimator import LatencyModel
-from calibrate.features import CALLS_PER_LAYER, OPERATORS, REQUIRED
+from calibrate.features import CALLS_PER_LAYER, COMMON, MLP, OPERATORS
 from calibrate.lookup import GridLookup, integer_table
 from profiles.model import ModelConfig, dtype_bytes
 from replay.config import EngineConfig
@@ -45,7 +45,11 @@ def kv_blocks(model: ModelConfig, memory_bytes: float, utilization: float, tp: i
 
 def check_profile(models: dict[str, LatencyModel], model: ModelConfig, tp: int, where: str) -> None:
     """Raise TraceError naming the first operator the model needs that the profile lacks."""
-    needed = list(REQUIRED) + (["qk_norm"] if model.qk_norm else [])
+    needed = list(COMMON) + (["qk_norm"] if model.qk_norm else [])
+    if model.num_moe_layers:
+        needed.append("moe")
+    if model.num_layers - model.num_moe_layers:
+        needed.extend(MLP)
     for op in needed:
         if op not in models:
             raise TraceError(where, f"profile has no operator {op!r} at tp={tp}, needed by {model.name}")
@@ -59,24 +63,62 @@ def allreduce_s(num_bytes: float, tp: int, link_bw_bytes_s: float,
     return latency_s + 2.0 * (tp - 1) / tp * num_bytes / link_bw_bytes_s
 
 
+def expert_parallel(cfg: EngineConfig) -> int:
+    """Ranks the experts are spread over: TP x DP with expert parallelism, else 1."""
+    return cfg.tensor_parallel * cfg.data_parallel if cfg.expert_parallel else 1
+
+
+def moe_table(moe: LatencyModel, model: ModelConfig, cfg: EngineConfig, link_bw_bytes_s: float,
+              link_latency_s: float) -> np.ndarray:
+    """One MoE layer's time (s) on one rank for a step of ``T`` tokens, ``T = 0..budget``.
+
+    Tokens route to ``k`` of ``E`` experts. With expert parallelism over ``e`` ranks
+    (data-parallel ranks run their MoE layers in lockstep, each rank assumed as busy
+    as this one) a rank receives ``T * dp * k / e`` token-expert pairs for its
+    ``E / e`` experts, of which ``(E / e) * (1 - (1 - k/E) ** (T * dp))`` are hit; the
+    profile's ``moe(tokens, activated_experts)`` is looked up at the same pairs per
+    expert (``tokens = T * dp / e``). Dispatch and combine follow vLLM's default
+    expert-parallel exchange (all-gather of the ranks' hidden states, then
+    reduce-scatter of the outputs): each moves the ``(e - 1)`` other ranks' ``T``
+    hidden vectors through this rank's link.
+    """
+    E, k = model.num_experts, max(model.num_experts_per_tok, 1)
+    e = expert_parallel(cfg)
+    T = np.arange(cfg.max_num_batched_tokens + 1, dtype=float)
+    total = T * (cfg.data_parallel if cfg.expert_parallel else 1)
+    hit = (E / e) * (1.0 - (1.0 - k / E) ** total)
+    out = moe.predict(np.column_stack([total / e, np.maximum(hit, 1.0)]))
+    if e > 1:
+        moved = T * model.hidden_size * dtype_bytes(model.torch_dtype) * (e - 1)
+        out += 2 * (link_latency_s + moved / link_bw_bytes_s)
+    out[0] = 0.0
+    return out
+
+
 def build_step_cost(models: dict[str, LatencyModel], model: ModelConfig, cfg: EngineConfig,
                     link_bw_bytes_s: float, skew_alpha: float = 0.0,
                     link_latency_s: float = ALLREDUCE_LATENCY_S, skew: SkewAlpha | None = None) -> StepCost:
     """Compile the per-step cost tables for one replica."""
     max_tokens = cfg.max_num_batched_tokens
     layer = np.zeros(max_tokens + 1)
+    mlp = np.zeros(max_tokens + 1)
     once = np.zeros(max_tokens + 1)
     for op, (feats, scope) in OPERATORS.items():
         if feats != ("tokens",) or op not in models:
             continue
         table = integer_table(models[op], max_tokens) * CALLS_PER_LAYER.get(op, 1)
-        if scope == "layer":
+        if op in MLP:
+            mlp += table
+        elif scope == "layer":
             layer += table
         else:
             once += table
     act_bytes = np.arange(max_tokens + 1) * model.hidden_size * dtype_bytes(model.torch_dtype)
     comm = np.array([2 * allreduce_s(b, cfg.tensor_parallel, link_bw_bytes_s, link_latency_s) if b else 0.0 for b in act_bytes])
-    dense = once + model.num_layers * (layer + comm)
+    n_moe = model.num_moe_layers
+    dense = once + model.num_layers * (layer + comm) + (model.num_layers - n_moe) * mlp
+    if n_moe:
+        dense = dense + n_moe * moe_table(models["moe"], model, cfg, link_bw_bytes_s, link_latency_s)
     max_seqs = cfg.max_num_seqs + 1
     per_seq = integer_table(models["lm_head"], max_seqs) + integer_table(models["sampler"], max_seqs)
     return StepCost(
@@ -147,6 +189,7 @@ def engine_config(meta: dict, model: ModelConfig, memory_bytes=None, bundle_meta
         block_size=block,
         tensor_parallel=tp,
         data_parallel=int(kw.get("data_parallel_size") or 1),
+        expert_parallel=bool(kw.get("enable_expert_parallel", False)),
         enable_prefix_caching=bool(kw.get("enable_prefix_caching", True)),
         enable_chunked_prefill=bool(kw.get("enable_chunked_prefill", True)),
         async_scheduling=bool(kw.get("async_scheduling", _version_at_least(version, 0, 12))),

@@ -22,6 +22,11 @@ class EngineConfig:
     tensor_parallel : int
     data_parallel : int
         Number of independent replicas requests are routed across.
+    expert_parallel : bool
+        MoE experts spread over all TP x DP ranks (vLLM ``enable_expert_parallel``);
+        the DP ranks then step in lockstep.
+    router : str
+        How requests are spread over data-parallel replicas (``replay.simulate.ROUTERS``).
     enable_prefix_caching : bool
     enable_chunked_prefill : bool
         When off, a waiting prompt that does not fit the step's remaining token
@@ -42,6 +47,8 @@ class EngineConfig:
     num_gpu_blocks: int = 1 << 20
     tensor_parallel: int = 1
     data_parallel: int = 1
+    expert_parallel: bool = False
+    router: str = "least_loaded"
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     async_scheduling: bool = True

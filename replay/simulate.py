@@ -1,7 +1,8 @@
 """Replay a request stream through simulated vLLM replicas.
 
 Each replica runs the loop "plan a step, run it for its modelled duration, emit its
-tokens". Without async scheduling the next step is planned when the previous one
+tokens" (data-parallel ranks of an expert-parallel MoE model run it in lockstep).
+Requests are routed to replicas by a policy of :data:`ROUTERS`. Without async scheduling the next step is planned when the previous one
 ends. With it (vLLM's default since 0.11), step ``k+1`` is planned while step ``k``
 runs, so admissions see only requests that arrived before step ``k`` started; a
 step's plan advances the requests' token counts at once, and the tokens it samples
@@ -37,8 +38,31 @@ class Replica:
     waiting: deque = field(default_factory=deque)
     current: StepPlan | None = None
     pending: StepPlan | None = None
+
+
+@dataclass
+class Group:
+    """Replicas that step together: one alone, or all data-parallel ranks of an
+    expert-parallel MoE deployment, whose layers exchange tokens every step (vLLM runs
+    idle ranks on dummy batches), so every rank's step lasts as long as the slowest."""
+
+    members: list
     busy: bool = False
     kick_scheduled: bool = False
+
+
+def _round_robin(replay: Replay, req: Request) -> Replica:
+    rep = replay.replicas[replay.next_replica]
+    replay.next_replica = (replay.next_replica + 1) % len(replay.replicas)
+    return rep
+
+
+def _least_loaded(replay: Replay, req: Request) -> Replica:
+    # vLLM's data-parallel front end: the engine with the smallest 4 x waiting + running
+    return min(replay.replicas, key=lambda r: (4 * len(r.waiting) + len(r.running), r.index))
+
+
+ROUTERS = {"round_robin": _round_robin, "least_loaded": _least_loaded}
 
 
 class Replay:
@@ -53,66 +77,82 @@ class Replay:
             Replica(i, KVCache(cfg.num_gpu_blocks, cfg.block_size, cfg.enable_prefix_caching))
             for i in range(cfg.data_parallel)
         ]
+        lockstep = cfg.expert_parallel and cfg.data_parallel > 1
+        self.groups = [Group(self.replicas)] if lockstep else [Group([r]) for r in self.replicas]
+        self.group_of = {r.index: g for g in self.groups for r in g.members}
+        self.route = ROUTERS[cfg.router]
         self.steps: list[tuple] = []
-        self._next_replica = 0
+        self.next_replica = 0
 
     # -- planning -------------------------------------------------------------
     def _plan(self, rep: Replica, now: float) -> StepPlan:
         """Schedule a step and apply it at once (vLLM advances requests at plan time)."""
         return apply(schedule(self.cfg, rep.running, rep.waiting, rep.kv, now), rep.kv)
 
-    def _start(self, rep: Replica, plan: StepPlan, now: float):
-        rep.current = plan
-        rep.busy = True
-        d = self.cost.step_s(plan.num_tokens, len(plan.items), plan.prefills, plan.n_decode,
-                             plan.kv_decode_sum, plan.kv_decode_max, plan.kv_decode_min)
-        n_pf = len(plan.prefills)
-        self.steps.append((len(self.steps), rep.index, now, d, n_pf, plan.num_tokens - plan.n_decode,
-                           plan.n_decode, plan.kv_tokens, len(rep.running), len(rep.waiting),
-                           rep.kv.used_blocks, plan.preempted))
-        return (now + d, STEP_END, self._on_step_end, rep)
+    def _duration(self, plan: StepPlan) -> float:
+        if not plan.items:
+            return 0.0
+        return self.cost.step_s(plan.num_tokens, len(plan.items), plan.prefills, plan.n_decode,
+                                plan.kv_decode_sum, plan.kv_decode_max, plan.kv_decode_min)
 
-    def _kick(self, rep: Replica, now: float) -> list:
-        """Start the next step if there is work; with async scheduling pre-plan one more."""
-        plan = rep.pending if rep.pending is not None and rep.pending.items else self._plan(rep, now)
-        rep.pending = None
-        if not plan.items and not plan.preempted:
-            rep.busy = False
-            rep.current = None
+    def _log(self, rep: Replica, plan: StepPlan, now: float, d: float) -> None:
+        self.steps.append((len(self.steps), rep.index, now, d, len(plan.prefills),
+                           plan.num_tokens - plan.n_decode, plan.n_decode, plan.kv_tokens,
+                           len(rep.running), len(rep.waiting), rep.kv.used_blocks, plan.preempted))
+
+    def _kick(self, group: Group, now: float) -> list:
+        """Start the group's next step if any member has work; with async scheduling
+        pre-plan one more."""
+        plans = []
+        for rep in group.members:
+            plan = rep.pending if rep.pending is not None and rep.pending.items else self._plan(rep, now)
+            rep.pending = None
+            plans.append(plan)
+        if not any(p.items or p.preempted for p in plans):
+            group.busy = False
+            for rep in group.members:
+                rep.current = None
             return []
-        event = self._start(rep, plan, now)
+        d = max(self._duration(p) for p in plans)
+        for rep, plan in zip(group.members, plans):
+            rep.current = plan
+            if plan.items or plan.preempted:
+                self._log(rep, plan, now, d)
+        group.busy = True
         if self.cfg.async_scheduling:
-            rep.pending = self._plan(rep, now)
-        return [event]
+            for rep in group.members:
+                rep.pending = self._plan(rep, now)
+        return [(now + d, STEP_END, self._on_step_end, group)]
 
     # -- events ---------------------------------------------------------------
     def _on_arrival(self, now: float, req: Request):
-        rep = self.replicas[self._next_replica]
-        self._next_replica = (self._next_replica + 1) % len(self.replicas)
+        rep = self.route(self, req)
         req.replica = rep.index
         req.queued_s = now
         rep.waiting.append(req)
-        if rep.busy or rep.kick_scheduled:
+        group = self.group_of[rep.index]
+        if group.busy or group.kick_scheduled:
             return []
-        rep.kick_scheduled = True
-        return [(now, KICK, self._on_kick, rep)]
+        group.kick_scheduled = True
+        return [(now, KICK, self._on_kick, group)]
 
-    def _on_kick(self, now: float, rep: Replica):
-        rep.kick_scheduled = False
-        return [] if rep.busy else self._kick(rep, now)
+    def _on_kick(self, now: float, group: Group):
+        group.kick_scheduled = False
+        return [] if group.busy else self._kick(group, now)
 
-    def _on_step_end(self, now: float, rep: Replica):
-        done = []
-        for req, k in rep.current.sampled:
-            if k == 1:
-                req.first_token_s = now
-            if k == req.output_len:
-                req.finished_s = now
-                done.append(req)
-        for req in done:
-            rep.running.remove(req)
-            rep.kv.release(req)
-        return self._kick(rep, now)
+    def _on_step_end(self, now: float, group: Group):
+        for rep in group.members:
+            done = []
+            for req, k in rep.current.sampled:
+                if k == 1:
+                    req.first_token_s = now
+                if k == req.output_len:
+                    req.finished_s = now
+                    done.append(req)
+            for req in done:
+                rep.running.remove(req)
+                rep.kv.release(req)
+        return self._kick(group, now)
 
     def run(self) -> None:
         for req in self.requests:

@@ -87,6 +87,7 @@ OPERATOR_PROFILE = _schema(
         pa.field("kv_prefill", pa.int64()),
         pa.field("n_decode", pa.int64()),
         pa.field("kv_decode", pa.int64()),
+        pa.field("activated_experts", pa.int64()),
         pa.field("m", pa.int64()),
         pa.field("n", pa.int64()),
         pa.field("k", pa.int64()),

@@ -1,0 +1,102 @@
+"""Mixture-of-experts and expert/data parallelism: hand-worked cases and a measured check."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import numpy as np
+import pytest
+
+from calibrate.estimator import LatencyModel
+from calibrate.lookup import GridLookup
+from profiles.model import ModelConfig
+from replay.build import moe_table
+from replay.config import EngineConfig
+from replay.cost import StepCost
+from replay.request import Request
+from replay.simulate import replay_requests
+from validate.cli import main
+
+E, K, H = 16, 2, 64
+
+
+def _model():
+    return ModelConfig(name="tiny-moe", architecture="X", num_layers=2, hidden_size=H, num_heads=4,
+                       num_kv_heads=2, head_dim=16, intermediate_size=0, vocab_size=100,
+                       num_experts=E, num_experts_per_tok=K, moe_intermediate_size=32,
+                       tie_word_embeddings=False, torch_dtype="bfloat16", max_position_embeddings=1024)
+
+
+def _moe_model():
+    # time (s) = 1e-4 * tokens + 1e-3 * activated experts, linear on the measured grid
+    pts = [(t, a) for t in (0.5, 1, 64, 256) for a in (1, 2, 16)]
+    return LatencyModel().fit(np.array(pts, float), [1e-4 * t + 1e-3 * a for t, a in pts])
+
+
+def test_moe_layer_without_expert_parallelism():
+    cfg = EngineConfig(max_num_batched_tokens=64)
+    out = moe_table(_moe_model(), _model(), cfg, 1e9, 1e-5)
+    # 10 tokens, top-2 of 16: expected distinct experts 16 * (1 - (14/16)^10)
+    hit = 16 * (1 - (14 / 16) ** 10)
+    assert out[10] == pytest.approx(1e-4 * 10 + 1e-3 * hit)
+    assert out[0] == 0.0
+
+
+def test_moe_layer_with_expert_parallelism_over_two_ranks():
+    cfg = EngineConfig(max_num_batched_tokens=64, data_parallel=2, expert_parallel=True)
+    out = moe_table(_moe_model(), _model(), cfg, 1e9, 1e-5)
+    # T = 10 per rank, both ranks alike: 20 tokens in all; a rank holds 8 experts and gets
+    # 20 / 2 = 10 tokens' worth of pairs; hit = 8 * (1 - (14/16)^20);
+    # exchange: all-gather + reduce-scatter of the other rank's 10 hidden vectors
+    # (10 * 64 * 2 bytes = 1280 B) at 1 GB/s plus 10 us each
+    hit = 8 * (1 - (14 / 16) ** 20)
+    comm = 2 * (1e-5 + 1280 / 1e9)
+    assert out[10] == pytest.approx(1e-4 * 10 + 1e-3 * hit + comm)
+
+
+def _cost():
+    grid = [(c, k, d, kv) for c in (0, 512) for k in (0, 512) for d in (0, 64) for kv in (0, 512)]
+    attn = GridLookup.from_model(LatencyModel().fit(np.array(grid, float), np.zeros(len(grid))))
+    return StepCost(dense_s=tuple(1e-3 * t for t in range(513)), per_seq_s=tuple(0.0 for _ in range(65)),
+                    attention=attn, num_layers=1)
+
+
+def test_expert_parallel_ranks_step_in_lockstep():
+    # rank 0 gets a 100-token prompt (0.1 s step), rank 1 a 10-token one (0.01 s): in
+    # lockstep both first steps last 0.1 s, so both first tokens come at 0.1 s
+    reqs = [Request(0, "a", 0.0, 100, 2), Request(1, "b", 0.0, 10, 2)]
+    cfg = EngineConfig(max_num_seqs=8, max_num_batched_tokens=512, num_gpu_blocks=64, data_parallel=2,
+                       expert_parallel=True, async_scheduling=False, enable_prefix_caching=False)
+    replay_requests(reqs, cfg, _cost())
+    assert {r.replica for r in reqs} == {0, 1}
+    assert reqs[0].first_token_s == pytest.approx(0.1) and reqs[1].first_token_s == pytest.approx(0.1)
+    # without expert parallelism the ranks are independent
+    reqs = [Request(0, "a", 0.0, 100, 2), Request(1, "b", 0.0, 10, 2)]
+    replay_requests(reqs, EngineConfig(**{**cfg.__dict__, "expert_parallel": False}), _cost())
+    assert reqs[1].first_token_s == pytest.approx(0.01)
+
+
+RUNS = {  # run -> (bundle, model config, workload)
+    "Llama-3.1-8B": ("meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-8B", "llama-3.1-8b"),
+    "Qwen3-32B": ("Qwen/Qwen3-32B", "Qwen/Qwen3-32B", "qwen3-32b"),
+    "Qwen3-30B-A3B-Instruct-2507": ("Qwen/Qwen3-30B-A3B-Instruct-2507", "Qwen/Qwen3-30B-A3B-Instruct-2507",
+                                    "qwen3-30b-a3b"),
+}
+
+
+@pytest.mark.parametrize("run", list(RUNS))
+def test_replayed_makespan_matches_the_measured_run_duration(shared_data, tmp_path, run):
+    """The MoE run ships no per-request timings, but its meta.json says how long the
+    300-request benchmark took; the replay of its workload must take about as long."""
+    bundle, model, workload = RUNS[run]
+    run_dir = shared_data / "vllm-runs" / "RTXPRO6000" / run
+    assert main(["replay", "--trace", str(shared_data / "workloads" / f"sharegpt-{workload}-300-sps10.jsonl"),
+                 "--profiles", str(shared_data / "profiles/llmservingsim/RTXPRO6000" / bundle / "bf16"),
+                 "--model", str(shared_data / "models/llmservingsim" / f"{model}.json"),
+                 "--engine", str(run_dir / "meta.json"), "--out", str(tmp_path)]) == 0
+    meta = json.loads((run_dir / "meta.json").read_text())
+    t = {k: datetime.fromisoformat(meta[k].replace("Z", "+00:00")).timestamp() for k in ("started_at", "finished_at")}
+    measured = t["finished_at"] - t["started_at"]
+    simulated = json.loads((tmp_path / "summary.json").read_text())["simulated_s"]
+    assert abs(simulated - measured) / measured < 0.10
