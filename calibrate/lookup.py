@@ -42,6 +42,40 @@ class GridLookup:
         strides = tuple(int(s // grid.itemsize) for s in grid.strides)
         return cls(tuple(tuple(map(float, a)) for a in model.axes_), tuple(grid.ravel().tolist()), strides)
 
+    def leading_slice(self, count: int) -> GridLookup:
+        """The grid with its first ``count`` axes held at their first (lowest) value.
+
+        E.g. attention with no prefill (chunk 0, prefill KV 0) as a function of the
+        decode axes alone — a 2-D lookup is several times cheaper than a 4-D one.
+        """
+        grid = np.asarray(self.values).reshape([len(a) for a in self.axes])[(0,) * count]
+        strides = tuple(int(st // grid.itemsize) for st in np.ascontiguousarray(grid).strides)
+        return GridLookup(self.axes[count:], tuple(np.ascontiguousarray(grid).ravel().tolist()), strides)
+
+    def bilinear(self, x: float, y: float) -> float:
+        """:meth:`__call__` for a 2-axis grid, unrolled (the replay's decode-only path)."""
+        ax, ay = self.axes
+        vals, sx = self.values, self.strides[0]
+        if x <= ax[0]:
+            i, fx = 0, 0.0
+        elif x >= ax[-1]:
+            i, fx = len(ax) - 1, 0.0
+        else:
+            i = bisect_right(ax, x) - 1
+            fx = (x - ax[i]) / (ax[i + 1] - ax[i])
+        if y <= ay[0]:
+            j, fy = 0, 0.0
+        elif y >= ay[-1]:
+            j, fy = len(ay) - 1, 0.0
+        else:
+            j = bisect_right(ay, y) - 1
+            fy = (y - ay[j]) / (ay[j + 1] - ay[j])
+        o = i * sx + j
+        v = vals[o] * (1.0 - fy) + (vals[o + 1] * fy if fy else 0.0)
+        if fx:
+            v = v * (1.0 - fx) + fx * (vals[o + sx] * (1.0 - fy) + (vals[o + sx + 1] * fy if fy else 0.0))
+        return v
+
     def inside(self, *x: float) -> bool:
         """True when every argument lies within its axis' measured range."""
         return all(a[0] <= v <= a[-1] for a, v in zip(self.axes, x))

@@ -43,14 +43,13 @@ class StepPlan:
     kv_tokens: int = 0
 
 
-def _preempt(running: list, waiting: deque, kv: KVCache) -> Request:
-    """Preempt the last running request that still has tokens to produce.
-
-    (With async scheduling a request whose last token is in flight is finishing,
-    not preemptible.)
+def _preempt(running: list, waiting: deque, kv: KVCache, lo: int) -> Request:
+    """Preempt the last running request at index ``lo`` or later that still has tokens
+    to produce (with async scheduling a request whose last token is in flight is
+    finishing, not preemptible; requests before ``lo`` are already in this step).
     """
     i = len(running) - 1
-    while i > 0 and running[i].num_generated >= running[i].output_len:
+    while i > lo and running[i].num_generated >= running[i].output_len:
         i -= 1
     victim = running.pop(i)
     kv.release(victim)
@@ -65,25 +64,34 @@ def schedule(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now:
     plan = StepPlan()
     budget = cfg.max_num_batched_tokens
     block = kv.block_size
+    append = plan.items.append
     i = 0
-    while i < len(running) and budget > 0:
+    n_running = len(running)
+    while i < n_running and budget > 0:
         req = running[i]
-        n = req.num_tokens - req.num_computed
+        computed = req.num_computed
+        n = req.num_tokens - computed
         if n > budget:
             n = budget
         if n <= 0 or req.num_generated >= req.output_len:  # done, awaiting its last output
             i += 1
             continue
+        need = computed + n
         # (fast path: most decodes fit in the blocks the request already holds)
-        while -(-(req.num_computed + n) // block) > len(req.blocks) and not kv.allocate(req, req.num_computed + n):
-            victim = _preempt(running, waiting, kv)
-            plan.preempted += 1
-            if victim is req:
-                break
-        else:
-            plan.items.append((req, n))
-            budget -= n
-            i += 1
+        if (need + block - 1) // block > len(req.blocks) and not kv.allocate(req, need):
+            fits = False
+            while not fits:  # preempt from the back until this request fits, or is the victim
+                victim = _preempt(running, waiting, kv, i)
+                plan.preempted += 1
+                if victim is req:
+                    break
+                fits = kv.allocate(req, need)
+            n_running = len(running)
+            if not fits:
+                continue
+        append((req, n))
+        budget -= n
+        i += 1
     if plan.preempted:
         plan.num_tokens = cfg.max_num_batched_tokens - budget
         return plan
@@ -122,6 +130,7 @@ def apply(plan: StepPlan, kv: KVCache) -> StepPlan:
     block = kv.block_size
     n_dec = kv_sum = kv_max = kv_tok = 0
     kv_min = 1 << 62
+    add_prefill, add_sampled = plan.prefills.append, plan.sampled.append
     for req, n in plan.items:
         computed = req.num_computed + n
         req.num_computed = computed
@@ -134,13 +143,13 @@ def apply(plan: StepPlan, kv: KVCache) -> StepPlan:
             if computed < kv_min:
                 kv_min = computed
         else:
-            plan.prefills.append((n, computed - n))
+            add_prefill((n, computed - n))
         if computed // block > req.num_committed:
             kv.commit(req)
         if computed >= req.num_tokens:
             req.num_generated += 1
             req.num_tokens += 1
-            plan.sampled.append((req, req.num_generated))
+            add_sampled((req, req.num_generated))
     plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max, plan.kv_tokens = n_dec, kv_sum, kv_max, kv_tok
     plan.kv_decode_min = kv_min if n_dec else 0
     return plan

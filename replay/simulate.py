@@ -103,6 +103,8 @@ class Replay:
     def _kick(self, group: Group, now: float) -> list:
         """Start the group's next step if any member has work; with async scheduling
         pre-plan one more."""
+        if len(group.members) == 1:
+            return self._kick_one(group, group.members[0], now)
         plans = []
         for rep in group.members:
             plan = rep.pending if rep.pending is not None and rep.pending.items else self._plan(rep, now)
@@ -122,6 +124,23 @@ class Replay:
         if self.cfg.async_scheduling:
             for rep in group.members:
                 rep.pending = self._plan(rep, now)
+        return [(now + d, STEP_END, self._on_step_end, group)]
+
+    def _kick_one(self, group: Group, rep: Replica, now: float) -> list:
+        """:meth:`_kick` for a group of one replica (the hot path of most replays)."""
+        pending = rep.pending
+        plan = pending if pending is not None and pending.items else self._plan(rep, now)
+        rep.pending = None
+        if not plan.items and not plan.preempted:
+            group.busy = False
+            rep.current = None
+            return []
+        d = self._duration(plan)
+        rep.current = plan
+        self._log(rep, plan, now, d)
+        group.busy = True
+        if self.cfg.async_scheduling:
+            rep.pending = self._plan(rep, now)
         return [(now + d, STEP_END, self._on_step_end, group)]
 
     # -- events ---------------------------------------------------------------
