@@ -24,10 +24,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    from profiles.bundle import read_bundle
-    from profiles.hardware import get_hardware
-    from profiles.model import load_model_config
-    from replay.run import prepare, simulate
+    from replay.run import load_deployment, prepare, simulate
     from traces.readers.vllm_run import attach_workload, read_vllm_run
 
     print(f"{'run':28s} {'requests':>8s} {'steps':>6s} {'wall s':>7s} {'sim s':>7s} {'sim s/wall s':>12s} {'us/step':>8s} {'prepare s':>9s}")
@@ -35,8 +32,7 @@ def main() -> int:
         t0 = time.perf_counter()
         measured = read_vllm_run(SHARED / run)
         requests = attach_workload(measured.requests, SHARED / workload)
-        b = read_bundle(SHARED / bundle)
-        cfg, cost, _ = prepare(measured.meta, b, load_model_config(SHARED / model), get_hardware(b.hardware))
+        cfg, cost, _ = prepare(measured.meta, *load_deployment(SHARED / bundle, SHARED / model))
         prep = time.perf_counter() - t0
         if name.endswith("Llama-3.1-8B"):
             cfg_llama, cost_llama = cfg, cost

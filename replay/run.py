@@ -9,9 +9,9 @@ import pyarrow as pa
 
 from calibrate.calibration import fit_operators
 from calibrate.lookup import GridLookup
-from profiles.bundle import Bundle, to_operator_profile
-from profiles.hardware import Hardware
-from profiles.model import ModelConfig
+from profiles.bundle import Bundle, read_bundle, to_operator_profile
+from profiles.hardware import Hardware, get_hardware
+from profiles.model import ModelConfig, load_model_config
 from replay.build import (
     ALLREDUCE_LATENCY_S,
     build_step_cost,
@@ -66,6 +66,21 @@ def device_memory(cluster: dict | None, hardware: Hardware | None) -> float:
     if hardware is None:
         raise ValueError("device memory unknown: give a cluster.json or a catalogued hardware name")
     return hardware.memory_bytes
+
+
+def load_deployment(profiles_dir, model_json, hardware_name: str | None = None):
+    """Read a profile bundle and a model config; look up the hardware datasheet.
+
+    Returns ``(bundle, model, hardware)``; ``hardware`` is ``None`` when neither
+    ``hardware_name`` nor the bundle's ``hardware`` is in the catalog (a CPU, say).
+    """
+    bundle = read_bundle(profiles_dir)
+    model = load_model_config(model_json)
+    try:
+        hardware = get_hardware(hardware_name or bundle.hardware)
+    except KeyError:
+        hardware = None
+    return bundle, model, hardware
 
 
 def prepare(meta: dict, bundle: Bundle, model: ModelConfig, hardware: Hardware | None,

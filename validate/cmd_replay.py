@@ -45,22 +45,14 @@ def _percentiles(x: np.ndarray) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from profiles.bundle import read_bundle
-    from profiles.hardware import get_hardware
-    from profiles.model import load_model_config
-    from replay.run import prepare, simulate
+    from replay.run import load_deployment, prepare, simulate
     from traces.derive import latencies
     from traces.formats import read_trace
     from traces.readers.vllm_run import read_run_meta
 
     trace = read_trace(args.trace, args.format)
     meta = read_run_meta(args.engine.parent) if args.engine.name == "meta.json" else read_run_meta(args.engine)
-    bundle = read_bundle(args.profiles)
-    model = load_model_config(args.model)
-    try:
-        hardware = get_hardware(args.hardware or bundle.hardware)
-    except KeyError:
-        hardware = None
+    bundle, model, hardware = load_deployment(args.profiles, args.model, args.hardware)
     cfg, cost, _ = prepare(meta, bundle, model, hardware)
     sim, steps, wall = simulate(trace.requests, cfg, cost, arrival="client")
     lat = latencies(sim.to_pandas())

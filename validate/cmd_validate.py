@@ -70,11 +70,8 @@ def _timeseries(meta: dict, requests_meta: dict) -> pd.DataFrame | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from profiles.bundle import read_bundle
-    from profiles.hardware import get_hardware
-    from profiles.model import load_model_config
     from profiles.probe import drift_ratio
-    from replay.run import prepare, simulate
+    from replay.run import load_deployment, prepare, simulate
     from traces.readers.vllm_run import attach_workload, read_vllm_run
     from validate.align import align
     from validate.attribution import attribute
@@ -90,12 +87,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"prompt token ids from {workload}")
     if workload:
         requests = attach_workload(requests, workload)
-    bundle = read_bundle(args.profiles)
-    model = load_model_config(args.model)
-    try:
-        hardware = get_hardware(args.hardware or bundle.hardware)
-    except KeyError:
-        hardware = None
+    bundle, model, hardware = load_deployment(args.profiles, args.model, args.hardware)
     overrides = {}
     if args.no_async_scheduling:
         overrides["async_scheduling"] = False
