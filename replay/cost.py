@@ -68,18 +68,19 @@ class StepCost:
     def _decode_only(self) -> GridLookup:
         return self.attention.leading_slice(2)
 
+    def _attention_at(self, c: float, k: float, n: float, kv: float) -> float:
+        """One layer's attention; decode-only queries use the cheaper 2-D slice."""
+        if c or k:
+            return self.attention(c, k, n, kv)
+        return self._decode_only.bilinear(n, kv)
+
     def attention_s(self, prefills: list, n_decode: int, kv_sum: int, kv_max: int,
                     kv_min: int | None = None) -> float:
         """Attention time of all layers (s) for prefill chunks ``[(chunk, kv_before)]``
         and ``n_decode`` decodes whose KV lengths sum to ``kv_sum`` (max ``kv_max``,
         min ``kv_min``; without ``kv_min`` the default skew alpha applies)."""
-        if prefills:
-            attn = self.attention
-            c0, k0 = max(prefills)
-        else:  # decode-only: the 2-D slice at prefill chunk 0, prefill KV 0
-            decode = self._decode_only
-            attn = lambda c, k, n, kv: decode.bilinear(n, kv)  # noqa: E731
-            c0 = k0 = 0
+        attn = self._attention_at
+        c0, k0 = max(prefills) if prefills else (0, 0)
         kv_mean = kv_sum / n_decode if n_decode else 0.0
         t = attn(c0, k0, n_decode, kv_mean)
         if n_decode > 1 and kv_max > kv_mean:
