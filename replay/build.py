@@ -97,8 +97,13 @@ def moe_table(moe: LatencyModel, model: ModelConfig, cfg: EngineConfig, link_bw_
 
 def build_step_cost(models: dict[str, LatencyModel], model: ModelConfig, cfg: EngineConfig,
                     link_bw_bytes_s: float, skew_alpha: float = 0.0,
-                    link_latency_s: float = ALLREDUCE_LATENCY_S, skew: SkewAlpha | None = None) -> StepCost:
-    """Compile the per-step cost tables for one replica."""
+                    link_latency_s: float = ALLREDUCE_LATENCY_S, skew: SkewAlpha | None = None,
+                    all_reduce=None) -> StepCost:
+    """Compile the per-step cost tables for one replica.
+
+    ``all_reduce``: optional ``f(bytes array) -> seconds array`` for one TP all-reduce
+    (measured kernels); by default a ring over the link's bandwidth and latency.
+    """
     max_tokens = cfg.max_num_batched_tokens
     layer = np.zeros(max_tokens + 1)
     mlp = np.zeros(max_tokens + 1)
@@ -114,7 +119,12 @@ def build_step_cost(models: dict[str, LatencyModel], model: ModelConfig, cfg: En
         else:
             once += table
     act_bytes = np.arange(max_tokens + 1) * model.hidden_size * dtype_bytes(model.torch_dtype)
-    comm = np.array([2 * allreduce_s(b, cfg.tensor_parallel, link_bw_bytes_s, link_latency_s) if b else 0.0 for b in act_bytes])
+    if all_reduce is not None and cfg.tensor_parallel > 1:
+        comm = 2 * np.asarray(all_reduce(np.maximum(act_bytes, 1)), dtype=float)
+        comm[0] = 0.0
+    else:
+        comm = np.array([2 * allreduce_s(b, cfg.tensor_parallel, link_bw_bytes_s, link_latency_s) if b else 0.0
+                         for b in act_bytes])
     n_moe = model.num_moe_layers
     dense = once + model.num_layers * (layer + comm) + (model.num_layers - n_moe) * mlp
     if n_moe:

@@ -1,7 +1,11 @@
-"""Source trace formats: the reader table, format detection and :func:`read_trace`.
+"""Source formats: the reader tables, format detection, :func:`read_trace` and
+:func:`read_profile`.
 
-Adding a format touches one new module in :mod:`traces.readers`, one entry in
-:data:`READERS` and one rule in :func:`detect_format`.
+Request traces are read by :data:`READERS` into ``requests`` tables; operator
+profiles (third-party operator latency measurements) by :data:`PROFILE_READERS`
+into ``operator_profile`` tables. Adding a format touches one new module in
+:mod:`traces.readers`, one entry in one of the two tables and one rule in
+:func:`detect_format`.
 """
 
 from __future__ import annotations
@@ -12,13 +16,20 @@ from pathlib import Path
 from traces.errors import TraceError
 from traces.readers.azure import read_azure_csv
 from traces.readers.base import ReadResult
+from traces.readers.kineto import is_kineto_trace, read_kineto_json
 from traces.readers.mooncake import read_mooncake_jsonl
+from traces.readers.profile_base import ProfileResult, Resolver
+from traces.readers.splitwise import read_splitwise_csv
 from traces.readers.vidur import read_vidur_csv
+from traces.readers.vidur_profile import read_vidur_comm, read_vidur_mlp
 from traces.readers.vllm_bench import is_bench_result, read_vllm_bench
 from traces.readers.vllm_run import attach_workload, read_vllm_run
 from traces.readers.workload import read_workload_jsonl
 
-__all__ = ["READERS", "ReadResult", "attach_workload", "detect_format", "read_trace"]
+__all__ = [
+    "PROFILE_READERS", "READERS", "ProfileResult", "ReadResult", "attach_workload",
+    "detect_format", "is_profile_format", "read_profile", "read_trace",
+]  # fmt: skip
 
 READERS = {
     "vllm-run": read_vllm_run,
@@ -29,11 +40,23 @@ READERS = {
     "mooncake-jsonl": read_mooncake_jsonl,
 }
 
+# Operator-profile formats: reader(path, resolve_hardware=None) -> ProfileResult.
+PROFILE_READERS = {
+    "vidur-mlp-csv": read_vidur_mlp,
+    "vidur-comm-csv": read_vidur_comm,
+    "splitwise-csv": read_splitwise_csv,
+    "kineto-json": read_kineto_json,
+}
+
 # Header (CSV) or key (JSONL) signatures: the first format whose keys are all present wins.
 CSV_HEADERS = {
     "azure-csv": {"TIMESTAMP", "ContextTokens", "GeneratedTokens"},
     "vidur-csv": {"arrived_at", "num_prefill_tokens", "num_decode_tokens"},
-}
+    "vidur-mlp-csv": {"num_tokens", "num_tensor_parallel_workers"},
+    "vidur-comm-csv": {"num_workers", "devices_per_node", "size", "collective"},
+    "splitwise-csv": {"tensor_parallel", "prompt_size", "batch_size", "token_size", "prompt_time",
+                      "token_time"},
+}  # fmt: skip
 JSONL_KEYS = {
     "vllm-run": {"request_id", "arrival_time", "queued_ts", "first_token_ts"},
     "workload-jsonl": {"input_toks", "output_toks", "arrival_time_ns"},
@@ -44,7 +67,7 @@ JSONL_KEYS = {
 def _unsure(path, why: str) -> TraceError:
     return TraceError(
         path,
-        f"cannot tell the trace format: {why}; known formats: {', '.join(READERS)} "
+        f"cannot tell the trace format: {why}; known formats: {', '.join([*READERS, *PROFILE_READERS])} "
         "(pass one explicitly, e.g. --format vllm-run)",
     )
 
@@ -114,8 +137,12 @@ def detect_format(path) -> str:
             raise _unsure(path, f"not readable JSON ({exc})") from exc
         if is_bench_result(obj):
             return "vllm-bench"
+        if is_kineto_trace(obj):
+            return "kineto-json"
         keys = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-        raise _unsure(path, f"JSON with keys {keys} is no vllm bench result")
+        raise _unsure(
+            path, f"JSON with keys {keys} is neither a vllm bench result nor a Kineto trace"
+        )
     raise _unsure(path, f"unknown extension {suffix!r}")
 
 
@@ -136,8 +163,48 @@ def read_trace(path, fmt: str | None = None) -> ReadResult:
     """
     if fmt is None:
         fmt = detect_format(path)
+    if fmt in PROFILE_READERS:
+        raise TraceError(path, f"{fmt} is an operator-profile format: read it with read_profile")
     if fmt not in READERS:
         raise TraceError(path, f"unknown format {fmt!r}; known formats: {', '.join(READERS)}")
     if not Path(path).exists():
         raise TraceError(path, "not found")
     return READERS[fmt](path)
+
+
+def is_profile_format(fmt: str) -> bool:
+    """Whether ``fmt`` names an operator-profile format (:data:`PROFILE_READERS`)."""
+    return fmt in PROFILE_READERS
+
+
+def read_profile(
+    path, fmt: str | None = None, resolve_hardware: Resolver | None = None
+) -> ProfileResult:
+    """Read one operator-profile source into an ``operator_profile`` table.
+
+    Parameters
+    ----------
+    path : str or Path
+        Profile file.
+    fmt : str, optional
+        A :data:`PROFILE_READERS` name; detected with :func:`detect_format` when omitted.
+    resolve_hardware : callable, optional
+        Source hardware name -> canonical name (``mist ingest`` passes the hardware
+        catalog's alias lookup); the source spelling is kept without it.
+
+    Raises
+    ------
+    TraceError
+        Unknown or non-profile ``fmt``, undetectable format, or bad input.
+    """
+    if fmt is None:
+        fmt = detect_format(path)
+    if fmt in READERS:
+        raise TraceError(path, f"{fmt} is a request-trace format, not an operator profile")
+    if fmt not in PROFILE_READERS:
+        raise TraceError(
+            path, f"unknown format {fmt!r}; profile formats: {', '.join(PROFILE_READERS)}"
+        )
+    if not Path(path).exists():
+        raise TraceError(path, "not found")
+    return PROFILE_READERS[fmt](path, resolve_hardware)

@@ -92,6 +92,10 @@ OPERATOR_PROFILE = _schema(
         pa.field("n", pa.int64()),
         pa.field("k", pa.int64()),
         pa.field("message_bytes", pa.int64()),
+        # attention kernels measured per head layout (kernel databases)
+        pa.field("num_heads", pa.int32()),
+        pa.field("num_kv_heads", pa.int32()),
+        pa.field("head_dim", pa.int32()),
         pa.field("latency_s", pa.float64(), nullable=False),
         pa.field("spread_s", pa.float64()),
         pa.field("samples", pa.int32()),

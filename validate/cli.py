@@ -22,6 +22,7 @@ COMMANDS = {
     "calibrate": "validate.cmd_calibrate",
     "profile": "validate.cmd_profile",
     "record": "validate.cmd_record",
+    "silicon": "validate.cmd_silicon",
 }
 
 

@@ -1,0 +1,346 @@
+"""Per-kernel latency regressors from kernel databases, with provenance per query.
+
+A kernel database measures GEMMs, attention and collectives on structured grids
+(``m x n x k``; ``batch x length`` per head layout; message size per GPU count)
+with holes where a shape did not fit in memory. :class:`LogGrid` interpolates
+multilinearly in log(feature) -> log(latency) space, which is how kernel time
+scales (power laws between tile-quantisation steps), and fills holes along each
+axis by log-log extrapolation from the nearest two measured points, the local
+power law.
+
+Every prediction carries where it came from (:data:`SOURCES`):
+
+``measured``   inside the grid, every surrounding grid point measured;
+``filled``     inside the grid, some surrounding point filled (a hole);
+``extrapolated`` outside the measured range of a feature (log-log, last segment);
+``scaled``     the head layout was not measured: the nearest measured layout,
+               scaled by the work ratio;
+``roofline``   no measurement of the kernel at all: datasheet peak x efficiency.
+
+Nothing is extrapolated silently: :meth:`KernelSet.tally` counts queries by
+source and the ``mist silicon`` report prints the counts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from scipy.interpolate import RegularGridInterpolator
+
+SOURCES = ("measured", "filled", "extrapolated", "scaled", "roofline")
+# Local power-law exponents allowed when filling holes: kernel time never falls
+# with size, and grows at most quadratically along one axis (causal attention).
+MIN_SLOPE, MAX_SLOPE = 0.0, 2.0
+
+
+def _fill_line(logx: np.ndarray, row: np.ndarray) -> None:
+    """Fill NaNs of one grid line in place: interpolate inside, power-law outside."""
+    known = ~np.isnan(row)
+    if known.all() or not known.any():
+        return
+    kx, ky = logx[known], row[known]
+    miss = ~known
+    row[miss] = np.interp(logx[miss], kx, ky)
+    if len(kx) >= 2:
+        hi = miss & (logx > kx[-1])
+        lo = miss & (logx < kx[0])
+        s_hi = np.clip((ky[-1] - ky[-2]) / (kx[-1] - kx[-2]), MIN_SLOPE, MAX_SLOPE)
+        s_lo = np.clip((ky[1] - ky[0]) / (kx[1] - kx[0]), MIN_SLOPE, MAX_SLOPE)
+        row[hi] = ky[-1] + s_hi * (logx[hi] - kx[-1])
+        row[lo] = ky[0] + s_lo * (logx[lo] - kx[0])
+
+
+class LogGrid:
+    """Multilinear interpolant of log latency over log features on a measured grid.
+
+    Parameters
+    ----------
+    X : array (n, d) of positive features
+    y : array (n,) of positive latencies (s)
+    """
+
+    def __init__(self, X, y):
+        X = np.atleast_2d(np.asarray(X, dtype=float))
+        y = np.asarray(y, dtype=float)
+        if X.shape[0] != len(y) or not len(y):
+            raise ValueError("X and y must be non-empty and the same length")
+        if (X <= 0).any() or (y <= 0).any():
+            raise ValueError("features and latencies must be positive")
+        self.axes = [np.unique(X[:, j]) for j in range(X.shape[1])]
+        self.log_axes = [np.log(a) for a in self.axes]
+        idx = tuple(np.searchsorted(a, X[:, j]) for j, a in enumerate(self.axes))
+        shape = [len(a) for a in self.axes]
+        sums = np.zeros(shape)
+        counts = np.zeros(shape)
+        np.add.at(sums, idx, np.log(y))
+        np.add.at(counts, idx, 1.0)
+        grid = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        self.measured = counts > 0
+        for _ in range(4):  # a few sweeps reach every cell of a connected grid
+            if not np.isnan(grid).any():
+                break
+            for j, lx in enumerate(self.log_axes):
+                moved = np.moveaxis(grid, j, -1)
+                flat = moved.reshape(-1, moved.shape[-1])
+                for row in flat:
+                    _fill_line(lx, row)
+                moved[...] = flat.reshape(moved.shape)
+        if np.isnan(grid).any():
+            grid[np.isnan(grid)] = np.nanmean(grid)
+        self.grid = grid
+        axes, g, m = [], grid, self.measured.astype(float)
+        for j, a in enumerate(self.log_axes):
+            if len(a) == 1:  # a single measured value: constant along that axis
+                a = np.array([a[0], a[0] + 1.0])
+                g = np.concatenate([g, g], axis=j)
+                m = np.concatenate([m, m], axis=j)
+            axes.append(a)
+        self._interp = RegularGridInterpolator(axes, g, bounds_error=False, fill_value=None)
+        self._measured = RegularGridInterpolator(axes, m, method="linear", bounds_error=False, fill_value=0.0)
+
+    def predict(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """Latencies (s) and a source label per row (measured / filled / extrapolated)."""
+        X = np.atleast_2d(np.asarray(X, dtype=float))
+        L = np.log(np.maximum(X, 1e-12))
+        out = np.exp(self._interp(L))
+        lo = np.array([a[0] for a in self.axes])
+        hi = np.array([a[-1] for a in self.axes])
+        inside = np.all((lo <= X) & (hi >= X), axis=1)
+        full = self._measured(np.clip(L, [a[0] for a in self.log_axes], [a[-1] for a in self.log_axes]))
+        src = np.where(~inside, "extrapolated", np.where(full > 1 - 1e-9, "measured", "filled"))
+        return out, src
+
+
+@dataclass
+class Datasheet:
+    """Figures of one device used by roofline fallbacks (SI units)."""
+
+    name: str
+    mem_bw_bytes_s: float
+    peak_flops: dict  # dtype -> FLOP/s
+    mem_efficiency: float = 0.8
+    mem_latency_s: float = 3e-6
+    link_bw_bytes_s: float = 450e9
+    link_latency_s: float = 1e-5
+    memory_bytes: float = 80 * 2**30
+
+    @classmethod
+    def from_aiconfigurator(cls, name: str, system: dict) -> Datasheet:
+        """From an aiconfigurator ``<system>.yaml`` (``gpu:`` and ``node:`` sections)."""
+        gpu, node = system.get("gpu", {}), system.get("node", {})
+        flops = {"bfloat16": float(gpu.get("bfloat16_tc_flops", 0.0))}
+        for key, dt in (("fp8_tc_flops", "fp8"), ("int8_tc_flops", "int8"), ("fp4_tc_flops", "fp4")):
+            if gpu.get(key):
+                flops[dt] = float(gpu[key])
+        return cls(name=name, mem_bw_bytes_s=float(gpu["mem_bw"]), peak_flops=flops,
+                   mem_efficiency=float(gpu.get("mem_bw_empirical_scaling_factor", 0.8)),
+                   mem_latency_s=float(gpu.get("mem_empirical_constant_latency", 3e-6)),
+                   link_bw_bytes_s=float(node.get("intra_node_bw", 450e9)),
+                   link_latency_s=float(node.get("p2p_latency", 1e-5)),
+                   memory_bytes=float(gpu.get("mem_capacity", 80 * 2**30)))
+
+    def memory_s(self, nbytes) -> np.ndarray:
+        """Time of a memory-bound kernel moving ``nbytes``."""
+        return self.mem_latency_s + np.asarray(nbytes, dtype=float) / (self.mem_bw_bytes_s * self.mem_efficiency)
+
+
+def _base_dtype(dtype: str) -> str:
+    return "fp8" if str(dtype).startswith("fp8") else "bfloat16" if dtype in ("bf16", "bfloat16", "float16", "fp16") else str(dtype)
+
+
+@dataclass
+class KernelSet:
+    """Latency of every kernel family of one device, from an ``operator_profile`` table.
+
+    Parameters
+    ----------
+    profile : pyarrow.Table
+        Rows of operators ``gemm``, ``context_attention``, ``generation_attention``,
+        ``nccl_all_reduce``, ``custom_all_reduce`` (e.g. from
+        :func:`traces.readers.aiconfigurator.read_kernel_db`).
+    sheet : Datasheet
+        Roofline figures for kernels the table lacks.
+    """
+
+    profile: pa.Table
+    sheet: Datasheet
+    counts: Counter = field(default_factory=Counter)
+
+    def __post_init__(self):
+        df = self.profile.to_pandas()
+        self._frames = {op: g for op, g in df.groupby("operator")}
+        self._grids: dict = {}
+        self._gemm_eff: dict = {}
+
+    # -- helpers -------------------------------------------------------------
+    def _count(self, family: str, src) -> None:
+        for s, c in zip(*np.unique(np.asarray(src), return_counts=True)):
+            self.counts[(family, str(s))] += int(c)
+
+    def tally(self) -> dict:
+        """Queries answered so far, by kernel family and source."""
+        out: dict = {}
+        for (fam, src), c in sorted(self.counts.items()):
+            out.setdefault(fam, {})[src] = c
+        return out
+
+    def _grid(self, key, build):
+        if key not in self._grids:
+            self._grids[key] = build()
+        return self._grids[key]
+
+    # -- GEMM ----------------------------------------------------------------
+    def gemm_dtypes(self) -> list[str]:
+        g = self._frames.get("gemm")
+        return sorted(g["dtype"].unique()) if g is not None else []
+
+    def gemm(self, m, n: int, k: int, dtype: str = "bfloat16") -> np.ndarray:
+        """Latency (s) of ``(m x k) @ (k x n)`` GEMMs for each ``m`` (array)."""
+        m = np.atleast_1d(np.asarray(m, dtype=float))
+        frame = self._frames.get("gemm")
+        if frame is None or dtype not in set(frame["dtype"]):
+            t = self._gemm_roofline(m, n, k, dtype)
+            self._count("gemm", np.full(len(m), "roofline"))
+            return t
+        grid = self._grid(("gemm", dtype), lambda: LogGrid(
+            frame.loc[frame["dtype"] == dtype, ["m", "n", "k"]].to_numpy(float),
+            frame.loc[frame["dtype"] == dtype, "latency_s"].to_numpy(float)))
+        X = np.column_stack([m, np.full(len(m), n), np.full(len(m), k)])
+        t, src = grid.predict(X)
+        self._count("gemm", src)
+        return t
+
+    def _gemm_roofline(self, m, n, k, dtype) -> np.ndarray:
+        base = _base_dtype(dtype)
+        peak = self.sheet.peak_flops.get(base) or self.sheet.peak_flops["bfloat16"]
+        width = 1.0 if base == "fp8" else 2.0
+        flops = 2.0 * m * n * k
+        nbytes = width * (m * k + k * n) + 2.0 * m * n
+        return np.maximum(flops / (peak * 0.7), self.sheet.memory_s(nbytes))
+
+    # -- attention -------------------------------------------------------------
+    def _attention(self, op: str, feature: str, b, length, heads: int, kv_heads: int, head_dim: int,
+                   kv_dtype: str, work_exp: float) -> np.ndarray:
+        b = np.atleast_1d(np.asarray(b, dtype=float))
+        length = np.broadcast_to(np.asarray(length, dtype=float), b.shape)
+        frame = self._frames.get(op)
+        if frame is None:
+            raise KeyError(f"kernel database has no {op} measurements")
+        frame = frame[frame["head_dim"] == head_dim]
+        if kv_dtype in set(frame["dtype"]):
+            frame = frame[frame["dtype"] == kv_dtype]
+        else:
+            frame = frame[frame["dtype"] == frame["dtype"].iloc[0]] if len(frame) else frame
+        if not len(frame):
+            raise KeyError(f"kernel database has no {op} measurements with head_dim {head_dim}")
+        layouts = frame[["num_heads", "num_kv_heads"]].drop_duplicates().to_numpy()
+        exact = any((h == heads and kh == kv_heads) for h, kh in layouts)
+        if exact:
+            h, kh, scale = heads, kv_heads, 1.0
+        else:
+            # nearest layout with the same query heads per KV head, then by heads;
+            # attention work scales with the number of query heads
+            ratio = heads / max(kv_heads, 1)
+            h, kh = min(layouts, key=lambda L: (abs(np.log(L[0] / L[1] / ratio)), abs(np.log(L[0] / heads))))
+            scale = heads / h
+        sel = frame[(frame["num_heads"] == h) & (frame["num_kv_heads"] == kh)]
+        grid = self._grid((op, h, kh, head_dim, kv_dtype), lambda: LogGrid(
+            sel[["sequences", feature]].to_numpy(float), sel["latency_s"].to_numpy(float)))
+        t, src = grid.predict(np.column_stack([np.maximum(b, 1), np.maximum(length, 1)]))
+        if not exact:
+            src = np.full(len(t), "scaled")
+        self._count(op, src)
+        return t * scale
+
+    def context_attention(self, b, isl, heads, kv_heads, head_dim, kv_dtype="bfloat16") -> np.ndarray:
+        """Prefill attention (s) of ``b`` prompts of ``isl`` tokens each, no cached prefix."""
+        return self._attention("context_attention", "tokens", b, isl, heads, kv_heads, head_dim, kv_dtype, 2.0)
+
+    def generation_attention(self, b, kv, heads, kv_heads, head_dim, kv_dtype="bfloat16") -> np.ndarray:
+        """Decode attention (s) of ``b`` sequences with ``kv`` cached tokens each."""
+        return self._attention("generation_attention", "kv_decode", b, kv, heads, kv_heads, head_dim, kv_dtype, 1.0)
+
+    # -- collectives -----------------------------------------------------------
+    def all_reduce(self, nbytes, gpus: int) -> np.ndarray:
+        """TP all-reduce time (s) of ``nbytes`` over ``gpus``: the faster of vLLM's custom
+        all-reduce (CUDA-graph variant) and NCCL where measured, else a ring over the link."""
+        nbytes = np.atleast_1d(np.asarray(nbytes, dtype=float))
+        if gpus <= 1:
+            return np.zeros(len(nbytes))
+        best = None
+        for op, engine in (("custom_all_reduce", "vllm_graph"), ("nccl_all_reduce", None)):
+            frame = self._frames.get(op)
+            if frame is None:
+                continue
+            sel = frame[(frame["tp"] == gpus) & (frame["dtype"].isin(["half", "bfloat16"]))]
+            if engine is not None and "engine" in sel and (sel["engine"] == engine).any():
+                sel = sel[sel["engine"] == engine]
+            if not len(sel):
+                continue
+            grid = self._grid((op, gpus), lambda sel=sel: LogGrid(
+                sel[["message_bytes"]].to_numpy(float), sel["latency_s"].to_numpy(float)))
+            t, src = grid.predict(np.maximum(nbytes, 1)[:, None])
+            if best is None:
+                best, best_src = t, src
+            else:
+                take = t < best
+                best = np.where(take, t, best)
+                best_src = np.where(take, src, best_src)
+        if best is None:
+            best = self.sheet.link_latency_s + 2.0 * (gpus - 1) / gpus * nbytes / self.sheet.link_bw_bytes_s
+            best_src = np.full(len(nbytes), "roofline")
+        self._count("all_reduce", best_src)
+        return best
+
+    # -- memory-bound elementwise kernels ------------------------------------------
+    def elementwise(self, nbytes) -> np.ndarray:
+        """A memory-bound kernel (norm, activation, rotary, sampling) moving ``nbytes``."""
+        nbytes = np.atleast_1d(np.asarray(nbytes, dtype=float))
+        self._count("elementwise", np.full(len(nbytes), "roofline"))
+        return self.sheet.memory_s(nbytes)
+
+
+def cross_validate_kernels(profile: pa.Table, k: int = 5, seed: int = 0, max_rows: int = 20000) -> pd.DataFrame:
+    """K-fold cross-validated APE (%) of :class:`LogGrid` per kernel family and dtype.
+
+    Each fold's held-out measurements become holes the interpolant must fill from
+    their neighbours: the error of predicting a shape the database did not measure.
+    """
+    df = profile.to_pandas()
+    feats = {"gemm": ["m", "n", "k"], "context_attention": ["sequences", "tokens"],
+             "generation_attention": ["sequences", "kv_decode"], "custom_all_reduce": ["message_bytes"],
+             "nccl_all_reduce": ["message_bytes"]}
+    keys = {"gemm": ["dtype"], "context_attention": ["dtype", "num_heads", "num_kv_heads", "head_dim"],
+            "generation_attention": ["dtype", "num_heads", "num_kv_heads", "head_dim"],
+            "custom_all_reduce": ["engine", "tp"], "nccl_all_reduce": ["dtype", "tp"]}
+    rng = np.random.default_rng(seed)
+    rows = []
+    for op, cols in feats.items():
+        sub = df[df["operator"] == op]
+        if not len(sub):
+            continue
+        for dtype, part in sub.groupby("dtype" if op != "custom_all_reduce" else "engine"):
+            apes = []
+            for _, group in part.groupby(keys[op]):
+                if len(group) < 2 * k:
+                    continue
+                X = group[cols].to_numpy(float)
+                y = group["latency_s"].to_numpy(float)
+                fold = rng.integers(0, k, len(y))
+                for f in range(k):
+                    train, test = fold != f, fold == f
+                    if train.sum() < 2 or not test.any():
+                        continue
+                    pred, _ = LogGrid(X[train], y[train]).predict(X[test])
+                    apes.append(np.abs(pred - y[test]) / y[test] * 100)
+                if sum(len(a) for a in apes) > max_rows:
+                    break
+            if apes:
+                a = np.concatenate(apes)
+                rows.append({"kernel": op, "variant": dtype, "held_out": len(a), "mape": float(a.mean()),
+                             "median_ape": float(np.median(a)), "p90_ape": float(np.percentile(a, 90))})
+    return pd.DataFrame(rows)

@@ -1,0 +1,96 @@
+"""Closed-loop workloads: N users, each sending its next request when the last one ends.
+
+This is how fixed-concurrency benchmarks measure a deployment (``vllm bench serve
+--max-concurrency N``, aiperf ``--concurrency N``): every user holds one request in
+flight; prompts have a fixed input length (ISL) and the engine is forced to emit a
+fixed output length (OSL). All users start together, so the first wave of requests
+meets an empty engine and queues behind each other's prefills; the loop then
+settles into a steady state. The summary excludes that warm-up wave and the
+cool-down after the first user has sent its last request (fewer than N in flight).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from replay.config import EngineConfig
+from replay.cost import StepCost
+from replay.request import Request
+from replay.simulate import Replay
+
+
+class ClosedLoop(Replay):
+    """A :class:`Replay` whose users send a new request as soon as theirs finishes."""
+
+    def __init__(self, cfg: EngineConfig, cost: StepCost, users: int, isl: int, osl: int,
+                 requests_per_user: int, think_s: float = 0.0, stagger_s: float = 0.0):
+        if users < 1 or isl < 1 or osl < 1 or requests_per_user < 1:
+            raise ValueError("users, isl, osl and requests_per_user must be at least 1")
+        self.isl, self.osl, self.think_s = isl, osl, think_s
+        self.left = {u: requests_per_user - 1 for u in range(users)}
+        self.user_of: dict[int, int] = {}
+        first = [self._new(u, u * stagger_s / users) for u in range(users)]
+        super().__init__(first, cfg, cost)
+
+    def _new(self, user: int, t: float) -> Request:
+        index = len(self.user_of)
+        self.user_of[index] = user
+        return Request(index, f"u{user}-{index}", t, self.isl, self.osl)
+
+    def on_finish(self, req: Request, now: float) -> Request | None:
+        user = self.user_of[req.index]
+        if self.left[user] <= 0:
+            return None
+        self.left[user] -= 1
+        return self._new(user, now + self.think_s)
+
+
+@dataclass(frozen=True)
+class LoopSummary:
+    """Steady-state latencies of a closed loop (s) and what they were taken over."""
+
+    ttft_s: float
+    tpot_s: float
+    e2e_s: float
+    requests: int
+    measured: int
+    throughput_tok_s: float
+    preemptions: int
+
+
+def run_closed_loop(cfg: EngineConfig, cost: StepCost, users: int, isl: int, osl: int,
+                    requests_per_user: int = 4, think_s: float = 0.0,
+                    stagger_s: float = 0.0) -> tuple[ClosedLoop, LoopSummary]:
+    """Simulate the loop to completion and summarise its steady state.
+
+    Requests counted: those sent after the warm-up wave (the first ``users``) and
+    before the first user ran out of requests. With one request per user, or when
+    that window is empty, every request is counted.
+    """
+    loop = ClosedLoop(cfg, cost, users, isl, osl, requests_per_user, think_s, stagger_s)
+    loop.run()
+    reqs = sorted(loop.requests, key=lambda r: r.index)
+    arrival = np.array([r.arrival_s for r in reqs])
+    first = np.array([r.first_token_s for r in reqs], dtype=float)
+    done = np.array([r.finished_s for r in reqs], dtype=float)
+    last_send = {}
+    for r in reqs:
+        last_send[loop.user_of[r.index]] = r.arrival_s
+    cutoff = min(last_send.values())
+    idx = np.arange(len(reqs))
+    keep = (idx >= users) & (arrival <= cutoff)
+    if not keep.any():
+        keep = np.ones(len(reqs), dtype=bool)
+    ttft = first[keep] - arrival[keep]
+    e2e = done[keep] - arrival[keep]
+    tpot = (e2e - ttft) / max(osl - 1, 1)
+    span = done.max() - arrival.min()
+    summary = LoopSummary(
+        ttft_s=float(ttft.mean()), tpot_s=float(tpot.mean()) if osl > 1 else 0.0, e2e_s=float(e2e.mean()),
+        requests=len(reqs), measured=int(keep.sum()),
+        throughput_tok_s=float(len(reqs) * osl / span) if span > 0 else 0.0,
+        preemptions=int(sum(r.num_preemptions for r in reqs)),
+    )
+    return loop, summary

@@ -1,0 +1,132 @@
+"""Compose a model's engine-step cost from kernel measurements.
+
+Where a layer-profile bundle measures a model's decoder layer directly, a kernel
+database measures the kernels it is made of. This module writes the same
+per-layer operator tables a bundle holds (``qkv_proj`` … by tokens, ``lm_head`` by
+sequences, ``attention`` on the 4-D batch grid) from kernel latencies, so the
+replay's cost model (:func:`replay.build.build_step_cost`) needs no special case:
+
+========================  ===================================================================
+operator (one TP rank)    kernel
+========================  ===================================================================
+qkv_proj                  GEMM m=T, n=(H + 2 KV) d / tp, k=hidden
+o_proj                    GEMM m=T, n=hidden, k=H d / tp
+gate_up_proj              GEMM m=T, n=2 I / tp, k=hidden
+down_proj                 GEMM m=T, n=hidden, k=I / tp
+layernorm (x2), act_fn,   memory-bound: bytes moved / (bandwidth x efficiency) + launch
+rotary_emb, qk_norm,
+embedding, final norm,
+sampler
+lm_head                   GEMM m=S, n=vocab / tp, k=hidden (unquantised)
+attention                 prefill chunk: context attention of the chunk over its prefix;
+                          decodes: generation attention (batch, mean KV length)
+TP all-reduce (x2/layer)  measured custom / NCCL all-reduce of T x hidden x 2 bytes
+========================  ===================================================================
+
+``T`` tokens and ``S`` sequences in the step; ``H``/``KV`` query/KV heads of size
+``d``; ``I`` the MLP width. A prefill chunk of ``c`` tokens after ``p`` cached ones
+costs the full causal attention of ``p + c`` tokens times the share of its
+score matrix the chunk owns, ``c (2p + c) / (p + c)^2``, and at least the
+attention of the chunk alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from calibrate.kernels import KernelSet
+from profiles.model import ModelConfig
+from traces.schema import OPERATOR_PROFILE, from_columns
+
+ACT_BYTES = 2  # activations are bf16/fp16 in every deployment modelled here
+
+
+def _geometric(lo: int, hi: int, factor: float = 2.0) -> list[int]:
+    out, x = [], float(lo)
+    while x < hi:
+        out.append(int(round(x)))
+        x *= factor
+    out.append(int(hi))
+    return sorted(set(out))
+
+
+def token_grid(budget: int) -> np.ndarray:
+    """Token counts at which dense operators are evaluated (exact to 64, then x1.25)."""
+    return np.array(sorted(set(range(1, min(budget, 64) + 1)) | set(_geometric(64, budget, 1.25))), dtype=float)
+
+
+def attention_grid(budget: int, max_seqs: int, max_len: int) -> tuple[np.ndarray, ...]:
+    chunks = np.array([0] + _geometric(16, budget), dtype=float)
+    kv = np.array([0] + _geometric(16, max_len), dtype=float)
+    n = np.array([0] + _geometric(1, max_seqs), dtype=float)
+    return chunks, kv, n, kv
+
+
+def prefill_attention(ks: KernelSet, chunk, prefix, shape: tuple, kv_dtype: str) -> np.ndarray:
+    """Attention (s) of prefill chunks of ``chunk`` tokens after ``prefix`` cached tokens."""
+    chunk, prefix = np.broadcast_arrays(np.asarray(chunk, dtype=float), np.asarray(prefix, dtype=float))
+    total = chunk + prefix
+    full = ks.context_attention(np.ones(total.size), np.maximum(total, 1).ravel(), *shape, kv_dtype).reshape(total.shape)
+    alone = ks.context_attention(np.ones(chunk.size), np.maximum(chunk, 1).ravel(), *shape, kv_dtype).reshape(chunk.shape)
+    share = np.where(total > 0, chunk * (2 * prefix + chunk) / np.maximum(total, 1) ** 2, 0.0)
+    return np.where(chunk > 0, np.maximum(alone, full * share), 0.0)
+
+
+def decode_attention(ks: KernelSet, n, kv, shape: tuple, kv_dtype: str) -> np.ndarray:
+    """Attention (s) of ``n`` decodes with ``kv`` cached tokens each."""
+    n, kv = np.broadcast_arrays(np.asarray(n, dtype=float), np.asarray(kv, dtype=float))
+    t = ks.generation_attention(np.maximum(n, 1).ravel(), np.maximum(kv, 1).ravel(), *shape, kv_dtype).reshape(n.shape)
+    return np.where(n > 0, t, 0.0)
+
+
+def kernel_operator_profile(ks: KernelSet, model: ModelConfig, tp: int, gemm_dtype: str = "bfloat16",
+                            kv_dtype: str = "bfloat16", budget: int = 8192, max_seqs: int = 256,
+                            max_len: int = 32768) -> pa.Table:
+    """Per-layer operator rows (``operator_profile``, degree ``tp``) composed from kernels."""
+    if model.is_moe():
+        raise ValueError(f"{model.name}: mixture-of-experts layers are not composed from kernels yet")
+    if model.kv_lora_rank:
+        raise ValueError(f"{model.name}: multi-head latent attention is not composed from kernels yet")
+    H, KV, d, hid = model.num_heads, model.num_kv_heads, model.head_dim, model.hidden_size
+    h_tp, kv_tp, i_tp = H // tp, max(1, KV // tp), model.intermediate_size // tp
+    T = token_grid(budget)
+    rows: dict[str, list] = {"operator": [], "tokens": [], "sequences": [], "prefill_chunk": [],
+                             "kv_prefill": [], "n_decode": [], "kv_decode": [], "latency_s": []}
+
+    def add(op, lat, **feats):
+        n = len(lat)
+        rows["operator"] += [op] * n
+        rows["latency_s"] += [float(x) for x in lat]
+        for key in ("tokens", "sequences", "prefill_chunk", "kv_prefill", "n_decode", "kv_decode"):
+            vals = feats.get(key)
+            rows[key] += [None] * n if vals is None else [int(v) for v in np.ravel(vals)]
+
+    add("qkv_proj", ks.gemm(T, (h_tp + 2 * kv_tp) * d, hid, gemm_dtype), tokens=T)
+    add("o_proj", ks.gemm(T, hid, h_tp * d, gemm_dtype), tokens=T)
+    add("gate_up_proj", ks.gemm(T, 2 * i_tp, hid, gemm_dtype), tokens=T)
+    add("down_proj", ks.gemm(T, hid, i_tp, gemm_dtype), tokens=T)
+    a = ACT_BYTES
+    add("layernorm", ks.elementwise(T * hid * a * 2), tokens=T)
+    add("act_fn", ks.elementwise(T * 3 * i_tp * a), tokens=T)
+    add("rotary_emb", ks.elementwise(T * (h_tp + kv_tp) * d * a * 2), tokens=T)
+    if model.qk_norm:
+        add("qk_norm", ks.elementwise(T * (h_tp + kv_tp) * d * a * 2), tokens=T)
+    add("embedding", ks.elementwise(T * hid * a), tokens=T)
+    add("final_layernorm", ks.elementwise(T * hid * a * 2), tokens=T)
+    S = np.array(_geometric(1, max_seqs, 1.25), dtype=float)
+    vocab_tp = -(-model.vocab_size // tp)
+    add("lm_head", ks.gemm(S, vocab_tp, hid, "bfloat16"), sequences=S)
+    # logits (fp32) gathered and read by softmax/sampling a few times
+    add("sampler", ks.elementwise(S * model.vocab_size * 4 * 3), sequences=S)
+    C, K, N, V = attention_grid(budget, max_seqs, max_len)
+    shape = (h_tp, kv_tp, d)
+    pre = prefill_attention(ks, C[:, None], K[None, :], shape, kv_dtype)  # (C, K)
+    dec = decode_attention(ks, N[:, None], V[None, :], shape, kv_dtype)  # (N, V)
+    grid = pre[:, :, None, None] + dec[None, None, :, :]
+    cc, kk, nn, vv = np.meshgrid(C, K, N, V, indexing="ij")
+    add("attention", grid.ravel(), prefill_chunk=cc, kv_prefill=kk, n_decode=nn, kv_decode=vv)
+    n = len(rows["operator"])
+    cols = dict(rows, hardware=[ks.sheet.name] * n, tp=[tp] * n, dtype=[gemm_dtype] * n,
+                model=[model.name] * n, source=["kernels"] * n)
+    return from_columns(OPERATOR_PROFILE, cols)

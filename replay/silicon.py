@@ -1,0 +1,212 @@
+"""Predict measured deployments (silicon rows) from a kernel database.
+
+For each row — a model served by an engine on ``tp`` GPUs of one system, measured
+at a fixed concurrency with fixed input/output lengths — build the model's step
+cost from the system's kernels (:mod:`replay.kernel_cost`), size the KV cache from
+the datasheet, and run a closed loop of ``batch_size`` users
+(:mod:`replay.closed_loop`); the loop's steady-state mean TTFT and TPOT are the
+prediction. Rows the composition cannot model are skipped with a reason, never
+guessed.
+
+Engine settings the rows do not carry are vLLM's defaults for a data-centre GPU
+served through its OpenAI server: chunked prefill with an 8192-token budget,
+``max_num_seqs`` 256 (or the concurrency, if larger), 90 % of memory for weights
+and KV cache, block size 16, prefix caching on (random prompts share nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from calibrate.calibration import fit_operators
+from calibrate.kernels import Datasheet, KernelSet
+from profiles.model import ModelConfig, load_model_config
+from replay.build import NON_KV_RESERVE_BYTES, build_step_cost
+from replay.closed_loop import run_closed_loop
+from replay.config import EngineConfig
+from replay.kernel_cost import kernel_operator_profile
+
+DEFAULT_BUDGET = 8192
+DEFAULT_MAX_SEQS = 256
+GPU_MEMORY_UTILIZATION = 0.9
+BLOCK_SIZE = 16
+DTYPE_BYTES = {"bfloat16": 2.0, "fp8": 1.0, "fp8_block": 1.0}
+
+
+def _norm(name: str) -> str:
+    name = name.lower().replace("_", "-")
+    name = re.sub(r"^meta-(?=llama)", "", name)
+    return re.sub(r"-instruct(-\d+)?$", "", name)
+
+
+def model_index(models_dir) -> dict[str, Path]:
+    """Model configs of a folder (``<org>--<name>_config.json``) by normalised ``org/name``."""
+    out = {}
+    for path in sorted(Path(models_dir).glob("*_config.json")):
+        org, _, name = path.name[: -len("_config.json")].partition("--")
+        if name:
+            out[f"{org.lower()}/{_norm(name)}"] = path
+    return out
+
+
+def find_model(index: dict[str, Path], model_path: str) -> Path | None:
+    """The config for a Hugging Face id, tolerant of ``Meta-``/``-Instruct`` naming."""
+    org, _, name = str(model_path).partition("/")
+    return index.get(f"{org.lower()}/{_norm(name)}")
+
+
+def gemm_dtype(row: pd.Series, model: ModelConfig) -> str:
+    """GEMM dtype of a row: its quantisation mode, else the checkpoint's."""
+    mode = row.get("gemm_quant_mode")
+    if isinstance(mode, str) and mode:
+        return {"fp8": "fp8", "fp8_block": "fp8_block", "bf16": "bfloat16", "float16": "bfloat16"}.get(mode, mode)
+    prec = row.get("precision")
+    if isinstance(prec, str) and prec and prec not in ("bf16", "bfloat16", "fp16", "float16"):
+        return prec
+    if model.quantization == "fp8":
+        return "fp8_block"
+    return "bfloat16"
+
+
+class Unmodelled(Exception):
+    """A row the composition cannot predict; the message is the skip reason."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    ttft_ms: float
+    tpot_ms: float
+    requests: int
+    measured: int
+    preemptions: int
+    num_gpu_blocks: int
+
+
+def skip_reason(row: pd.Series, index: dict, kernels: KernelSet) -> str | None:
+    """Why a row cannot be modelled, or None."""
+    if row["mode"] != "agg":
+        return f"mode {row['mode']} (only aggregated serving is modelled)"
+    for col in ("batch_size", "tp_size"):
+        if not np.isfinite(row[col]) or row[col] < 1:
+            return f"no {col}"
+    if np.isfinite(row.get("pp_size", np.nan)) and row["pp_size"] > 1:
+        return "pipeline parallel > 1"
+    if np.isfinite(row.get("attention_dp_size", np.nan)) and row["attention_dp_size"] > 1:
+        return "attention data parallel"
+    path = find_model(index, row["model_path"])
+    if path is None:
+        return "no model config"
+    model = load_model_config(path)
+    if model.is_moe():
+        return "mixture-of-experts model"
+    if model.kv_lora_rank:
+        return "multi-head latent attention"
+    dt = gemm_dtype(row, model)
+    if dt not in kernels.gemm_dtypes():
+        return f"no GEMM measurements for {dt}"
+    tp = int(row["tp_size"])
+    if model.num_heads % tp or model.intermediate_size % tp:
+        return "heads or MLP width not divisible by tp"
+    return None
+
+
+def kv_blocks_for(model: ModelConfig, sheet: Datasheet, tp: int, dtype: str) -> int:
+    weights = model.weight_bytes(DTYPE_BYTES.get(dtype, 2.0)) / tp
+    free = sheet.memory_bytes * GPU_MEMORY_UTILIZATION - weights - NON_KV_RESERVE_BYTES
+    per_block = model.kv_bytes_per_token(2.0) / tp * BLOCK_SIZE
+    return max(0, int(free // per_block))
+
+
+def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests_per_user: int = 4,
+                cache: dict | None = None, arrivals: str = "staggered") -> Prediction:
+    """Closed-loop prediction of one row (times in ms).
+
+    ``arrivals``: ``"burst"`` sends every user's first request at t = 0 (the
+    users then stay in lock-step: identical requests finish together);
+    ``"staggered"`` spreads the first requests over one request lifetime, the
+    de-synchronised steady state.
+    """
+    tp = int(row["tp_size"])
+    users = int(row["batch_size"])
+    isl, osl = int(row["isl"]), int(row["osl"])
+    dt = gemm_dtype(row, model)
+    cfg = EngineConfig(max_num_seqs=max(DEFAULT_MAX_SEQS, users), max_num_batched_tokens=DEFAULT_BUDGET,
+                       block_size=BLOCK_SIZE, num_gpu_blocks=kv_blocks_for(model, kernels.sheet, tp, dt),
+                       tensor_parallel=tp, async_scheduling=True)
+    key = (model.name, tp, dt, cfg.max_num_seqs)
+    cost = None if cache is None else cache.get(key)
+    if cost is None:
+        max_len = max(1 << 15, isl + osl)
+        table = kernel_operator_profile(kernels, model, tp, dt, "bfloat16", cfg.max_num_batched_tokens,
+                                        cfg.max_num_seqs, max_len)
+        models = fit_operators(table, tp)
+        cost = build_step_cost(models, model, cfg, kernels.sheet.link_bw_bytes_s,
+                               all_reduce=lambda b: kernels.all_reduce(b, tp))
+        if cache is not None:
+            cache[key] = cost
+    if cfg.num_gpu_blocks * BLOCK_SIZE < isl + osl:
+        raise Unmodelled("KV cache cannot hold one request")
+    _, s = run_closed_loop(cfg, cost, users, isl, osl, requests_per_user)
+    if arrivals == "staggered":
+        # steady state: users' requests spread over one request lifetime (the
+        # burst run's mean end-to-end latency), as jitter spreads a real loop
+        _, s = run_closed_loop(cfg, cost, users, isl, osl, requests_per_user, stagger_s=s.e2e_s)
+    elif arrivals != "burst":
+        raise ValueError(f"arrivals must be 'staggered' or 'burst', not {arrivals!r}")
+    return Prediction(s.ttft_s * 1e3, s.tpot_s * 1e3, s.requests, s.measured, s.preemptions, cfg.num_gpu_blocks)
+
+
+def ape_summary(pred: np.ndarray, meas: np.ndarray) -> dict:
+    """``{mape, median_ape, p90_ape, bias}`` in percent (bias: mean signed error)."""
+    if not len(pred):
+        return {"mape": None, "median_ape": None, "p90_ape": None, "bias": None}
+    err = (pred - meas) / meas * 100
+    ape = np.abs(err)
+    return {"mape": round(float(ape.mean()), 3), "median_ape": round(float(np.median(ape)), 3),
+            "p90_ape": round(float(np.percentile(ape, 90)), 3), "bias": round(float(err.mean()), 3)}
+
+
+def predict_silicon(rows: pd.DataFrame, kernels: KernelSet, models_dir, requests_per_user: int = 4,
+                    progress=None, arrivals: str = "staggered") -> tuple[pd.DataFrame, dict]:
+    """Predict every row; return per-row results and the summary JSON object."""
+    index = model_index(models_dir)
+    cache: dict = {}
+    out = []
+    skipped: dict[str, int] = {}
+    it = rows.iterrows() if progress is None else progress(rows.iterrows(), total=len(rows))
+    for i, row in it:
+        reason = skip_reason(row, index, kernels)
+        rec = {"row": i, "id": row.get("id"), "model": row["model_path"], "tp": row["tp_size"],
+               "concurrency": row["batch_size"], "isl": row["isl"], "osl": row["osl"],
+               "ttft_ms": row["silicon_ttft_ms"], "tpot_ms": row["silicon_tpot_ms"]}
+        if reason is None:
+            model = load_model_config(find_model(index, row["model_path"]))
+            try:
+                p = predict_row(row, model, kernels, requests_per_user, cache, arrivals)
+            except Unmodelled as exc:
+                reason = str(exc)
+            else:
+                rec.update(pred_ttft_ms=p.ttft_ms, pred_tpot_ms=p.tpot_ms, gemm_dtype=gemm_dtype(row, model),
+                           num_gpu_blocks=p.num_gpu_blocks, preemptions=p.preemptions)
+        if reason is not None:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            rec["skipped"] = reason
+        out.append(rec)
+    df = pd.DataFrame(out)
+    ok = df[df.get("pred_ttft_ms", pd.Series(dtype=float)).notna()] if "pred_ttft_ms" in df else df.iloc[:0]
+    summary = {
+        "rows": {"total": len(rows), "predicted": len(ok), "skipped": dict(sorted(skipped.items()))},
+        "ttft": ape_summary(ok["pred_ttft_ms"].to_numpy(float), ok["ttft_ms"].to_numpy(float)) if len(ok) else ape_summary(np.array([]), np.array([])),
+        "tpot": ape_summary(ok["pred_tpot_ms"].to_numpy(float), ok["tpot_ms"].to_numpy(float)) if len(ok) else ape_summary(np.array([]), np.array([])),
+    }
+    return df, summary
+
+
+def dumps(summary: dict) -> str:
+    return json.dumps(summary, indent=2, sort_keys=False)

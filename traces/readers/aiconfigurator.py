@@ -1,0 +1,198 @@
+"""Reader for aiconfigurator kernel databases (one system's folder).
+
+A system folder (``.../aiconfigurator/h100_sxm``) holds Parquet tables of kernel
+latencies measured on one GPU type, by family, framework and version::
+
+    gemm/vllm/0.19.0/gemm_perf.parquet                     framework,version,device,gemm_dtype,m,n,k,latency
+    attention/vllm/0.19.0/context_attention_perf.parquet   batch_size,isl,num_heads,num_key_value_heads,
+                                                           head_dim,kv_cache_dtype,window_size,step,latency
+    attention/vllm/0.19.0/generation_attention_perf.parquet  (same columns; ``step`` = KV length, isl = 1)
+    comm/nccl/2.27.3/nccl_perf.parquet                     op_name,nccl_dtype,num_gpus,message_size,latency
+    comm/vllm/0.19.0/custom_allreduce_perf.parquet         allreduce_dtype,num_gpus,message_size,backend,latency
+
+Latencies are milliseconds; ``message_size`` counts elements of the row's dtype
+(ai-dynamo/aiconfigurator ``collector/README.md``; its ``PerfDatabase`` queries
+all-reduce by ``num_tokens * hidden_size`` elements). A sibling ``<system>.yaml``
+carries the datasheet figures the collector used.
+
+Rows become ``operator_profile`` rows (seconds):
+
+=======================  ===========================================================
+operator                 features
+=======================  ===========================================================
+``gemm``                 ``m, n, k``; ``dtype`` = GEMM dtype (bfloat16, fp8, fp8_block…)
+``context_attention``    ``sequences`` (batch), ``tokens`` (prompt length each),
+                         heads / KV heads / head dim; ``dtype`` = KV-cache dtype
+``generation_attention`` ``sequences`` (batch), ``kv_decode`` (KV length each), heads…
+``nccl_<op>``            ``tp`` (GPUs), ``message_bytes``; all_reduce, all_gather, …
+``custom_all_reduce``    ``tp``, ``message_bytes``; ``engine`` = graph or eager
+=======================  ===========================================================
+
+Sliding-window attention rows (``window_size > 0``) are left out: the dense
+models this project composes use full attention.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import yaml
+
+from traces.errors import TraceError
+from traces.schema import OPERATOR_PROFILE, from_columns
+
+# table file stem -> (family folder, columns it must have)
+TABLES = {
+    "gemm_perf": ("gemm", ("gemm_dtype", "m", "n", "k", "latency")),
+    "context_attention_perf": ("attention", ("batch_size", "isl", "num_heads", "num_key_value_heads",
+                                             "head_dim", "kv_cache_dtype", "latency")),
+    "generation_attention_perf": ("attention", ("batch_size", "step", "num_heads", "num_key_value_heads",
+                                                "head_dim", "kv_cache_dtype", "latency")),
+    "nccl_perf": ("comm", ("op_name", "nccl_dtype", "num_gpus", "message_size", "latency")),
+    "custom_allreduce_perf": ("comm", ("allreduce_dtype", "num_gpus", "message_size", "latency")),
+}
+ELEMENT_BYTES = {"half": 2, "bfloat16": 2, "float16": 2, "fp16": 2, "bf16": 2, "int8": 1, "fp8": 1,
+                 "float": 4, "float32": 4}
+
+
+def _version_key(version: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else 0 for p in re.split(r"[.\-+]", str(version)))
+
+
+def available(system_dir) -> dict[str, list[tuple[str, str, Path]]]:
+    """Tables present under ``system_dir``: stem -> [(framework, version, path)], oldest first."""
+    root = Path(system_dir)
+    if not root.is_dir():
+        raise TraceError(root, "not a kernel-database folder (aiconfigurator system directory expected)")
+    found: dict[str, list[tuple[str, str, Path]]] = {}
+    for stem, (family, _) in TABLES.items():
+        for path in sorted(root.glob(f"{family}/*/*/{stem}.parquet")):
+            found.setdefault(stem, []).append((path.parent.parent.name, path.parent.name, path))
+    for stem in found:
+        found[stem].sort(key=lambda t: _version_key(t[1]))
+    if not found:
+        raise TraceError(root, "no kernel tables found (expected e.g. gemm/vllm/<version>/gemm_perf.parquet)")
+    return found
+
+
+def pick_version(choices: list[tuple[str, str, Path]], version: str | None):
+    """The table whose framework version is nearest ``version`` (ties: the newer); the
+    newest when ``version`` is None."""
+    if version is None:
+        return choices[-1]
+    want = _version_key(version)
+
+    def distance(choice):
+        have = _version_key(choice[1])
+        width = max(len(want), len(have))
+        a = want + (0,) * (width - len(want))
+        b = have + (0,) * (width - len(have))
+        return tuple(abs(x - y) for x, y in zip(a, b)), tuple(-x for x in b)
+
+    return min(choices, key=distance)
+
+
+def _read(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise TraceError(path, f"not a readable Parquet file ({exc})") from exc
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise TraceError(path, f"missing columns {missing}")
+    lat = pd.to_numeric(df["latency"], errors="coerce")
+    bad = np.flatnonzero(~np.isfinite(lat.to_numpy(dtype=float)) | (lat.to_numpy(dtype=float) <= 0))
+    if len(bad):
+        raise TraceError(path, f"latency must be a positive number (ms), got {df['latency'].iloc[bad[0]]!r}",
+                         line=int(bad[0]) + 1)
+    return df
+
+
+def _rows(stem: str, df: pd.DataFrame, hardware: str, framework: str, version: str, path: Path) -> dict:
+    n = len(df)
+    cols: dict[str, object] = {
+        "hardware": [hardware] * n, "engine": [framework] * n, "engine_version": [version] * n,
+        "latency_s": (df["latency"].to_numpy(dtype=float) * 1e-3), "samples": [None] * n,
+        "source": [f"aiconfigurator:{path.parent.parent.parent.name}/{framework}/{version}/{stem}"] * n,
+    }
+    if stem == "gemm_perf":
+        cols.update(operator=["gemm"] * n, dtype=df["gemm_dtype"].astype(str).tolist(),
+                    m=df["m"].astype("int64"), n=df["n"].astype("int64"), k=df["k"].astype("int64"))
+    elif stem in ("context_attention_perf", "generation_attention_perf"):
+        op = "context_attention" if stem.startswith("context") else "generation_attention"
+        cols.update(operator=[op] * n, dtype=df["kv_cache_dtype"].astype(str).tolist(),
+                    sequences=df["batch_size"].astype("int64"),
+                    num_heads=df["num_heads"].astype("int32"),
+                    num_kv_heads=df["num_key_value_heads"].astype("int32"),
+                    head_dim=df["head_dim"].astype("int32"))
+        if op == "context_attention":
+            cols["tokens"] = df["isl"].astype("int64")
+        else:
+            cols["kv_decode"] = df["step"].astype("int64")
+    else:
+        dt_col = "nccl_dtype" if stem == "nccl_perf" else "allreduce_dtype"
+        dtypes = df[dt_col].astype(str)
+        unknown = sorted(set(dtypes) - set(ELEMENT_BYTES))
+        if unknown:
+            raise TraceError(path, f"unknown collective dtype {unknown[0]!r}")
+        nbytes = df["message_size"].to_numpy(dtype=float) * dtypes.map(ELEMENT_BYTES).to_numpy(dtype=float)
+        if stem == "nccl_perf":
+            ops = ("nccl_" + df["op_name"].astype(str)).tolist()
+        else:
+            ops = ["custom_all_reduce"] * n
+            if "backend" in df.columns:
+                cols["engine"] = df["backend"].astype(str).tolist()
+        cols.update(operator=ops, dtype=dtypes.tolist(), tp=df["num_gpus"].astype("int32"),
+                    message_bytes=nbytes.astype("int64"))
+    return {k: (v.tolist() if isinstance(v, (pd.Series, np.ndarray)) else v) for k, v in cols.items()}
+
+
+def read_kernel_db(system_dir, version: str | None = None, hardware: str | None = None) -> pa.Table:
+    """All kernel tables of one system as an ``operator_profile`` table.
+
+    Parameters
+    ----------
+    system_dir : path
+        The system folder (``.../aiconfigurator/<system>``).
+    version : str, optional
+        Engine version to prefer: per table, the measured version nearest to it
+        (e.g. a vLLM 0.12 deployment reads the 0.14.0 tables when 0.14.0 and
+        0.19.0 exist). Default: the newest of each table.
+    hardware : str, optional
+        Name written into the ``hardware`` column (default: the folder name).
+    """
+    root = Path(system_dir)
+    hardware = hardware or root.name
+    parts = []
+    for stem, choices in available(root).items():
+        framework, ver, path = pick_version(choices, version)
+        df = _read(path, TABLES[stem][1])
+        if stem.endswith("attention_perf") and "window_size" in df.columns:
+            df = df[df["window_size"].fillna(0).astype(int) == 0]
+        if not len(df):
+            continue
+        parts.append(from_columns(OPERATOR_PROFILE, _rows(stem, df.reset_index(drop=True), hardware,
+                                                           framework, ver, path)))
+    table = pa.concat_tables(parts)
+    meta = dict(table.schema.metadata or {})
+    meta[b"mist.kernel_db"] = str(root).encode()
+    return table.replace_schema_metadata(meta)
+
+
+def read_system_yaml(system_dir) -> dict | None:
+    """The datasheet ``<system>.yaml`` beside (or inside) a system folder, if present."""
+    root = Path(system_dir)
+    for path in (root.parent / f"{root.name}.yaml", root / f"{root.name}.yaml", root / "system.yaml"):
+        if path.is_file():
+            try:
+                data = yaml.safe_load(path.read_text())
+            except yaml.YAMLError as exc:
+                raise TraceError(path, f"not valid YAML ({exc})") from exc
+            if not isinstance(data, dict):
+                raise TraceError(path, "expected a mapping at the top level")
+            return data
+    return None
