@@ -54,6 +54,20 @@ def _fill_line(logx: np.ndarray, row: np.ndarray) -> None:
         row[lo] = ky[0] + s_lo * (logx[lo] - kx[0])
 
 
+def _monotone_envelope(grid: np.ndarray) -> int:
+    """Cap every measured cell by the minimum of the measured cells above it along
+    each axis (in place; NaN = not measured). Returns how many cells changed."""
+    before = grid.copy()
+    for j in range(grid.ndim):
+        moved = np.moveaxis(grid, j, -1)
+        flipped = moved[..., ::-1]
+        filled = np.where(np.isnan(flipped), np.inf, flipped)
+        runmin = np.minimum.accumulate(filled, axis=-1)[..., ::-1]
+        np.minimum(moved, runmin, out=moved, where=~np.isnan(moved))
+    changed = ~np.isnan(before) & (grid < before - 1e-12)
+    return int(changed.sum())
+
+
 class LogGrid:
     """Multilinear interpolant of log latency over log features on a measured grid.
 
@@ -61,9 +75,13 @@ class LogGrid:
     ----------
     X : array (n, d) of positive features
     y : array (n,) of positive latencies (s)
+    monotone : bool
+        Clean measurement spikes first: a kernel never gets faster when a
+        dimension grows, so each measured value is capped by the smallest value
+        measured at any larger size along each axis (``adjusted`` counts them).
     """
 
-    def __init__(self, X, y):
+    def __init__(self, X, y, monotone: bool = True):
         X = np.atleast_2d(np.asarray(X, dtype=float))
         y = np.asarray(y, dtype=float)
         if X.shape[0] != len(y) or not len(y):
@@ -80,6 +98,9 @@ class LogGrid:
         np.add.at(counts, idx, 1.0)
         grid = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
         self.measured = counts > 0
+        self.adjusted = 0
+        if monotone:
+            self.adjusted = _monotone_envelope(grid)
         for _ in range(4):  # a few sweeps reach every cell of a connected grid
             if not np.isnan(grid).any():
                 break

@@ -160,3 +160,13 @@ def test_silicon_command_on_a_few_rows(shared_data, tmp_path):
         assert set(s[metric]) == {"mape", "median_ape", "p90_ape", "bias"}
     # predictions are of the measured order of magnitude (not a tuned bar: a sanity bound)
     assert 0 < s["tpot"]["mape"] < 100
+
+
+def test_loggrid_caps_measurement_spikes_by_larger_shapes():
+    # a spike at m=2048 above the m=4096 measurement (seen in a real GEMM table)
+    m = np.array([1024.0, 2048.0, 4096.0])
+    y = np.array([0.069e-3, 0.748e-3, 0.270e-3])
+    grid = LogGrid(m[:, None], y)
+    assert grid.adjusted == 1
+    assert grid.predict([[2048.0]])[0][0] == pytest.approx(0.270e-3)
+    assert LogGrid(m[:, None], y, monotone=False).predict([[2048.0]])[0][0] == pytest.approx(0.748e-3)
