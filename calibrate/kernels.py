@@ -54,17 +54,25 @@ def _fill_line(logx: np.ndarray, row: np.ndarray) -> None:
         row[lo] = ky[0] + s_lo * (logx[lo] - kx[0])
 
 
-def _monotone_envelope(grid: np.ndarray) -> int:
-    """Cap every measured cell by the minimum of the measured cells above it along
-    each axis (in place; NaN = not measured). Returns how many cells changed."""
+def _monotone_envelope(grid: np.ndarray, spike: float = np.log(1.2)) -> int:
+    """Clean measurement spikes of a log-latency grid in place (NaN = not measured).
+
+    A kernel does not get faster when a dimension grows, so every measured cell is
+    capped by the smallest measured cell above it along each axis. A cell more
+    than 20 % above that cap is a spike: it becomes a hole (NaN), filled later from
+    its neighbours like any unmeasured shape. Returns how many cells changed.
+    """
     before = grid.copy()
     for j in range(grid.ndim):
         moved = np.moveaxis(grid, j, -1)
         flipped = moved[..., ::-1]
         filled = np.where(np.isnan(flipped), np.inf, flipped)
-        runmin = np.minimum.accumulate(filled, axis=-1)[..., ::-1]
+        runmin = np.concatenate([np.full(filled.shape[:-1] + (1,), np.inf),
+                                 np.minimum.accumulate(filled, axis=-1)[..., :-1]], axis=-1)[..., ::-1]
+        spikes = ~np.isnan(moved) & (moved > runmin + spike)
         np.minimum(moved, runmin, out=moved, where=~np.isnan(moved))
-    changed = ~np.isnan(before) & (grid < before - 1e-12)
+        moved[spikes] = np.nan
+    changed = ~np.isnan(before) & (np.isnan(grid) | (grid < before - 1e-12))
     return int(changed.sum())
 
 
@@ -76,9 +84,9 @@ class LogGrid:
     X : array (n, d) of positive features
     y : array (n,) of positive latencies (s)
     monotone : bool
-        Clean measurement spikes first: a kernel never gets faster when a
-        dimension grows, so each measured value is capped by the smallest value
-        measured at any larger size along each axis (``adjusted`` counts them).
+        Clean measurement spikes first (:func:`_monotone_envelope`): a kernel never
+        gets faster when a dimension grows; ``adjusted`` counts the cells changed,
+        and spikes are answered as ``filled``.
     """
 
     def __init__(self, X, y, monotone: bool = True):
@@ -101,6 +109,7 @@ class LogGrid:
         self.adjusted = 0
         if monotone:
             self.adjusted = _monotone_envelope(grid)
+            self.measured &= ~np.isnan(grid)
         for _ in range(4):  # a few sweeps reach every cell of a connected grid
             if not np.isnan(grid).any():
                 break
