@@ -70,8 +70,9 @@ class Hardware:
         Device memory, bytes.
     memory_bw_bytes_s : float
         Memory bandwidth, bytes/s.
-    interconnect_bw_bytes_s : float
-        Device-to-device link bandwidth, bytes/s in one direction.
+    interconnect_bw_bytes_s : float or None
+        Device-to-device link bandwidth, bytes/s in one direction; None when the vendor
+        publishes no figure (the YAML entry then has no ``interconnect``).
     tdp_w : float or None
         Board power, W.
     price_per_hour_usd : float or None
@@ -88,7 +89,7 @@ class Hardware:
     peak_flops: dict[str, float]
     memory_bytes: float
     memory_bw_bytes_s: float
-    interconnect_bw_bytes_s: float
+    interconnect_bw_bytes_s: float | None
     tdp_w: float | None
     price_per_hour_usd: float | None
     sources: dict[str, str]
@@ -166,8 +167,10 @@ def _memory_bytes(entry: dict, path, dev: str) -> float:
     return _number(entry, given[0], path, dev) * scale
 
 
-def _interconnect(entry: dict, path, dev: str) -> tuple[str, float]:
+def _interconnect(entry: dict, path, dev: str) -> tuple[str, float | None]:
     link = entry.get("interconnect")
+    if link is None:  # not published (e.g. SambaNova's RDU-to-RDU links): say so, never guess
+        return "", None
     if not isinstance(link, dict):
         raise TraceError(
             path,

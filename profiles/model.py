@@ -121,6 +121,12 @@ class ModelConfig:
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
     quantization: str = ""
+    #: weight matrices per MLP (and per expert): 3 for gated MLPs (gate, up, down), 2 for
+    #: plain up/down MLPs (GPT-J, OPT, BLOOM, GPT-2).
+    mlp_matrices: int = 3
+    #: tokens a layer attends back over when the config declares a sliding window shorter
+    #: than its context (Mistral-7B-v0.1: 4096); 0 = full attention.
+    sliding_window: int = 0
 
     def is_moe(self) -> bool:
         """True when the MLP of some layer is a mixture of experts."""
@@ -157,7 +163,7 @@ class ModelConfig:
         h = self.hidden_size
         experts = self.num_experts_per_tok if active else self.num_experts
         return (
-            experts * 3 * h * self.moe_intermediate_size  # gate, up, down per expert
+            experts * self.mlp_matrices * h * self.moe_intermediate_size  # gate, up, down
             + 3 * h * self.shared_expert_intermediate_size
             + h * self.num_experts
         )  # router
@@ -167,7 +173,7 @@ class ModelConfig:
         dense_layers = self.num_layers - self.num_moe_layers
         layers = (
             self.num_layers * (self.attention_params() + 2 * h)  # + 2 RMSNorms
-            + dense_layers * 3 * h * self.intermediate_size
+            + dense_layers * self.mlp_matrices * h * self.intermediate_size
             + self.num_moe_layers * self._moe_layer_params(active)
         )
         embed = self.vocab_size * h
@@ -221,6 +227,17 @@ def _dense_layers(cfg: dict, num_layers: int, num_experts: int) -> int:
     dense_only = {int(i) for i in cfg.get("mlp_only_layers") or ()}
     step = int(cfg.get("decoder_sparse_step") or 1)
     return sum(1 for i in range(num_layers) if i in dense_only or (i + 1) % step != 0)
+
+
+def _sliding_window(cfg: dict, max_positions: int) -> int:
+    """Declared sliding window, 0 when absent, switched off (Qwen2 ``use_sliding_window``)
+    or not shorter than the context."""
+    window = cfg.get("sliding_window")
+    if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
+        return 0
+    if cfg.get("use_sliding_window") is False or (max_positions and window >= max_positions):
+        return 0
+    return window
 
 
 def _quant_method(cfg: dict) -> str:
@@ -306,4 +323,5 @@ def load_model_config(path) -> ModelConfig:
         qk_rope_head_dim=int(cfg.get("qk_rope_head_dim") or 0) if kv_lora else 0,
         v_head_dim=int(cfg.get("v_head_dim") or head_dim) if kv_lora else 0,
         quantization=_quant_method(cfg),
+        sliding_window=_sliding_window(cfg, f["max_position_embeddings"]),
     )

@@ -20,6 +20,7 @@ COMMANDS = {
     "noise": "validate.cmd_noise",
     "replay": "validate.cmd_replay",
     "calibrate": "validate.cmd_calibrate",
+    "calibrate-accelerator": "validate.cmd_calibrate_accelerator",
     "profile": "validate.cmd_profile",
     "record": "validate.cmd_record",
     "silicon": "validate.cmd_silicon",

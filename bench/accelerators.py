@@ -1,0 +1,87 @@
+"""Leave-one-accelerator-out on LLM-Inference-Bench: calibrate each accelerator from K rows.
+
+    python bench/accelerators.py                    # K = 10, seeds 0 1 2
+    python bench/accelerators.py --seeds 0 1 2 3 4 --points 5
+    python bench/accelerators.py --pooled           # K rows in all instead of K per framework
+
+For every accelerator in ``All_results.csv`` and every seed it runs the project's own
+command, ``python -m validate.cli calibrate-accelerator``, and prints per accelerator the
+rows predicted and the errors (%) over all frameworks and over vLLM rows alone: mean over
+seeds of MAPE and of the median APE, and the worst seed's median APE. Nothing is typed in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT.parent / "shared" / "data" / "benchmarks" / "llm-inference-bench" / "All_results.csv"
+
+
+def run_one(csv: Path, target: str, k: int, seed: int, pooled: bool) -> tuple[dict, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "report.json"
+        cmd = [sys.executable, "-m", "validate.cli", "calibrate-accelerator", "--bench", str(csv),
+               "--target", target, "--points", str(k), "--seed", str(seed), "--json", str(out)]
+        if pooled:
+            cmd.append("--pooled")
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+        return json.loads(out.read_text()), time.perf_counter() - start
+
+
+def _mean(values) -> str:
+    values = [v for v in values if v is not None]
+    return f"{np.mean(values):.1f}" if values else "–"
+
+
+def _worst(values) -> str:
+    values = [v for v in values if v is not None]
+    return f"{max(values):.1f}" if values else "–"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bench", type=Path, default=BENCH, help="All_results.csv")
+    parser.add_argument("--points", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--pooled", action="store_true")
+    args = parser.parse_args()
+    if not args.bench.is_file():
+        print(f"benchmark table not found at {args.bench}", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(ROOT))
+    from traces.readers.llm_inference_bench import read_llm_inference_bench
+
+    targets = sorted(set(read_llm_inference_bench(args.bench).column("hardware").to_pylist()))
+    mode = "K rows in all" if args.pooled else "K rows per framework"
+    print(f"K = {args.points} ({mode}), seeds {' '.join(map(str, args.seeds))}; errors in %: "
+          "mean over seeds, and the worst seed's median APE\n")
+    print("| accelerator | frameworks | rows predicted | MAPE | median APE | worst median "
+          "| vLLM rows | vLLM MAPE | vLLM median APE | vLLM worst median | s/run |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for target in targets:
+        reports, walls = zip(*(run_one(args.bench, target, args.points, s, args.pooled) for s in args.seeds))
+        vllm = [r["frameworks"].get("vLLM") for r in reports]
+        has_vllm = all(v is not None for v in vllm)
+        v = vllm if has_vllm else [{}] * len(reports)
+        fws = ", ".join(reports[0]["frameworks"])
+        print(f"| {target} | {fws} | {reports[0]['rows_predicted']} "
+              f"| {_mean(r['mape'] for r in reports)} | {_mean(r['median_ape'] for r in reports)} "
+              f"| {_worst(r['median_ape'] for r in reports)} "
+              f"| {v[0].get('rows_predicted', '–')} | {_mean(x.get('mape') for x in v)} "
+              f"| {_mean(x.get('median_ape') for x in v)} | {_worst(x.get('median_ape') for x in v)} "
+              f"| {np.mean(walls):.1f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Treat one accelerator of a benchmark table as new: calibrate it from K rows, predict the rest.
+
+:func:`leave_one_accelerator_out` is what ``mist calibrate-accelerator`` runs:
+
+1. resolve every row's hardware (datasheet catalogue) and model (architecture catalogue)
+   and compute its physical terms (:mod:`calibrate.batch_physics`); rows that cannot be
+   modelled are counted by reason, never guessed;
+2. the *target* is the rows whose ``hardware`` is the given name (case-insensitive), or
+   else whose hardware resolves to the same datasheet; rows of the same device under other
+   names are held out too, so nothing of the target's device is trained on;
+3. the other accelerators' rows give the prior (:func:`calibrate.batch_model.learn_prior`);
+4. K target rows are drawn at random (``numpy.random.default_rng(seed)``) — K per
+   framework by default, because a framework on an accelerator is its own software stack
+   (on one device they differ up to tenfold, e.g. Intel PVC vLLM vs llama.cpp); with
+   ``pooled=True`` K in all, the frameworks calibrated together with a shared deviation;
+5. each framework is calibrated on its points and predicts its other rows; the report
+   gives absolute percentage errors of ``latency_s`` overall and per framework.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from calibrate.batch_model import calibrate, calibrate_joint, fit_group, learn_prior, predict
+from calibrate.batch_physics import TERMS, batch_terms
+from profiles.hardware import get_hardware, load_catalog
+from profiles.model_catalog import load_model_catalog, resolve_model
+
+TOO_FEW = "framework has at most K modelled rows (all would be calibration points)"
+MIN_GROUP_ROWS = 12  # an (accelerator, framework) with fewer rows does not inform the prior
+
+
+def _lookup(names, fn) -> list:
+    """``fn`` of each name, None where it raises KeyError (computed once per distinct name)."""
+    cache = {}
+    for name in dict.fromkeys(names):
+        try:
+            cache[name] = fn(name)
+        except KeyError:
+            cache[name] = None
+    return [cache[n] for n in names]
+
+
+def _norm(name: str) -> str:
+    return str(name).strip().casefold()
+
+
+def resolve(table: pd.DataFrame, catalog=None, models=None, configs_dir=None):
+    """Hardware, model and device key of every row.
+
+    Returns
+    -------
+    hardware : list of Hardware or None
+    model : list of ModelConfig or None
+    device : np.ndarray of str
+        Catalogue key of the hardware, or ``"?" + name`` when it has no datasheet.
+    """
+    catalog = load_catalog() if catalog is None else catalog
+    models = load_model_catalog() if models is None else models
+    hw = _lookup(list(table["hardware"]), lambda n: get_hardware(n, catalog))
+    mdl = _lookup(list(table["model"]), lambda n: resolve_model(n, models, configs_dir))
+    device = np.array([h.name if h is not None else "?" + _norm(n) for h, n in zip(hw, table["hardware"])])
+    return hw, mdl, device
+
+
+def target_mask(table: pd.DataFrame, device: np.ndarray, name: str, catalog=None) -> np.ndarray:
+    """Rows of accelerator ``name``: same ``hardware`` text (case-insensitive), else same
+    datasheet (``"h100_sxm"`` selects "Nvidia H100 GPU" rows), else hardware whose words
+    include all of the name's (``"a100"`` selects "Nvidia A100 GPU").
+
+    Raises
+    ------
+    ValueError
+        When no row matches; the message lists the table's hardware.
+    """
+    exact = table["hardware"].map(_norm).to_numpy() == _norm(name)
+    if exact.any():
+        return exact
+    try:
+        key = get_hardware(name, load_catalog() if catalog is None else catalog).name
+    except KeyError:
+        key = None
+    mask = device == key
+    if not mask.any():
+        words = set(_norm(name).split())
+        mask = table["hardware"].map(lambda h: words <= set(_norm(h).split())).to_numpy()
+    if not mask.any():
+        known = ", ".join(sorted(table["hardware"].unique()))
+        raise ValueError(f"no rows for target {name!r}; the table has: {known}")
+    return mask
+
+
+def draw_points(frameworks: np.ndarray, k: int, seed: int, pooled: bool = False):
+    """Positions (into ``frameworks``) of the calibration rows, and frameworks left unevaluated.
+
+    Per framework (sorted by name) ``k`` of its rows without replacement, or with
+    ``pooled`` ``k`` of all rows; a framework with at most ``k`` rows per framework has
+    nothing left to predict and is returned in ``too_few``.
+    """
+    rng = np.random.default_rng(seed)
+    if pooled:
+        if len(frameworks) <= k:
+            return np.arange(len(frameworks)), sorted(set(frameworks))
+        return np.sort(rng.choice(len(frameworks), k, replace=False)), []
+    points, too_few = [], []
+    for fw in sorted(set(frameworks)):
+        rows = np.flatnonzero(frameworks == fw)
+        if len(rows) <= k:
+            too_few.append(fw)
+            continue
+        points.append(rng.choice(rows, k, replace=False))
+    return np.sort(np.concatenate(points)) if points else np.array([], int), too_few
+
+
+def training_prior(terms: np.ndarray, y: np.ndarray, accelerators, frameworks):
+    """Prior from all (accelerator, framework) groups with enough rows."""
+    fits = {}
+    keys = pd.Series(list(zip(accelerators, frameworks)))
+    for key, rows in keys.groupby(keys).groups.items():
+        rows = np.asarray(rows)
+        if len(rows) >= MIN_GROUP_ROWS:
+            fits[key] = fit_group(terms[rows], y[rows])
+    return learn_prior(fits), fits
+
+
+def _errors(pred: np.ndarray, y: np.ndarray) -> dict:
+    ape = np.abs(pred / y - 1) * 100
+    if not len(ape):
+        return {"rows_predicted": 0, "mape": None, "median_ape": None, "p90_ape": None}
+    return {"rows_predicted": int(len(ape)), "mape": round(float(ape.mean()), 3),
+            "median_ape": round(float(np.median(ape)), 3),
+            "p90_ape": round(float(np.percentile(ape, 90)), 3)}
+
+
+def leave_one_accelerator_out(table: pd.DataFrame, target: str, k: int, seed: int = 0, *,
+                              pooled: bool = False, catalog=None, models=None,
+                              configs_dir=None) -> tuple[dict, pd.DataFrame]:
+    """Calibrate accelerator ``target`` from ``k`` of its rows and predict the others.
+
+    Parameters
+    ----------
+    table : pd.DataFrame
+        :data:`traces.readers.llm_inference_bench.SCHEMA` rows (one or more files).
+    target : str
+        ``hardware`` value or catalogue name/alias.
+    k, seed : int
+        Calibration rows (per framework unless ``pooled``) and the seed of their draw.
+    catalog, models, configs_dir
+        Hardware catalogue, model catalogue and optional folder of ``config.json``.
+
+    Returns
+    -------
+    report : dict
+        ``target, points, rows_predicted, mape, median_ape`` (%), ``p90_ape``,
+        ``skipped`` {reason: rows}, ``frameworks`` {name: errors and points},
+        ``training`` summary, ``sampling``, ``seed``, ``device``.
+    rows : pd.DataFrame
+        The target's rows with ``role`` (``point``/``predicted``/``skipped``),
+        ``predicted_s``, ``ape`` and ``skip_reason``.
+    """
+    hw, mdl, device = resolve(table, catalog, models, configs_dir)
+    terms_df, skip = batch_terms(table, hw, mdl)
+    terms, y = terms_df[list(TERMS)].to_numpy(float), table["latency_s"].to_numpy(float)
+    tmask = target_mask(table, device, target, catalog)
+    tdev = sorted(set(device[tmask]) - {d for d in device[tmask] if d.startswith("?")})
+    same = np.isin(device, tdev) & ~tmask
+    train = ~tmask & ~same & (skip.to_numpy() == "")
+    prior, fits = training_prior(terms[train], y[train], table["hardware"].to_numpy()[train],
+                                 table["framework"].to_numpy()[train])
+    ok = np.flatnonzero(tmask & (skip.to_numpy() == ""))
+    pos, too_few = draw_points(table["framework"].to_numpy()[ok], k, seed, pooled)
+    rows = table.loc[tmask, ["line", "hardware", "framework", "model", "num_devices", "input_tokens",
+                             "output_tokens", "batch_size", "latency_s"]].copy()
+    rows["role"], rows["predicted_s"], rows["ape"] = "skipped", np.nan, np.nan
+    rows["skip_reason"] = skip[tmask].to_numpy()
+    rows.loc[table.index[ok[pos]], "role"] = "point"
+    for fw in ([] if pooled else too_few):
+        rows.loc[(rows["framework"] == fw) & (rows["skip_reason"] == ""), "skip_reason"] = TOO_FEW
+        rows.loc[rows["skip_reason"] == TOO_FEW, "role"] = "skipped"
+    thetas = _calibrate_frameworks(rows, terms, y, table.index, prior, pooled)
+    per_fw = {}
+    for fw, theta in thetas.items():
+        rest = np.flatnonzero(table.index.isin(rows.index[(rows["framework"] == fw)
+                                                          & (rows["skip_reason"] == "")
+                                                          & (rows["role"] != "point")]))
+        pred = predict(theta, terms[rest])
+        rows.loc[table.index[rest], "role"] = "predicted"
+        rows.loc[table.index[rest], "predicted_s"] = pred
+        rows.loc[table.index[rest], "ape"] = np.abs(pred / y[rest] - 1) * 100
+        points = int(((rows["framework"] == fw) & (rows["role"] == "point")).sum())
+        per_fw[fw] = {"points": points, **_errors(pred, y[rest])}
+    training = {"rows": int(train.sum()), "groups": len(fits),
+                "accelerators": sorted({a for a, _ in fits}),
+                "held_out_same_device_rows": int(same.sum()),
+                "skipped_rows": int((~tmask & ~same & ~train).sum())}
+    report = _report(target, rows, per_fw, training, k=k, seed=seed, pooled=pooled,
+                     device=tdev[0] if len(tdev) == 1 else None)
+    return report, rows
+
+
+def _calibrate_frameworks(rows, terms, y, index, prior, pooled) -> dict:
+    """``{framework: theta}`` of the target's frameworks that have rows to predict."""
+    usable = rows[rows["skip_reason"] == ""]
+    frameworks = sorted(usable["framework"].unique())
+    pts = usable[usable["role"] == "point"]
+    at = index.get_indexer(pts.index)
+    if not frameworks:
+        return {}
+    if pooled:  # few points per framework: share one accelerator deviation between them
+        group = np.searchsorted(frameworks, pts["framework"].to_numpy())
+        return calibrate_joint(terms[at], y[at], group, prior, frameworks)
+    fw_of = pts["framework"].to_numpy()
+    return {fw: calibrate(terms[at[fw_of == fw]], y[at[fw_of == fw]], *prior.mean_and_sd(fw))
+            for fw in frameworks}
+
+
+def _report(target, rows, per_fw, training, *, k, seed, pooled, device) -> dict:
+    predicted = rows[rows["role"] == "predicted"]
+    skipped = rows.loc[rows["role"] == "skipped", "skip_reason"].value_counts()
+    return {
+        "target": target,
+        "hardware": sorted(rows["hardware"].unique()),
+        "device": device,
+        "points": int(k),
+        "sampling": "pooled" if pooled else "per-framework",
+        "seed": int(seed),
+        "rows": int(len(rows)),
+        "points_used": int((rows["role"] == "point").sum()),
+        **_errors(predicted["predicted_s"].to_numpy(), predicted["latency_s"].to_numpy()),
+        "skipped": {str(r): int(c) for r, c in sorted(skipped.items())},
+        "frameworks": per_fw,
+        "training": training,
+    }

@@ -1,0 +1,184 @@
+"""Calibrating a new accelerator from K benchmark rows: physics terms, fits, the command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from calibrate import batch_model as bm
+from calibrate.accelerator import draw_points, leave_one_accelerator_out, resolve
+from calibrate.batch_physics import (
+    BELOW_BOUND,
+    BEYOND_CONTEXT,
+    NO_DATASHEET,
+    NO_MODEL,
+    TERMS,
+    batch_terms,
+)
+from traces.readers.llm_inference_bench import read_llm_inference_bench
+from validate.cli import main
+
+LLAMA2 = "meta-llama/Llama-2-7b-hf"
+THETA = bm.DEFAULT + np.array([0.0, 0.5, -0.3, 0.4, 0.2, 0.0, 0.6, -0.5, 0.3, 0.1, 0.2])
+
+
+def _table(hardware="Nvidia H100 GPU", framework="vLLM", models=(LLAMA2, "meta-llama/Meta-Llama-3-8B"),
+           devices=(1, 2, 4), lengths=(128, 256, 512, 1024, 2048), batches=(1, 16, 32, 64)):
+    rows = [dict(hardware=hardware, num_devices=n, framework=framework, model=m, input_tokens=i,
+                 output_tokens=i, batch_size=b, parallelism="", latency_s=1e6)
+            for m in models for n in devices for i in lengths for b in batches]
+    t = pd.DataFrame(rows)
+    t.insert(0, "line", np.arange(len(t)) + 2)
+    return t
+
+
+def _terms(table):
+    hw, mdl, _ = resolve(table)
+    terms, skip = batch_terms(table, hw, mdl)
+    return terms[list(TERMS)].to_numpy(float), skip
+
+
+def _synthetic(table, theta=THETA):
+    """The table with latencies the model itself generates from ``theta``."""
+    terms, _ = _terms(table)
+    return table.assign(latency_s=bm.predict(theta, terms))
+
+
+def test_terms_match_hand_computed_decode_of_one_sequence():
+    t = _table(models=(LLAMA2,), devices=(1,), lengths=(128,), batches=(1,))
+    terms, skip = batch_terms(t, *resolve(t)[:2])
+    weights = 2 * 6_738_415_616  # Llama-2-7B fp16 bytes (param_count of its config)
+    ctx_sum = 127 * 128 + 128 * 127 / 2  # contexts of the 127 decode steps after the prompt
+    assert skip.iloc[0] == ""
+    assert terms["weights"].iloc[0] == pytest.approx(127 * weights / 3.35e12, rel=1e-9)
+    assert terms["kv"].iloc[0] == pytest.approx(2 * 32 * 4096 * 2 * ctx_sum / 3.35e12, rel=1e-9)
+    assert terms["steps"].iloc[0] == 128 and terms["allreduce"].iloc[0] == 0
+
+
+def test_tensor_parallel_divides_work_and_llama_cpp_runs_one_sequence():
+    t = _table(models=(LLAMA2,), devices=(1, 4), lengths=(512,), batches=(16,))
+    t = pd.concat([t, t.assign(framework="llama.cpp")], ignore_index=True)
+    terms, _ = batch_terms(t, *resolve(t)[:2])
+    vllm1, vllm4, cpp1, cpp4 = (terms.iloc[i] for i in range(4))
+    assert vllm4["weights"] == pytest.approx(vllm1["weights"] / 4)
+    assert vllm4["allreduce"] > 0 and vllm1["allreduce"] == 0
+    assert cpp1["seq_steps"] == pytest.approx(cpp1["steps"] - 512 / 16)  # one sequence decoding
+    assert cpp4["weights"] == pytest.approx(cpp1["weights"]) and cpp4["hops"] > 0  # layer split
+
+
+def test_unmodellable_rows_are_skipped_with_a_reason():
+    t = _table(models=(LLAMA2,), devices=(1,), lengths=(128,), batches=(1,))
+    t = pd.concat([t, t.assign(hardware="TPU v9"), t.assign(model="acme/unknown-7b"),
+                   t.assign(model="huggyllama/llama-7b", input_tokens=2048, output_tokens=2048),
+                   t.assign(latency_s=1e-3)], ignore_index=True)
+    _, skip = batch_terms(t, *resolve(t)[:2])
+    assert list(skip) == ["", NO_DATASHEET, NO_MODEL, BEYOND_CONTEXT, BELOW_BOUND]
+
+
+def test_group_fit_recovers_the_parameters_that_generated_the_rows():
+    t = _synthetic(_table())
+    terms, _ = _terms(t)
+    theta, sd = bm.fit_group(terms, t["latency_s"].to_numpy())
+    pred = bm.predict(theta, terms)
+    assert np.max(np.abs(pred / t["latency_s"] - 1)) < 0.01
+    for name in ("memory_ineff", "kv_ineff", "allreduce_10us"):  # what these rows pin down
+        i = bm.NAMES.index(name)
+        assert sd[i] < 0.2 and theta[i] == pytest.approx(THETA[i], abs=0.05)
+
+
+def test_calibration_from_ten_points_predicts_the_rest_of_a_synthetic_accelerator():
+    t = _synthetic(_table())
+    terms, _ = _terms(t)
+    y = t["latency_s"].to_numpy()
+    pts, _ = draw_points(t["framework"].to_numpy(), 10, seed=3)
+    rest = np.setdiff1d(np.arange(len(t)), pts)
+    theta = bm.calibrate(terms[pts], y[pts], bm.DEFAULT, np.full(len(bm.NAMES), 1.0), starts=5)
+    ape = np.abs(bm.predict(theta, terms[rest]) / y[rest] - 1)
+    assert np.median(ape) < 0.05
+
+
+def test_prior_of_identical_accelerators_is_their_parameters():
+    t = _synthetic(_table(devices=(1, 2)))
+    terms, _ = _terms(t)
+    fit = bm.fit_group(terms, t["latency_s"].to_numpy())
+    prior = bm.learn_prior({("A", "vLLM"): fit, ("B", "vLLM"): fit, ("A", "TRT"): fit})
+    mean, sd = prior.mean_and_sd("vllm")
+    ident = fit[1] < bm.IDENTIFIED_SD
+    assert np.allclose(mean[ident], fit[0][ident], atol=1e-6)
+    assert np.all(sd >= bm.PRIOR_FLOOR)
+    assert np.all(prior.mean_and_sd("sambaflow")[1] >= sd)  # unseen framework: no narrower
+
+
+def test_draw_is_seeded_per_framework_and_never_predicts_its_points():
+    fws = np.array(["vLLM"] * 30 + ["llama.cpp"] * 25 + ["TRT"] * 5)
+    a, too_few = draw_points(fws, 10, seed=7)
+    assert np.array_equal(a, draw_points(fws, 10, seed=7)[0])
+    assert not np.array_equal(a, draw_points(fws, 10, seed=8)[0])
+    assert too_few == ["TRT"] and (fws[a] == "vLLM").sum() == 10 and (fws[a] == "llama.cpp").sum() == 10
+    pooled, _ = draw_points(fws, 10, seed=7, pooled=True)
+    assert len(pooled) == 10 and len(set(pooled)) == 10
+
+
+def _two_accelerators():
+    base = _table(lengths=(128, 512, 2048), batches=(1, 16, 64))
+    other = _synthetic(base.assign(hardware="Nvidia A100 GPU"), THETA - 0.2)
+    target = _synthetic(base, THETA)
+    return pd.concat([other, target], ignore_index=True)
+
+
+def test_leave_one_out_report_and_rows():
+    table = _two_accelerators()
+    report, rows = leave_one_accelerator_out(table, "h100_sxm", k=10, seed=1)
+    assert rows["role"].value_counts().to_dict() == {"predicted": len(rows) - 10, "point": 10}
+    assert report["rows_predicted"] == len(rows) - 10 and report["median_ape"] < 5
+    assert report["training"]["accelerators"] == ["Nvidia A100 GPU"]
+    again, rows2 = leave_one_accelerator_out(table, "Nvidia H100 GPU", k=10, seed=1)
+    assert again["median_ape"] == report["median_ape"] and rows2.equals(rows)
+    with pytest.raises(ValueError, match="Nvidia A100 GPU"):
+        leave_one_accelerator_out(table, "TPU v9", k=10)
+
+
+def test_pooled_draw_and_a_target_without_datasheet():
+    table = _two_accelerators()
+    report, rows = leave_one_accelerator_out(table, "Nvidia H100 GPU", k=10, seed=1, pooled=True)
+    assert report["sampling"] == "pooled" and report["points_used"] == 10
+    assert report["median_ape"] < 10
+    unknown = pd.concat([table, table.assign(hardware="TPU v9")], ignore_index=True)
+    report, rows = leave_one_accelerator_out(unknown, "TPU v9", k=10)
+    assert report["rows_predicted"] == 0 and report["median_ape"] is None
+    assert report["skipped"] == {NO_DATASHEET: len(rows)} and report["device"] is None
+
+
+def test_command_writes_the_contract_keys(tmp_path):
+    table = _two_accelerators()
+    csv = tmp_path / "bench.csv"
+    table.assign(**{"Input Output Length": table["input_tokens"]}).rename(columns={
+        "hardware": "Hardware", "num_devices": "Num of Hardware", "framework": "Framework",
+        "model": "Model", "batch_size": "Batch Size", "latency_s": "Latency"}).assign(
+        Throughput=1.0)[["Hardware", "Num of Hardware", "Framework", "Model", "Input Output Length",
+                         "Batch Size", "Latency", "Throughput"]].to_csv(csv, index=False)
+    out = tmp_path / "r.json"
+    argv = ["calibrate-accelerator", "--bench", str(csv), "--target", "nvidia h100 gpu",
+            "--points", "10", "--seed", "2", "--json", str(out)]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert {"target", "points", "rows_predicted", "mape", "median_ape", "skipped"} <= set(report)
+    assert report["points"] == 10 and report["rows_predicted"] == 44 and report["skipped"] == {}
+    first = out.read_bytes()
+    assert main(argv) == 0 and out.read_bytes() == first  # same seed, same file
+    assert main([*argv[:-2], "--json", str(tmp_path / "x.json"), "--target", "TPU v9"]) == 2
+
+
+def test_real_leave_one_out_meets_the_vllm_bar(shared_data):
+    table = read_llm_inference_bench(
+        shared_data / "benchmarks/llm-inference-bench/All_results.csv").to_pandas()
+    report, rows = leave_one_accelerator_out(table, "Nvidia GH200 GPU", k=10, seed=0)
+    vllm = report["frameworks"]["vLLM"]
+    assert vllm["points"] == 10 and vllm["rows_predicted"] > 150
+    assert vllm["median_ape"] <= 15
+    assert report["skipped"] == {BEYOND_CONTEXT: 20}  # 2048 + 2048 tokens on 2048-token models
+    points = rows.loc[rows["role"] == "point", "line"]
+    assert not set(points) & set(rows.loc[rows["role"] == "predicted", "line"])

@@ -1,0 +1,106 @@
+"""Calibrate a new accelerator from K measured batches and predict its other batches.
+
+Reads offline batch benchmarks (LLM-Inference-Bench ``All_results.csv``,
+``TP_PP_Results.csv`` or ``all_results_TTFT_ITL.csv``) and treats accelerator NAME as
+new: the other accelerators' rows and the datasheets (``profiles/hardware.yaml``) give a
+prior over a physical batch-latency model (prompt FLOPs and memory traffic under a
+roofline, per-pass and per-sequence overheads, tensor-parallel all-reduces, KV-cache
+capacity); K randomly drawn rows of NAME calibrate it; every other row of NAME is
+predicted and its batch latency compared with the measurement.
+
+K rows are drawn per framework (each framework on an accelerator is its own software
+stack); ``--pooled`` draws K in all instead. Rows that cannot be modelled (no datasheet,
+unknown model, more tokens than the model's context, a latency below the datasheet
+bound) are counted by reason under "skipped", never guessed.
+
+The JSON holds ``target, points, rows_predicted, mape, median_ape`` (percent), plus
+``p90_ape``, ``skipped`` {reason: rows}, ``frameworks`` {name: points, rows_predicted,
+mape, median_ape, p90_ape}, ``training`` and the sampling settings. Same inputs and
+seed give the same file.
+
+Example::
+
+    mist calibrate-accelerator \\
+        --bench ../shared/data/benchmarks/llm-inference-bench/All_results.csv \\
+        --target "Nvidia H100 GPU" --points 10 --seed 0 --json out/h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+HELP = "calibrate a new accelerator from K benchmark rows and predict the rest"
+
+
+def _positive(text: str) -> int:
+    k = int(text)
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"need at least 1 point, got {k}")
+    return k
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bench", required=True, type=Path, nargs="+", metavar="CSV",
+                   help="LLM-Inference-Bench CSV file(s), read and concatenated")
+    p.add_argument("--target", required=True, metavar="NAME",
+                   help='accelerator to treat as new: a Hardware value ("Nvidia H100 GPU") or catalogue name/alias (h100_sxm)')
+    p.add_argument("--points", required=True, type=_positive, metavar="K",
+                   help="calibration rows drawn at random (per framework unless --pooled)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
+    p.add_argument("--json", required=True, type=Path, metavar="FILE", help="where to write the report")
+    p.add_argument("--pooled", action="store_true", help="draw K rows in all instead of K per framework")
+    p.add_argument("--models", type=Path, metavar="DIR",
+                   help="folder of Hugging Face config.json files (<org>--<name>_config.json) for models the catalogue lacks")
+    p.add_argument("--rows", type=Path, metavar="FILE", help="also write the target's rows with predictions (CSV)")
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def summary(report: dict) -> str:
+    """Markdown table: one line per framework and the total."""
+    lines = [f"# mist calibrate-accelerator: {report['target']} ({report['sampling']}, "
+             f"K={report['points']}, seed {report['seed']})", "",
+             "| framework | points | rows predicted | MAPE % | median APE % | P90 APE % |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for fw, e in report["frameworks"].items():
+        lines.append(f"| {fw} | {e['points']} | {e['rows_predicted']} | {_pct(e['mape'])} | "
+                     f"{_pct(e['median_ape'])} | {_pct(e['p90_ape'])} |")
+    lines.append(f"| **all** | {report['points_used']} | {report['rows_predicted']} | "
+                 f"{_pct(report['mape'])} | {_pct(report['median_ape'])} | {_pct(report['p90_ape'])} |")
+    lines.append("")
+    for reason, n in report["skipped"].items():
+        lines.append(f"skipped {n} row(s): {reason}")
+    t = report["training"]
+    lines.append(f"prior from {t['rows']} rows of {len(t['accelerators'])} other accelerator(s), "
+                 f"{t['groups']} accelerator x framework group(s)")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from calibrate.accelerator import leave_one_accelerator_out
+    from traces.errors import TraceError
+    from traces.io import atomic_write_json, atomic_write_text
+    from traces.readers.llm_inference_bench import read_llm_inference_bench
+
+    start = time.perf_counter()
+    table = pd.concat([read_llm_inference_bench(p).to_pandas() for p in args.bench],
+                      ignore_index=True)
+    try:
+        report, rows = leave_one_accelerator_out(table, args.target, args.points, args.seed,
+                                                 pooled=args.pooled, configs_dir=args.models)
+    except ValueError as exc:
+        raise TraceError(args.bench[0], str(exc)) from exc
+    report["bench"] = [str(p) for p in args.bench]
+    rows_csv = rows.to_csv(index=False) if args.rows else None
+    atomic_write_json(args.json, report)
+    if rows_csv is not None:
+        atomic_write_text(args.rows, rows_csv)
+    print(summary(report), end="")
+    print(f"report: {args.json} ({time.perf_counter() - start:.1f} s)")
+    return 0
