@@ -254,7 +254,7 @@ class KernelSet:
 
     # -- attention -------------------------------------------------------------
     def _attention(self, op: str, feature: str, b, length, heads: int, kv_heads: int, head_dim: int,
-                   kv_dtype: str, work_exp: float) -> np.ndarray:
+                   kv_dtype: str) -> np.ndarray:
         b = np.atleast_1d(np.asarray(b, dtype=float))
         length = np.broadcast_to(np.asarray(length, dtype=float), b.shape)
         frame = self._frames.get(op)
@@ -288,11 +288,11 @@ class KernelSet:
 
     def context_attention(self, b, isl, heads, kv_heads, head_dim, kv_dtype="bfloat16") -> np.ndarray:
         """Prefill attention (s) of ``b`` prompts of ``isl`` tokens each, no cached prefix."""
-        return self._attention("context_attention", "tokens", b, isl, heads, kv_heads, head_dim, kv_dtype, 2.0)
+        return self._attention("context_attention", "tokens", b, isl, heads, kv_heads, head_dim, kv_dtype)
 
     def generation_attention(self, b, kv, heads, kv_heads, head_dim, kv_dtype="bfloat16") -> np.ndarray:
         """Decode attention (s) of ``b`` sequences with ``kv`` cached tokens each."""
-        return self._attention("generation_attention", "kv_decode", b, kv, heads, kv_heads, head_dim, kv_dtype, 1.0)
+        return self._attention("generation_attention", "kv_decode", b, kv, heads, kv_heads, head_dim, kv_dtype)
 
     # -- collectives -----------------------------------------------------------
     def all_reduce(self, nbytes, gpus: int) -> np.ndarray:

@@ -16,7 +16,6 @@ and KV cache, block size 16, prefix caching on (random prompts share nothing).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,14 +198,12 @@ def predict_silicon(rows: pd.DataFrame, kernels: KernelSet, models_dir, requests
             rec["skipped"] = reason
         out.append(rec)
     df = pd.DataFrame(out)
-    ok = df[df.get("pred_ttft_ms", pd.Series(dtype=float)).notna()] if "pred_ttft_ms" in df else df.iloc[:0]
-    summary = {
-        "rows": {"total": len(rows), "predicted": len(ok), "skipped": dict(sorted(skipped.items()))},
-        "ttft": ape_summary(ok["pred_ttft_ms"].to_numpy(float), ok["ttft_ms"].to_numpy(float)) if len(ok) else ape_summary(np.array([]), np.array([])),
-        "tpot": ape_summary(ok["pred_tpot_ms"].to_numpy(float), ok["tpot_ms"].to_numpy(float)) if len(ok) else ape_summary(np.array([]), np.array([])),
-    }
+    for col in ("pred_ttft_ms", "pred_tpot_ms"):
+        if col not in df:
+            df[col] = np.nan
+    ok = df[df["pred_ttft_ms"].notna()]
+    summary = {"rows": {"total": len(rows), "predicted": len(ok), "skipped": dict(sorted(skipped.items()))}}
+    for metric in ("ttft", "tpot"):
+        summary[metric] = ape_summary(ok[f"pred_{metric}_ms"].to_numpy(float), ok[f"{metric}_ms"].to_numpy(float))
     return df, summary
 
-
-def dumps(summary: dict) -> str:
-    return json.dumps(summary, indent=2, sort_keys=False)

@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         tmp = args.out / ".predictions.csv.tmp"
         df.to_csv(tmp, index=False)
         tmp.replace(args.out / "predictions.csv")
-        ok = df[df["pred_ttft_ms"].notna()] if "pred_ttft_ms" in df else df.iloc[:0]
+        ok = df[df["pred_ttft_ms"].notna()]
         if len(ok):
             _plot(ok, args.out / "scatter.png")
         cv.round(3).to_csv(args.out / "kernel_cv.csv", index=False)
