@@ -18,7 +18,7 @@ import numpy as np
 from replay.config import EngineConfig
 from replay.cost import StepCost
 from replay.request import Request
-from replay.simulate import Replay
+from replay.simulate import ARRIVAL, Replay
 
 
 class ClosedLoop(Replay):
@@ -39,12 +39,17 @@ class ClosedLoop(Replay):
         self.user_of[index] = user
         return Request(index, f"u{user}-{index}", t, self.isl, self.osl)
 
-    def on_finish(self, req: Request, now: float) -> Request | None:
-        user = self.user_of[req.index]
-        if self.left[user] <= 0:
-            return None
-        self.left[user] -= 1
-        return self._new(user, now + self.think_s)
+    def _on_step_end(self, now: float, group):
+        finished = [req for rep in group.members for req, k in rep.current.sampled if k == req.output_len]
+        events = super()._on_step_end(now, group)
+        for req in finished:
+            user = self.user_of[req.index]
+            if self.left[user] > 0:
+                self.left[user] -= 1
+                follow = self._new(user, now + self.think_s)
+                self.requests.append(follow)
+                events.append((follow.arrival_s, ARRIVAL, self._on_arrival, follow))
+        return events
 
 
 @dataclass(frozen=True)

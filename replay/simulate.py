@@ -160,7 +160,6 @@ class Replay:
         return [] if group.busy else self._kick(group, now)
 
     def _on_step_end(self, now: float, group: Group):
-        spawned = []
         for rep in group.members:
             done = []
             for req, k in rep.current.sampled:
@@ -172,15 +171,7 @@ class Replay:
             for req in done:
                 rep.running.remove(req)
                 rep.kv.release(req)
-                follow = self.on_finish(req, now)
-                if follow is not None:
-                    self.requests.append(follow)
-                    spawned.append((follow.arrival_s, ARRIVAL, self._on_arrival, follow))
-        return spawned + self._kick(group, now)
-
-    def on_finish(self, req: Request, now: float) -> Request | None:
-        """A request finished at ``now``; return a new request to send (closed loops)."""
-        return None
+        return self._kick(group, now)
 
     def run(self) -> None:
         for req in self.requests:
