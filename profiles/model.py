@@ -241,8 +241,15 @@ def _sliding_window(cfg: dict, max_positions: int) -> int:
 
 
 def _quant_method(cfg: dict) -> str:
+    """``quant_method`` of the checkpoint; block-scaled fp8 (``weight_block_size``) is
+    ``fp8_block``, the GEMM kind kernel databases measure separately."""
     q = cfg.get("quantization_config") or {}
-    return str(q.get("quant_method") or q.get("fmt") or "") if isinstance(q, dict) else ""
+    if not isinstance(q, dict):
+        return ""
+    method = str(q.get("quant_method") or q.get("fmt") or "")
+    if method == "fp8" and q.get("weight_block_size"):
+        return "fp8_block"
+    return method
 
 
 def _int_fields(cfg: dict, path: Path) -> dict[str, int]:

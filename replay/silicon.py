@@ -60,16 +60,28 @@ def find_model(index: dict[str, Path], model_path: str) -> Path | None:
     return index.get(f"{org.lower()}/{_norm(name)}")
 
 
+def measured_dtype(dtype: str, kernels: KernelSet) -> str:
+    """``dtype`` if the database measured it; block-scaled fp8 falls back to per-tensor
+    fp8 (same tensor-core path, scales differ), never the other way round."""
+    have = kernels.gemm_dtypes()
+    if dtype not in have and dtype == "fp8_block" and "fp8" in have:
+        return "fp8"
+    return dtype
+
+
 def gemm_dtype(row: pd.Series, model: ModelConfig) -> str:
-    """GEMM dtype of a row: its quantisation mode, else the checkpoint's."""
+    """GEMM dtype of a row: a block-scaled fp8 checkpoint's own kind, else the row's
+    quantisation mode, else the checkpoint's (bf16)."""
+    if model.quantization == "fp8_block":
+        return "fp8_block"
     mode = row.get("gemm_quant_mode")
     if isinstance(mode, str) and mode:
-        return {"fp8": "fp8", "fp8_block": "fp8_block", "bf16": "bfloat16", "float16": "bfloat16"}.get(mode, mode)
+        return {"bf16": "bfloat16", "float16": "bfloat16"}.get(mode, mode)
     prec = row.get("precision")
     if isinstance(prec, str) and prec and prec not in ("bf16", "bfloat16", "fp16", "float16"):
         return prec
     if model.quantization == "fp8":
-        return "fp8_block"
+        return "fp8"
     return "bfloat16"
 
 
@@ -106,7 +118,7 @@ def skip_reason(row: pd.Series, index: dict, kernels: KernelSet) -> str | None:
         return "mixture-of-experts model"
     if model.kv_lora_rank:
         return "multi-head latent attention"
-    dt = gemm_dtype(row, model)
+    dt = measured_dtype(gemm_dtype(row, model), kernels)
     if dt not in kernels.gemm_dtypes():
         return f"no GEMM measurements for {dt}"
     tp = int(row["tp_size"])
@@ -134,7 +146,7 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
     tp = int(row["tp_size"])
     users = int(row["batch_size"])
     isl, osl = int(row["isl"]), int(row["osl"])
-    dt = gemm_dtype(row, model)
+    dt = measured_dtype(gemm_dtype(row, model), kernels)
     cfg = EngineConfig(max_num_seqs=max(DEFAULT_MAX_SEQS, users), max_num_batched_tokens=DEFAULT_BUDGET,
                        block_size=BLOCK_SIZE, num_gpu_blocks=kv_blocks_for(model, kernels.sheet, tp, dt),
                        tensor_parallel=tp, async_scheduling=True)
@@ -191,7 +203,7 @@ def predict_silicon(rows: pd.DataFrame, kernels: KernelSet, models_dir, requests
             except Unmodelled as exc:
                 reason = str(exc)
             else:
-                rec.update(pred_ttft_ms=p.ttft_ms, pred_tpot_ms=p.tpot_ms, gemm_dtype=gemm_dtype(row, model),
+                rec.update(pred_ttft_ms=p.ttft_ms, pred_tpot_ms=p.tpot_ms, gemm_dtype=measured_dtype(gemm_dtype(row, model), kernels),
                            num_gpu_blocks=p.num_gpu_blocks, preemptions=p.preemptions)
         if reason is not None:
             skipped[reason] = skipped.get(reason, 0) + 1

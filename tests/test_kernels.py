@@ -172,3 +172,15 @@ def test_loggrid_caps_measurement_spikes_by_larger_shapes():
     # the spike becomes a hole filled on the power law through its neighbours
     assert pred[0] == pytest.approx(np.sqrt(0.069e-3 * 0.270e-3)) and src[0] == "filled"
     assert LogGrid(m[:, None], y, monotone=False).predict([[2048.0]])[0][0] == pytest.approx(0.748e-3)
+
+
+def test_gemm_dtype_of_rows_and_checkpoints(shared_data):
+    from profiles.model import load_model_config
+    from replay.silicon import gemm_dtype
+
+    block = load_model_config(shared_data / "models" / "Qwen--Qwen3-32B-FP8_config.json")
+    dense = load_model_config(shared_data / "models" / "Qwen--Qwen3-32B_config.json")
+    assert block.quantization == "fp8_block"  # quantization_config has weight_block_size
+    assert gemm_dtype(pd.Series({"gemm_quant_mode": "fp8"}), block) == "fp8_block"
+    assert gemm_dtype(pd.Series({"gemm_quant_mode": "fp8"}), dense) == "fp8"
+    assert gemm_dtype(pd.Series({"gemm_quant_mode": float("nan"), "precision": float("nan")}), dense) == "bfloat16"
