@@ -8,10 +8,11 @@ the datasheet, and run a closed loop of ``batch_size`` users
 prediction. Rows the composition cannot model are skipped with a reason, never
 guessed.
 
-Engine settings the rows do not carry are vLLM's defaults for a data-centre GPU
-served through its OpenAI server: chunked prefill with an 8192-token budget,
-``max_num_seqs`` 256 (or the concurrency, if larger), 90 % of memory for weights
-and KV cache, block size 16, prefix caching on (random prompts share nothing).
+Engine settings the rows do not carry are vLLM's defaults for its OpenAI server
+(``vllm/engine/arg_utils.py``, ``get_batch_defaults``): a token budget of 8192 and
+``max_num_seqs`` 1024 on GPUs with at least 70 GiB that are not A100s, else 2048
+and 256; chunked prefill, 90 % of memory for weights and KV cache, block size 16,
+prefix caching on (random prompts share nothing).
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ from replay.closed_loop import run_closed_loop
 from replay.config import EngineConfig
 from replay.kernel_cost import kernel_operator_profile
 
-DEFAULT_BUDGET = 8192
-DEFAULT_MAX_SEQS = 256
 GPU_MEMORY_UTILIZATION = 0.9
 BLOCK_SIZE = 16
 DTYPE_BYTES = {"bfloat16": 2.0, "fp8": 1.0, "fp8_block": 1.0}
@@ -127,6 +126,13 @@ def skip_reason(row: pd.Series, index: dict, kernels: KernelSet) -> str | None:
     return None
 
 
+def vllm_defaults(sheet: Datasheet) -> tuple[int, int]:
+    """vLLM's OpenAI-server ``(max_num_batched_tokens, max_num_seqs)`` for a device."""
+    if sheet.memory_bytes >= 70 * 2**30 and "a100" not in sheet.name.lower():
+        return 8192, 1024
+    return 2048, 256
+
+
 def kv_blocks_for(model: ModelConfig, sheet: Datasheet, tp: int, dtype: str) -> int:
     weights = model.weight_bytes(DTYPE_BYTES.get(dtype, 2.0)) / tp
     free = sheet.memory_bytes * GPU_MEMORY_UTILIZATION - weights - NON_KV_RESERVE_BYTES
@@ -147,7 +153,8 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
     users = int(row["batch_size"])
     isl, osl = int(row["isl"]), int(row["osl"])
     dt = measured_dtype(gemm_dtype(row, model), kernels)
-    cfg = EngineConfig(max_num_seqs=max(DEFAULT_MAX_SEQS, users), max_num_batched_tokens=DEFAULT_BUDGET,
+    budget, max_seqs = vllm_defaults(kernels.sheet)
+    cfg = EngineConfig(max_num_seqs=max(max_seqs, users), max_num_batched_tokens=budget,
                        block_size=BLOCK_SIZE, num_gpu_blocks=kv_blocks_for(model, kernels.sheet, tp, dt),
                        tensor_parallel=tp, async_scheduling=True)
     key = (model.name, tp, dt, cfg.max_num_seqs)
