@@ -67,12 +67,13 @@ class LoopSummary:
 
 def run_closed_loop(cfg: EngineConfig, cost: StepCost, users: int, isl: int, osl: int,
                     requests_per_user: int = 4, think_s: float = 0.0,
-                    stagger_s: float = 0.0) -> tuple[ClosedLoop, LoopSummary]:
+                    stagger_s: float = 0.0, exclude_warmup: bool = True) -> tuple[ClosedLoop, LoopSummary]:
     """Simulate the loop to completion and summarise its steady state.
 
     Requests counted: those sent after the warm-up wave (the first ``users``) and
-    before the first user ran out of requests. With one request per user, or when
-    that window is empty, every request is counted.
+    before the first user ran out of requests. With one request per user, when
+    that window is empty, or with ``exclude_warmup=False`` (a benchmark that
+    averages over its whole run), every request is counted.
     """
     loop = ClosedLoop(cfg, cost, users, isl, osl, requests_per_user, think_s, stagger_s)
     loop.run()
@@ -86,7 +87,7 @@ def run_closed_loop(cfg: EngineConfig, cost: StepCost, users: int, isl: int, osl
     cutoff = min(last_send.values())
     idx = np.arange(len(reqs))
     keep = (idx >= users) & (arrival <= cutoff)
-    if not keep.any():
+    if not exclude_warmup or not keep.any():
         keep = np.ones(len(reqs), dtype=bool)
     ttft = first[keep] - arrival[keep]
     e2e = done[keep] - arrival[keep]

@@ -141,7 +141,7 @@ def kv_blocks_for(model: ModelConfig, sheet: Datasheet, tp: int, dtype: str) -> 
 
 
 def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests_per_user: int = 4,
-                cache: dict | None = None, arrivals: str = "staggered") -> Prediction:
+                cache: dict | None = None, arrivals: str = "staggered", exclude_warmup: bool = True) -> Prediction:
     """Closed-loop prediction of one row (times in ms).
 
     ``arrivals``: ``"burst"`` sends every user's first request at t = 0 (the
@@ -170,11 +170,12 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
             cache[key] = cost
     if cfg.num_gpu_blocks * BLOCK_SIZE < isl + osl:
         raise Unmodelled("KV cache cannot hold one request")
-    _, s = run_closed_loop(cfg, cost, users, isl, osl, requests_per_user)
+    _, s = run_closed_loop(cfg, cost, users, isl, osl, requests_per_user, exclude_warmup=exclude_warmup)
     if arrivals == "staggered":
         # steady state: users' requests spread over one request lifetime (the
         # burst run's mean end-to-end latency), as jitter spreads a real loop
-        _, s = run_closed_loop(cfg, cost, users, isl, osl, requests_per_user, stagger_s=s.e2e_s)
+        _, s = run_closed_loop(cfg, cost, users, isl, osl, requests_per_user, stagger_s=s.e2e_s,
+                               exclude_warmup=exclude_warmup)
     elif arrivals != "burst":
         raise ValueError(f"arrivals must be 'staggered' or 'burst', not {arrivals!r}")
     return Prediction(s.ttft_s * 1e3, s.tpot_s * 1e3, s.requests, s.measured, s.preemptions, cfg.num_gpu_blocks)
@@ -191,7 +192,8 @@ def ape_summary(pred: np.ndarray, meas: np.ndarray) -> dict:
 
 
 def predict_silicon(rows: pd.DataFrame, kernels: KernelSet, models_dir, requests_per_user: int = 4,
-                    progress=None, arrivals: str = "staggered") -> tuple[pd.DataFrame, dict]:
+                    progress=None, arrivals: str = "staggered",
+                    exclude_warmup: bool = True) -> tuple[pd.DataFrame, dict]:
     """Predict every row; return per-row results and the summary JSON object."""
     index = model_index(models_dir)
     cache: dict = {}
@@ -206,7 +208,7 @@ def predict_silicon(rows: pd.DataFrame, kernels: KernelSet, models_dir, requests
         if reason is None:
             model = load_model_config(find_model(index, row["model_path"]))
             try:
-                p = predict_row(row, model, kernels, requests_per_user, cache, arrivals)
+                p = predict_row(row, model, kernels, requests_per_user, cache, arrivals, exclude_warmup)
             except Unmodelled as exc:
                 reason = str(exc)
             else:

@@ -88,6 +88,9 @@ def test_closed_loop_keeps_concurrency_and_counts():
     loop, s = run_closed_loop(cfg, _flat_cost(0.005), users=8, isl=300, osl=20, requests_per_user=5,
                               stagger_s=0.05)
     assert s.requests == 40 and 0 < s.measured < 40
+    _, whole = run_closed_loop(cfg, _flat_cost(0.005), users=8, isl=300, osl=20, requests_per_user=5,
+                               stagger_s=0.05, exclude_warmup=False)
+    assert whole.measured == 40
     # every user has exactly one request in flight: requests of one user never overlap
     by_user: dict = {}
     for r in loop.requests:

@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests-per-user", type=int, default=4,
                    help="requests each simulated user sends (default 4; the first wave and the "
                         "cool-down are excluded from the means)")
+    p.add_argument("--include-warmup", action="store_true",
+                   help="average over every request, warm-up wave included (for benchmarks that "
+                        "report whole-run means, e.g. --requests-per-user 10 for a 10 x concurrency run)")
 
 
 def _datasheet(kernels: Path, system: str):
@@ -117,14 +120,15 @@ def run(args: argparse.Namespace) -> int:
     df, summary = predict_silicon(rows, kernels, args.models, args.requests_per_user,
                                   progress=lambda it, total: tqdm(it, total=total, desc="rows", file=sys.stderr,
                                                                   disable=None),
-                                  arrivals=args.arrivals)
+                                  arrivals=args.arrivals, exclude_warmup=not args.include_warmup)
     cv = cross_validate_kernels(profile)
     summary["kernel_sources"] = kernels.tally()
     summary["kernel_cv"] = {f"{r.kernel}/{r.variant}": {"mape": round(r.mape, 2), "median_ape": round(r.median_ape, 2),
                                                         "held_out": int(r.held_out)} for r in cv.itertuples()}
     summary["settings"] = {"system": args.system, "backend": args.backend, "kernel_version_preferred": version,
                            "datasheet": sheet_source, "arrivals": args.arrivals,
-                           "requests_per_user": args.requests_per_user}
+                           "requests_per_user": args.requests_per_user,
+                           "warmup_excluded": not args.include_warmup}
     r = summary["rows"]
     print(f"{args.system}/{args.backend}: {r['predicted']} of {r['total']} rows predicted; skipped: {r['skipped'] or 'none'}")
     for metric in ("ttft", "tpot"):
