@@ -1,8 +1,8 @@
 """Leave-one-accelerator-out on LLM-Inference-Bench: calibrate each accelerator from K rows.
 
-    python bench/accelerators.py                    # K = 10, seeds 0 1 2
+    python bench/accelerators.py                          # K = 10 rows in all, seeds 0 1 2
     python bench/accelerators.py --seeds 0 1 2 3 4 --points 5
-    python bench/accelerators.py --pooled           # K rows in all instead of K per framework
+    python bench/accelerators.py --points-per-framework   # K rows of each framework (opt-in)
 
 For every accelerator in ``All_results.csv`` and every seed it runs the project's own
 command, ``python -m validate.cli calibrate-accelerator``, and prints per accelerator the
@@ -26,13 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT.parent / "shared" / "data" / "benchmarks" / "llm-inference-bench" / "All_results.csv"
 
 
-def run_one(csv: Path, target: str, k: int, seed: int, pooled: bool) -> tuple[dict, float]:
+def run_one(csv: Path, target: str, k: int, seed: int, per_framework: bool) -> tuple[dict, float]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.json"
         cmd = [sys.executable, "-m", "validate.cli", "calibrate-accelerator", "--bench", str(csv),
                "--target", target, "--points", str(k), "--seed", str(seed), "--json", str(out)]
-        if pooled:
-            cmd.append("--pooled")
+        if per_framework:
+            cmd.append("--points-per-framework")
         start = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
         return json.loads(out.read_text()), time.perf_counter() - start
@@ -53,7 +53,7 @@ def main() -> int:
     parser.add_argument("--bench", type=Path, default=BENCH, help="All_results.csv")
     parser.add_argument("--points", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--pooled", action="store_true")
+    parser.add_argument("--points-per-framework", action="store_true")
     args = parser.parse_args()
     if not args.bench.is_file():
         print(f"benchmark table not found at {args.bench}", file=sys.stderr)
@@ -62,19 +62,19 @@ def main() -> int:
     from traces.readers.llm_inference_bench import read_llm_inference_bench
 
     targets = sorted(set(read_llm_inference_bench(args.bench).column("hardware").to_pylist()))
-    mode = "K rows in all" if args.pooled else "K rows per framework"
+    mode = "K rows per framework" if args.points_per_framework else "K rows in all"
     print(f"K = {args.points} ({mode}), seeds {' '.join(map(str, args.seeds))}; errors in %: "
           "mean over seeds, and the worst seed's median APE\n")
-    print("| accelerator | frameworks | rows predicted | MAPE | median APE | worst median "
+    print("| accelerator | frameworks | points used | rows predicted | MAPE | median APE | worst median "
           "| vLLM rows | vLLM MAPE | vLLM median APE | vLLM worst median | s/run |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for target in targets:
-        reports, walls = zip(*(run_one(args.bench, target, args.points, s, args.pooled) for s in args.seeds))
+        reports, walls = zip(*(run_one(args.bench, target, args.points, s, args.points_per_framework) for s in args.seeds))
         vllm = [r["frameworks"].get("vLLM") for r in reports]
         has_vllm = all(v is not None for v in vllm)
         v = vllm if has_vllm else [{}] * len(reports)
         fws = ", ".join(reports[0]["frameworks"])
-        print(f"| {target} | {fws} | {reports[0]['rows_predicted']} "
+        print(f"| {target} | {fws} | {reports[0]['points_used']} | {reports[0]['rows_predicted']} "
               f"| {_mean(r['mape'] for r in reports)} | {_mean(r['median_ape'] for r in reports)} "
               f"| {_worst(r['median_ape'] for r in reports)} "
               f"| {v[0].get('rows_predicted', '–')} | {_mean(x.get('mape') for x in v)} "

@@ -9,12 +9,15 @@
    else whose hardware resolves to the same datasheet; rows of the same device under other
    names are held out too, so nothing of the target's device is trained on;
 3. the other accelerators' rows give the prior (:func:`calibrate.batch_model.learn_prior`);
-4. K target rows are drawn at random (``numpy.random.default_rng(seed)``) — K per
-   framework by default, because a framework on an accelerator is its own software stack
-   (on one device they differ up to tenfold, e.g. Intel PVC vLLM vs llama.cpp); with
-   ``pooled=True`` K in all, the frameworks calibrated together with a shared deviation;
-5. each framework is calibrated on its points and predicts its other rows; the report
-   gives absolute percentage errors of ``latency_s`` overall and per framework.
+4. K target rows in all are drawn at random (``numpy.random.default_rng(seed)``),
+   whatever frameworks they come from; the frameworks are calibrated together
+   (:func:`calibrate.batch_model.calibrate_joint`): a deviation from the prior shared by
+   the accelerator's frameworks plus a tight one per framework, so a framework with few
+   or none of the K rows leans on the others' rows.  With ``per_framework=True`` (opt-in,
+   *not* the K-rows contract) K rows of every framework are drawn instead and each
+   framework is calibrated alone;
+5. every other modelled row of the target is predicted; the report gives absolute
+   percentage errors of ``latency_s`` overall and per framework.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from calibrate.batch_physics import TERMS, batch_terms
 from profiles.hardware import get_hardware, load_catalog
 from profiles.model_catalog import load_model_catalog, resolve_model
 
-TOO_FEW = "framework has at most K modelled rows (all would be calibration points)"
+TOO_FEW = "framework has at most K modelled rows (per-framework draw: all would be points)"
 MIN_GROUP_ROWS = 12  # an (accelerator, framework) with fewer rows does not inform the prior
 
 
@@ -91,15 +94,16 @@ def target_mask(table: pd.DataFrame, device: np.ndarray, name: str, catalog=None
     return mask
 
 
-def draw_points(frameworks: np.ndarray, k: int, seed: int, pooled: bool = False):
+def draw_points(frameworks: np.ndarray, k: int, seed: int, per_framework: bool = False):
     """Positions (into ``frameworks``) of the calibration rows, and frameworks left unevaluated.
 
-    Per framework (sorted by name) ``k`` of its rows without replacement, or with
-    ``pooled`` ``k`` of all rows; a framework with at most ``k`` rows per framework has
-    nothing left to predict and is returned in ``too_few``.
+    ``k`` of all rows without replacement (all of them when there are at most ``k``), or
+    with ``per_framework`` ``k`` of each framework's rows (sorted by name), where a
+    framework with at most ``k`` rows has nothing left to predict and is returned in
+    ``too_few``.
     """
     rng = np.random.default_rng(seed)
-    if pooled:
+    if not per_framework:
         if len(frameworks) <= k:
             return np.arange(len(frameworks)), sorted(set(frameworks))
         return np.sort(rng.choice(len(frameworks), k, replace=False)), []
@@ -134,7 +138,7 @@ def _errors(pred: np.ndarray, y: np.ndarray) -> dict:
 
 
 def leave_one_accelerator_out(table: pd.DataFrame, target: str, k: int, seed: int = 0, *,
-                              pooled: bool = False, catalog=None, models=None,
+                              per_framework: bool = False, catalog=None, models=None,
                               configs_dir=None) -> tuple[dict, pd.DataFrame]:
     """Calibrate accelerator ``target`` from ``k`` of its rows and predict the others.
 
@@ -145,16 +149,21 @@ def leave_one_accelerator_out(table: pd.DataFrame, target: str, k: int, seed: in
     target : str
         ``hardware`` value or catalogue name/alias.
     k, seed : int
-        Calibration rows (per framework unless ``pooled``) and the seed of their draw.
+        Calibration rows of the target in all and the seed of their draw.
+    per_framework : bool
+        Opt-in: ``k`` rows of *each* framework instead (more than ``k`` target rows),
+        each framework calibrated alone.
     catalog, models, configs_dir
         Hardware catalogue, model catalogue and optional folder of ``config.json``.
 
     Returns
     -------
     report : dict
-        ``target, points, rows_predicted, mape, median_ape`` (%), ``p90_ape``,
-        ``skipped`` {reason: rows}, ``frameworks`` {name: errors and points},
-        ``training`` summary, ``sampling``, ``seed``, ``device``.
+        ``target, points`` (K), ``points_used`` (target rows fitted on: K unless the
+        target has fewer modelled rows, or more with ``per_framework``),
+        ``rows_predicted, mape, median_ape`` (%), ``p90_ape``, ``skipped`` {reason:
+        rows}, ``frameworks`` {name: errors and points}, ``training`` summary,
+        ``sampling`` (``"total"``/``"per-framework"``), ``seed``, ``device``.
     rows : pd.DataFrame
         The target's rows with ``role`` (``point``/``predicted``/``skipped``),
         ``predicted_s``, ``ape`` and ``skip_reason``.
@@ -169,16 +178,16 @@ def leave_one_accelerator_out(table: pd.DataFrame, target: str, k: int, seed: in
     prior, fits = training_prior(terms[train], y[train], table["hardware"].to_numpy()[train],
                                  table["framework"].to_numpy()[train])
     ok = np.flatnonzero(tmask & (skip.to_numpy() == ""))
-    pos, too_few = draw_points(table["framework"].to_numpy()[ok], k, seed, pooled)
+    pos, too_few = draw_points(table["framework"].to_numpy()[ok], k, seed, per_framework)
     rows = table.loc[tmask, ["line", "hardware", "framework", "model", "num_devices", "input_tokens",
                              "output_tokens", "batch_size", "latency_s"]].copy()
     rows["role"], rows["predicted_s"], rows["ape"] = "skipped", np.nan, np.nan
     rows["skip_reason"] = skip[tmask].to_numpy()
     rows.loc[table.index[ok[pos]], "role"] = "point"
-    for fw in ([] if pooled else too_few):
+    for fw in too_few:
         rows.loc[(rows["framework"] == fw) & (rows["skip_reason"] == ""), "skip_reason"] = TOO_FEW
         rows.loc[rows["skip_reason"] == TOO_FEW, "role"] = "skipped"
-    thetas = _calibrate_frameworks(rows, terms, y, table.index, prior, pooled)
+    thetas = _calibrate_frameworks(rows, terms, y, table.index, prior, per_framework)
     per_fw = {}
     for fw, theta in thetas.items():
         rest = np.flatnonzero(table.index.isin(rows.index[(rows["framework"] == fw)
@@ -194,12 +203,12 @@ def leave_one_accelerator_out(table: pd.DataFrame, target: str, k: int, seed: in
                 "accelerators": sorted({a for a, _ in fits}),
                 "held_out_same_device_rows": int(same.sum()),
                 "skipped_rows": int((~tmask & ~same & ~train).sum())}
-    report = _report(target, rows, per_fw, training, k=k, seed=seed, pooled=pooled,
+    report = _report(target, rows, per_fw, training, k=k, seed=seed, per_framework=per_framework,
                      device=tdev[0] if len(tdev) == 1 else None)
     return report, rows
 
 
-def _calibrate_frameworks(rows, terms, y, index, prior, pooled) -> dict:
+def _calibrate_frameworks(rows, terms, y, index, prior, per_framework) -> dict:
     """``{framework: theta}`` of the target's frameworks that have rows to predict."""
     usable = rows[rows["skip_reason"] == ""]
     frameworks = sorted(usable["framework"].unique())
@@ -207,7 +216,7 @@ def _calibrate_frameworks(rows, terms, y, index, prior, pooled) -> dict:
     at = index.get_indexer(pts.index)
     if not frameworks:
         return {}
-    if pooled:  # few points per framework: share one accelerator deviation between them
+    if not per_framework:  # K in all: the frameworks share one accelerator deviation
         group = np.searchsorted(frameworks, pts["framework"].to_numpy())
         return calibrate_joint(terms[at], y[at], group, prior, frameworks)
     fw_of = pts["framework"].to_numpy()
@@ -215,7 +224,7 @@ def _calibrate_frameworks(rows, terms, y, index, prior, pooled) -> dict:
             for fw in frameworks}
 
 
-def _report(target, rows, per_fw, training, *, k, seed, pooled, device) -> dict:
+def _report(target, rows, per_fw, training, *, k, seed, per_framework, device) -> dict:
     predicted = rows[rows["role"] == "predicted"]
     skipped = rows.loc[rows["role"] == "skipped", "skip_reason"].value_counts()
     return {
@@ -223,7 +232,7 @@ def _report(target, rows, per_fw, training, *, k, seed, pooled, device) -> dict:
         "hardware": sorted(rows["hardware"].unique()),
         "device": device,
         "points": int(k),
-        "sampling": "pooled" if pooled else "per-framework",
+        "sampling": "per-framework" if per_framework else "total",
         "seed": int(seed),
         "rows": int(len(rows)),
         "points_used": int((rows["role"] == "point").sum()),

@@ -10,9 +10,11 @@ per-sequence overheads, all-reduce hops and bytes, pipeline hand-offs, a run con
 2. :func:`learn_prior` splits those fits into framework means plus accelerator effects
    (two-way, weighted by how well each parameter was identified) and measures how far
    accelerators and accelerator x framework interactions stray: the prior of a new one.
-3. :func:`calibrate` fits the target's ``theta`` for one framework on its few measured
-   rows: MAP with that prior (Student-t, so a truly different accelerator can pull a
-   parameter far when its points demand it), from several starts.
+3. :func:`calibrate_joint` fits the target's ``theta`` of every framework from K rows
+   drawn across them: a deviation shared by the accelerator's frameworks (Student-t, so a
+   truly different accelerator can pull a parameter far when its points demand it) plus
+   a tight per-framework one; :func:`calibrate` fits one framework alone on its rows.
+   Both MAP, from several starts.
 
 Everything is deterministic given the inputs (random starts use a fixed generator).
 """
@@ -48,7 +50,11 @@ DECODE_FLOP_INEFF = 2.0  # decode GEMMs at half of peak when compute-bound (roof
 SIGMA_LOG = 0.1  # model error of one row in log latency (~10 %)
 TRAIN_PRIOR_SD = 3.0  # weak prior of the per-group fits
 PRIOR_FLOOR = 0.3  # smallest prior sd of a target parameter (log units)
-IDENTIFIED_SD = 0.5  # a group's parameter informs the prior when its posterior sd is below
+IDENTIFIED_SD = 1.5  # a group's parameter informs the prior when its posterior sd is below
+#: a framework's own deviation on a new accelerator: Gaussian, this share of the measured
+#: interaction spread (with 0-3 of K points it would otherwise fit noise; the shared
+#: accelerator deviation, Student-t, carries what the frameworks agree on).
+INTERACTION_SCALE = 0.5
 STARTS = 20
 
 _TI = {t: i for i, t in enumerate(TERMS)}
@@ -144,11 +150,21 @@ class Prior:
         return self.framework_mean.get(key, self.overall), np.maximum(np.sqrt(var), PRIOR_FLOOR)
 
 
-def learn_prior(fits: dict, iterations: int = 50) -> Prior:
-    """Split group fits ``{(accelerator, framework): (theta, sd)}`` into framework means
-    and accelerator effects (weighted two-way fit) and measure the spreads.
+def _median_where(mask: np.ndarray, values: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Per column, the median of ``values`` where ``mask`` holds, else ``fallback``."""
+    return np.array([np.median(values[mask[:, j], j]) if mask[:, j].any() else fallback[j]
+                     for j in range(values.shape[1])])
 
-    With no fits at all the prior is :data:`DEFAULT` with sd 1 (weak, but finite).
+
+def learn_prior(fits: dict, iterations: int = 10) -> Prior:
+    """Split group fits ``{(accelerator, framework): (theta, sd)}`` into framework means
+    and accelerator effects and measure the spreads.
+
+    The split is Tukey's median polish over the parameters each group's rows informed
+    (posterior sd below :data:`IDENTIFIED_SD`): medians, not precision-weighted means, so
+    one accelerator whose runs pin a parameter tightly (a 17 s run constant, say) cannot
+    become every framework's typical value.  With no fits at all the prior is
+    :data:`DEFAULT` with sd 1 (weak, but finite).
     """
     if not fits:
         ones = np.ones(len(NAMES))
@@ -157,37 +173,28 @@ def learn_prior(fits: dict, iterations: int = 50) -> Prior:
     accs = sorted({a for a, _ in keys})
     fws = sorted({f.casefold() for _, f in keys})
     th = np.array([fits[k][0] for k in keys])
-    sd = np.array([fits[k][1] for k in keys])
-    w = np.where(sd < IDENTIFIED_SD, 1 / (sd**2 + 0.05**2), 0.0)
+    informed = np.array([fits[k][1] for k in keys]) < IDENTIFIED_SD
     ai = np.array([accs.index(a) for a, _ in keys])
     fi = np.array([fws.index(f.casefold()) for _, f in keys])
-    wsum = w.sum(0)
-    overall = np.where(wsum > 0, (w * th).sum(0) / np.maximum(wsum, 1e-12), DEFAULT)
+    overall = _median_where(informed, th, DEFAULT)
     mean = np.tile(overall, (len(fws), 1))
     eff = np.zeros((len(accs), len(NAMES)))
-
-    def wmean(rows, values, fallback):
-        ws = w[rows].sum(0)
-        return np.where(ws > 0, (w[rows] * values).sum(0) / np.maximum(ws, 1e-12), fallback)
-
+    zero = np.zeros(len(NAMES))
     for _ in range(iterations):
         for f in range(len(fws)):
             rows = fi == f
-            mean[f] = wmean(rows, th[rows] - eff[ai[rows]], overall)
+            mean[f] = _median_where(informed[rows], th[rows] - eff[ai[rows]], overall)
         for a in range(len(accs)):
             rows = ai == a
-            eff[a] = wmean(rows, th[rows] - mean[fi[rows]], 0.0)
-        shift = eff.mean(0)
-        eff -= shift
-        mean += shift
-    seen = np.array([[w[ai == a, j].sum() > 0 for j in range(len(NAMES))] for a in range(len(accs))])
-    resid = np.where(w > 0, th - mean[fi] - eff[ai], np.nan)
+            eff[a] = _median_where(informed[rows], th[rows] - mean[fi[rows]], zero)
+    seen = np.array([informed[ai == a].any(0) for a in range(len(accs))])
+    resid = np.where(informed, th - mean[fi] - eff[ai], np.nan)
     acc_sd = np.array([np.sqrt(np.mean(eff[seen[:, j], j] ** 2)) if seen[:, j].sum() >= 2 else 0.5
                        for j in range(len(NAMES))])
     counts = np.isfinite(resid).sum(0)
     sq = np.where(np.isfinite(resid), resid, 0.0) ** 2
     int_sd = np.where(counts >= 3, np.sqrt(sq.sum(0) / np.maximum(counts, 1)), 0.3)
-    return Prior({f: mean[i] for i, f in enumerate(fws)}, np.mean(mean, 0), acc_sd, int_sd,
+    return Prior({f: mean[i] for i, f in enumerate(fws)}, overall, acc_sd, int_sd,
                  np.std(mean, 0), {a: eff[i] for i, a in enumerate(accs)})
 
 
@@ -225,16 +232,18 @@ def calibrate_joint(terms: np.ndarray, y: np.ndarray, group: np.ndarray, prior: 
     """MAP parameters of several frameworks of one new accelerator from rows of all of them.
 
     ``theta_f = mean_f + d + e_f``: a deviation ``d`` shared by the accelerator's
-    frameworks (prior sd :attr:`Prior.accelerator_sd`) and one per framework
-    (:attr:`Prior.interaction_sd`, plus :attr:`Prior.framework_sd` for a framework no
-    other accelerator ran), both Student-t. ``group[i]`` indexes ``frameworks`` for row i.
-    A framework without rows gets ``mean_f + d``. Returns ``{framework: theta}``.
+    frameworks (Student-t, prior sd :attr:`Prior.accelerator_sd`) and one per framework
+    (Gaussian, :data:`INTERACTION_SCALE` x :attr:`Prior.interaction_sd`, plus
+    :attr:`Prior.framework_sd` for a framework no other accelerator ran), so a framework
+    with few or no rows falls back on its mean plus what the accelerator's other
+    frameworks' rows say. ``group[i]`` indexes ``frameworks`` for row i. Returns
+    ``{framework: theta}``.
     """
     free = np.array([n not in FRAMEWORK_ONLY for n in NAMES])
     nf, nfree = len(frameworks), int(free.sum())
     means = np.array([prior.mean_and_sd(f)[0] for f in frameworks])
     acc_sd = np.maximum(prior.accelerator_sd, PRIOR_FLOOR)[free]
-    int_sd = np.array([np.maximum(np.sqrt(prior.interaction_sd**2 + (
+    int_sd = INTERACTION_SCALE * np.array([np.maximum(np.sqrt(prior.interaction_sd**2 + (
         0 if str(f).casefold() in prior.framework_mean else prior.framework_sd**2)), PRIOR_FLOOR)[free]
         for f in frameworks])
 
@@ -247,7 +256,7 @@ def calibrate_joint(terms: np.ndarray, y: np.ndarray, group: np.ndarray, prior: 
         th = thetas(v)[group]
         err = np.log(predict(th, terms)) - np.log(y)
         return np.concatenate([err / SIGMA_LOG, _robust_prior(v[:nfree] / acc_sd),
-                               _robust_prior((v[nfree:].reshape(nf, nfree) / int_sd).ravel())])
+                               (v[nfree:].reshape(nf, nfree) / int_sd).ravel()])
 
     rng = np.random.default_rng(0)
     best = None

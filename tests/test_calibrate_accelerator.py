@@ -94,6 +94,7 @@ def test_calibration_from_ten_points_predicts_the_rest_of_a_synthetic_accelerato
     terms, _ = _terms(t)
     y = t["latency_s"].to_numpy()
     pts, _ = draw_points(t["framework"].to_numpy(), 10, seed=3)
+    assert len(pts) == 10
     rest = np.setdiff1d(np.arange(len(t)), pts)
     theta = bm.calibrate(terms[pts], y[pts], bm.DEFAULT, np.full(len(bm.NAMES), 1.0), starts=5)
     ape = np.abs(bm.predict(theta, terms[rest]) / y[rest] - 1)
@@ -112,14 +113,15 @@ def test_prior_of_identical_accelerators_is_their_parameters():
     assert np.all(prior.mean_and_sd("sambaflow")[1] >= sd)  # unseen framework: no narrower
 
 
-def test_draw_is_seeded_per_framework_and_never_predicts_its_points():
+def test_draw_is_k_rows_in_all_by_default_and_seeded():
     fws = np.array(["vLLM"] * 30 + ["llama.cpp"] * 25 + ["TRT"] * 5)
     a, too_few = draw_points(fws, 10, seed=7)
+    assert len(a) == 10 and len(set(a)) == 10 and too_few == []
     assert np.array_equal(a, draw_points(fws, 10, seed=7)[0])
     assert not np.array_equal(a, draw_points(fws, 10, seed=8)[0])
-    assert too_few == ["TRT"] and (fws[a] == "vLLM").sum() == 10 and (fws[a] == "llama.cpp").sum() == 10
-    pooled, _ = draw_points(fws, 10, seed=7, pooled=True)
-    assert len(pooled) == 10 and len(set(pooled)) == 10
+    assert np.array_equal(draw_points(fws[:8], 10, seed=7)[0], np.arange(8))  # fewer rows than K
+    each, too_few = draw_points(fws, 10, seed=7, per_framework=True)  # opt-in
+    assert too_few == ["TRT"] and (fws[each] == "vLLM").sum() == 10 and (fws[each] == "llama.cpp").sum() == 10
 
 
 def _two_accelerators():
@@ -141,11 +143,21 @@ def test_leave_one_out_report_and_rows():
         leave_one_accelerator_out(table, "TPU v9", k=10)
 
 
-def test_pooled_draw_and_a_target_without_datasheet():
+def test_default_fits_exactly_k_target_rows_of_all_frameworks_and_never_predicts_them():
     table = _two_accelerators()
-    report, rows = leave_one_accelerator_out(table, "Nvidia H100 GPU", k=10, seed=1, pooled=True)
-    assert report["sampling"] == "pooled" and report["points_used"] == 10
-    assert report["median_ape"] < 10
+    table = pd.concat([table, table.assign(framework="TensorRT-LLM")], ignore_index=True)
+    report, rows = leave_one_accelerator_out(table, "Nvidia H100 GPU", k=10, seed=4)
+    points = rows[rows["role"] == "point"]
+    assert report["sampling"] == "total" and report["points"] == report["points_used"] == len(points) == 10
+    assert report["rows_predicted"] == len(rows) - 10 == (rows["role"] == "predicted").sum()
+    assert rows.loc[points.index, "predicted_s"].isna().all()
+    assert set(report["frameworks"]) == {"vLLM", "TensorRT-LLM"} and report["median_ape"] < 10
+    each, _ = leave_one_accelerator_out(table, "Nvidia H100 GPU", k=10, seed=4, per_framework=True)
+    assert each["sampling"] == "per-framework" and each["points_used"] == 20 and each["points"] == 10
+
+
+def test_a_target_without_datasheet_is_skipped():
+    table = _two_accelerators()
     unknown = pd.concat([table, table.assign(hardware="TPU v9")], ignore_index=True)
     report, rows = leave_one_accelerator_out(unknown, "TPU v9", k=10)
     assert report["rows_predicted"] == 0 and report["median_ape"] is None
@@ -166,19 +178,21 @@ def test_command_writes_the_contract_keys(tmp_path):
     assert main(argv) == 0
     report = json.loads(out.read_text())
     assert {"target", "points", "rows_predicted", "mape", "median_ape", "skipped"} <= set(report)
-    assert report["points"] == 10 and report["rows_predicted"] == 44 and report["skipped"] == {}
+    assert report["points"] == report["points_used"] == 10 and report["sampling"] == "total"
+    assert report["rows_predicted"] == 44 and report["skipped"] == {}
     first = out.read_bytes()
     assert main(argv) == 0 and out.read_bytes() == first  # same seed, same file
     assert main([*argv[:-2], "--json", str(tmp_path / "x.json"), "--target", "TPU v9"]) == 2
 
 
-def test_real_leave_one_out_meets_the_vllm_bar(shared_data):
+def test_real_leave_one_out_from_k_rows_in_all_meets_the_vllm_bar(shared_data):
     table = read_llm_inference_bench(
         shared_data / "benchmarks/llm-inference-bench/All_results.csv").to_pandas()
     report, rows = leave_one_accelerator_out(table, "Nvidia GH200 GPU", k=10, seed=0)
     vllm = report["frameworks"]["vLLM"]
-    assert vllm["points"] == 10 and vllm["rows_predicted"] > 150
-    assert vllm["median_ape"] <= 15
+    assert report["points"] == report["points_used"] == (rows["role"] == "point").sum() == 10
+    assert vllm["rows_predicted"] > 170 and vllm["median_ape"] <= 15
+    assert report["rows_predicted"] == len(rows) - 10 - 20
     assert report["skipped"] == {BEYOND_CONTEXT: 20}  # 2048 + 2048 tokens on 2048-token models
     points = rows.loc[rows["role"] == "point", "line"]
     assert not set(points) & set(rows.loc[rows["role"] == "predicted", "line"])

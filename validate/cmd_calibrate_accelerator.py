@@ -8,13 +8,16 @@ roofline, per-pass and per-sequence overheads, tensor-parallel all-reduces, KV-c
 capacity); K randomly drawn rows of NAME calibrate it; every other row of NAME is
 predicted and its batch latency compared with the measurement.
 
-K rows are drawn per framework (each framework on an accelerator is its own software
-stack); ``--pooled`` draws K in all instead. Rows that cannot be modelled (no datasheet,
+Exactly K rows of NAME are drawn in all (seeded), whatever frameworks they come from; the
+frameworks are calibrated together, sharing the accelerator's deviation from the prior.
+``--points-per-framework`` (opt-in, not the K-rows contract) draws K rows of *each*
+framework instead and calibrates each alone; the JSON's ``sampling`` and
+``points_used`` say which was done and how many target rows were fitted on. Rows that cannot be modelled (no datasheet,
 unknown model, more tokens than the model's context, a latency below the datasheet
 bound) are counted by reason under "skipped", never guessed.
 
 The JSON holds ``target, points, rows_predicted, mape, median_ape`` (percent), plus
-``p90_ape``, ``skipped`` {reason: rows}, ``frameworks`` {name: points, rows_predicted,
+``points_used``, ``p90_ape``, ``skipped`` {reason: rows}, ``frameworks`` {name: points, rows_predicted,
 mape, median_ape, p90_ape}, ``training`` and the sampling settings. Same inputs and
 seed give the same file.
 
@@ -47,10 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, metavar="NAME",
                    help='accelerator to treat as new: a Hardware value ("Nvidia H100 GPU") or catalogue name/alias (h100_sxm)')
     p.add_argument("--points", required=True, type=_positive, metavar="K",
-                   help="calibration rows drawn at random (per framework unless --pooled)")
+                   help="calibration rows of NAME drawn at random, in all (see --points-per-framework)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
     p.add_argument("--json", required=True, type=Path, metavar="FILE", help="where to write the report")
-    p.add_argument("--pooled", action="store_true", help="draw K rows in all instead of K per framework")
+    p.add_argument("--points-per-framework", action="store_true",
+                   help="opt-in: draw K rows of each framework of NAME (more than K in all) and "
+                        "calibrate each framework alone")
     p.add_argument("--models", type=Path, metavar="DIR",
                    help="folder of Hugging Face config.json files (<org>--<name>_config.json) for models the catalogue lacks")
     p.add_argument("--rows", type=Path, metavar="FILE", help="also write the target's rows with predictions (CSV)")
@@ -93,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
                       ignore_index=True)
     try:
         report, rows = leave_one_accelerator_out(table, args.target, args.points, args.seed,
-                                                 pooled=args.pooled, configs_dir=args.models)
+                                                 per_framework=args.points_per_framework,
+                                                 configs_dir=args.models)
     except ValueError as exc:
         raise TraceError(args.bench[0], str(exc)) from exc
     report["bench"] = [str(p) for p in args.bench]
