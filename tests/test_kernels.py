@@ -187,3 +187,14 @@ def test_gemm_dtype_of_rows_and_checkpoints(shared_data):
     assert gemm_dtype(pd.Series({"gemm_quant_mode": "fp8"}), block) == "fp8_block"
     assert gemm_dtype(pd.Series({"gemm_quant_mode": "fp8"}), dense) == "fp8"
     assert gemm_dtype(pd.Series({"gemm_quant_mode": float("nan"), "precision": float("nan")}), dense) == "bfloat16"
+
+
+def test_ingest_reads_a_kernel_database_folder(shared_data, tmp_path):
+    from traces.formats import detect_format, read_profile
+
+    d = shared_data / H100
+    assert detect_format(d) == "aiconfigurator-dir"
+    res = read_profile(d)
+    ops = res.rows_per_operator()
+    assert ops["gemm"] == len(pd.read_parquet(d / "gemm/vllm/0.19.0/gemm_perf.parquet"))  # newest table
+    assert set(res.table.column("hardware").to_pylist()) == {"h100_sxm"}

@@ -347,6 +347,7 @@ def test_kineto_errors(tmp_path):
 
 def test_formats_keep_the_two_kinds_apart(tmp_path):
     assert set(PROFILE_READERS) == {
+        "aiconfigurator-dir",
         "vidur-mlp-csv",
         "vidur-comm-csv",
         "splitwise-csv",

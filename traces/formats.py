@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from traces.errors import TraceError
+from traces.readers.aiconfigurator import is_kernel_db, read_kernel_db_profile
 from traces.readers.azure import read_azure_csv
 from traces.readers.base import ReadResult
 from traces.readers.kineto import is_kineto_trace, read_kineto_json
@@ -42,6 +43,7 @@ READERS = {
 
 # Operator-profile formats: reader(path, resolve_hardware=None) -> ProfileResult.
 PROFILE_READERS = {
+    "aiconfigurator-dir": read_kernel_db_profile,
     "vidur-mlp-csv": read_vidur_mlp,
     "vidur-comm-csv": read_vidur_comm,
     "splitwise-csv": read_splitwise_csv,
@@ -93,13 +95,16 @@ def _by_keys(path, keys: set, table: dict[str, set], what: str) -> str:
 def _detect_dir(path: Path) -> str:
     if (path / "requests.jsonl").is_file():
         return "vllm-run"
+    if is_kernel_db(path):
+        return "aiconfigurator-dir"
     for p in sorted(path.glob("*.json")):
         try:
             if is_bench_result(json.loads(p.read_text(encoding="utf-8"))):
                 return "vllm-bench"
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
-    raise _unsure(path, "directory has neither requests.jsonl nor a vllm bench result JSON")
+    raise _unsure(path, "directory has neither requests.jsonl, a vllm bench result JSON nor kernel tables "
+                        "(gemm/<framework>/<version>/gemm_perf.parquet …)")
 
 
 def detect_format(path) -> str:

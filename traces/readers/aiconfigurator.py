@@ -183,6 +183,35 @@ def read_kernel_db(system_dir, version: str | None = None, hardware: str | None 
     return table.replace_schema_metadata(meta)
 
 
+def read_kernel_db_profile(system_dir, resolve_hardware=None):
+    """:func:`read_kernel_db` as a ``mist ingest`` profile reader (newest tables).
+
+    The hardware column keeps the system folder's name unless ``resolve_hardware``
+    maps it to a catalogue name.
+    """
+    from traces.readers.profile_base import ProfileResult
+
+    root = Path(system_dir)
+    name = root.name
+    if resolve_hardware is not None:
+        try:
+            name = resolve_hardware(root.name)
+        except (KeyError, ValueError):
+            name = root.name
+    table = read_kernel_db(root, hardware=name)
+    meta = {"source_format": "aiconfigurator-dir", "source_path": str(root),
+            "hardware_names": {root.name: name},
+            "tables": {stem: [f"{fw}/{ver}" for fw, ver, _ in choices] for stem, choices in available(root).items()}}
+    return ProfileResult(table=table, meta=meta, rows_read=table.num_rows)
+
+
+def is_kernel_db(path) -> bool:
+    """Whether ``path`` is a folder laid out like an aiconfigurator system."""
+    root = Path(path)
+    return root.is_dir() and any(any(root.glob(f"{family}/*/*/{stem}.parquet"))
+                                 for stem, (family, _) in TABLES.items())
+
+
 def read_system_yaml(system_dir) -> dict | None:
     """The datasheet ``<system>.yaml`` beside (or inside) a system folder, if present."""
     root = Path(system_dir)
