@@ -100,17 +100,20 @@ class KVCache:
 
     def allocate(self, req: Request, num_tokens: int) -> bool:
         """Grow ``req`` to hold ``num_tokens`` tokens; False (and no change) if blocks run out."""
-        need = -(-num_tokens // self.block_size) - len(req.blocks)
-        if need > len(self.free):
+        blocks = req.blocks
+        need = -(-num_tokens // self.block_size) - len(blocks)
+        free = self.free
+        if need > len(free):
             return False
+        pop, hash_of, ref = free.popitem, self.hash_of, self.ref
         for _ in range(need):
-            b, _ = self.free.popitem(last=False)
-            h = self.hash_of[b]
+            b = pop(False)[0]  # the least recently freed block
+            h = hash_of[b]
             if h is not None:  # evict the cached content
                 del self.block_of[h]
-                self.hash_of[b] = None
-            self.ref[b] = 1
-            req.blocks.append(b)
+                hash_of[b] = None
+            ref[b] = 1
+            blocks.append(b)
         return True
 
     def commit(self, req: Request) -> None:
@@ -121,21 +124,26 @@ class KVCache:
         start = req.num_committed
         if full <= start:
             return
-        hashes = self._hashes(req, full)
+        hashes = req.block_hashes
+        if hashes is None or len(hashes) < full:
+            hashes = self._hashes(req, full)
         req.num_committed = full
+        blocks, hash_of, block_of = req.blocks, self.hash_of, self.block_of
         for i in range(start, full):
-            b = req.blocks[i]
-            if self.hash_of[b] is None:
+            b = blocks[i]
+            if hash_of[b] is None:
                 h = hashes[i]
-                if h not in self.block_of:
-                    self.hash_of[b] = h
-                    self.block_of[h] = b
+                if h not in block_of:
+                    hash_of[b] = h
+                    block_of[h] = b
 
     def release(self, req: Request) -> None:
         """Free ``req``'s blocks, tail first, so its last blocks are evicted first."""
+        ref, free = self.ref, self.free
         for b in reversed(req.blocks):
-            self.ref[b] -= 1
-            if self.ref[b] == 0:
-                self.free[b] = None
+            left = ref[b] - 1
+            ref[b] = left
+            if not left:
+                free[b] = None
         req.blocks = []
         req.num_committed = 0

@@ -17,30 +17,48 @@ One call of :func:`schedule` builds one engine step, as vLLM v1's
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
 
 from replay.config import EngineConfig
 from replay.kvcache import KVCache
 from replay.request import Request
 
+_NO_MIN = 1 << 62  # "no decode yet" for the running minimum of KV lengths
 
-@dataclass
+
 class StepPlan:
-    """The requests of one step and how many new tokens each computes."""
+    """The requests of one step and how many new tokens each computes.
 
-    items: list[tuple[Request, int]] = field(default_factory=list)
-    num_tokens: int = 0
-    preempted: int = 0
-    # (request, index of the token it samples, 1-based), filled when the plan is applied
-    sampled: list[tuple[Request, int]] = field(default_factory=list)
-    # cost-model inputs, filled when the plan is applied: prefill chunks
-    # [(tokens, kv_before)], decode count, their KV sum and max, all KV tokens
-    prefills: list[tuple[int, int]] = field(default_factory=list)
-    n_decode: int = 0
-    kv_decode_sum: int = 0
-    kv_decode_max: int = 0
-    kv_decode_min: int = 0
-    kv_tokens: int = 0
+    Attributes
+    ----------
+    items : list of (Request, int)
+        Requests in step order and the new tokens each computes.
+    num_tokens : int
+        Tokens of the step (the sum over ``items``).
+    preempted : int
+        Running requests preempted while building the step.
+    sampled : list of (Request, int)
+        Each request that samples a token and that token's 1-based index; filled
+        when the plan is applied.
+    first, last : list of Request
+        The sampled requests whose token is their first, their last (output length).
+    prefills, n_decode, kv_decode_sum, kv_decode_max, kv_decode_min, kv_tokens
+        Cost-model inputs, filled when the plan is applied: prefill chunks
+        ``[(tokens, kv_before)]``, the decode count, the sum, max and min of their
+        KV lengths, and all KV tokens of the step.
+    """
+
+    # a plain slotted class: one is built per simulated step
+    __slots__ = ("items", "num_tokens", "preempted", "sampled", "first", "last", "prefills", "n_decode",
+                 "kv_decode_sum", "kv_decode_max", "kv_decode_min", "kv_tokens")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Request, int]] = []
+        self.sampled: list[tuple[Request, int]] = []
+        self.first: list[Request] = []
+        self.last: list[Request] = []
+        self.prefills: list[tuple[int, int]] = []
+        self.num_tokens = self.preempted = self.n_decode = 0
+        self.kv_decode_sum = self.kv_decode_max = self.kv_decode_min = self.kv_tokens = 0
 
 
 def _preempt(running: list, waiting: deque, kv: KVCache, lo: int) -> Request:
@@ -61,24 +79,62 @@ def _preempt(running: list, waiting: deque, kv: KVCache, lo: int) -> Request:
 
 def schedule(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now: float) -> StepPlan:
     """Build the next step from the ``running`` list and ``waiting`` queue (mutated)."""
+    return _build(cfg, running, waiting, kv, now, advance=False)
+
+
+def apply(plan: StepPlan, kv: KVCache) -> StepPlan:
+    """Advance the planned requests' token counts; note what the step samples and costs.
+
+    A request whose computed tokens reach its token count samples one new token
+    (emitted when the step ends). Fills the plan's cost-model inputs. Returns ``plan``.
+    """
+    _advance(plan, 0, kv)
+    return plan
+
+
+def plan_step(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now: float) -> StepPlan:
+    """:func:`schedule` then :func:`apply`, with the same result, in one pass over the
+    running requests (the replay's hot path)."""
+    return _build(cfg, running, waiting, kv, now, advance=True)
+
+
+def _build(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now: float,
+           advance: bool) -> StepPlan:
+    """Schedule a step; with ``advance``, apply it on the way.
+
+    A running request is advanced right after it is scheduled: nothing scheduled
+    later reads its counts (preemption looks only behind it). Its new full blocks are
+    committed only after admission, in step order, as schedule-then-apply does: an
+    admission must not hit blocks computed in the same step.
+    """
     plan = StepPlan()
     budget = cfg.max_num_batched_tokens
     block = kv.block_size
-    append = plan.items.append
-    i = 0
-    n_running = len(running)
-    while i < n_running and budget > 0:
-        req = running[i]
+    add_item = plan.items.append
+    add_prefill, add_sampled = plan.prefills.append, plan.sampled.append
+    add_first, add_last = plan.first.append, plan.last.append
+    decode_kv: list[int] = []  # KV lengths of the decodes (their count, sum, max and min)
+    add_decode = decode_kv.append
+    to_commit: list[Request] = []
+    prefill_kv = 0
+    # A for loop over a list that preemption shrinks behind the current request: when
+    # the current request preempts itself, the loop skips the next one, which is
+    # finishing (only finishing requests are passed over by _preempt), as it would be.
+    for i, req in enumerate(running):
+        if budget <= 0:
+            break
         computed = req.num_computed
-        n = req.num_tokens - computed
+        num_tokens = req.num_tokens
+        n = num_tokens - computed
         if n > budget:
             n = budget
-        if n <= 0 or req.num_generated >= req.output_len:  # done, awaiting its last output
-            i += 1
+        generated = req.num_generated
+        output_len = req.output_len
+        if n <= 0 or generated >= output_len:  # done, awaiting its last output
             continue
         need = computed + n
         # (fast path: most decodes fit in the blocks the request already holds)
-        if (need + block - 1) // block > len(req.blocks) and not kv.allocate(req, need):
+        if need > len(req.blocks) * block and not kv.allocate(req, need):
             fits = False
             while not fits:  # preempt from the back until this request fits, or is the victim
                 victim = _preempt(running, waiting, kv, i)
@@ -86,15 +142,47 @@ def schedule(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now:
                 if victim is req:
                     break
                 fits = kv.allocate(req, need)
-            n_running = len(running)
             if not fits:
                 continue
-        append((req, n))
+        add_item((req, n))
         budget -= n
-        i += 1
-    if plan.preempted:
-        plan.num_tokens = cfg.max_num_batched_tokens - budget
-        return plan
+        if advance:  # as _advance does, but committing later
+            req.num_computed = need
+            if n == 1:
+                add_decode(need)
+            else:
+                prefill_kv += need
+                add_prefill((n, computed))
+            if need // block > req.num_committed:
+                to_commit.append(req)
+            if need >= num_tokens:
+                generated += 1
+                req.num_generated = generated
+                req.num_tokens = num_tokens + 1
+                add_sampled((req, generated))
+                if generated == 1:
+                    add_first(req)
+                if generated == output_len:
+                    add_last(req)
+    n_scheduled = len(plan.items)
+    if waiting and not plan.preempted:
+        budget = _admit(cfg, running, waiting, kv, now, plan, budget)
+    plan.num_tokens = cfg.max_num_batched_tokens - budget
+    if advance:
+        if decode_kv:
+            plan.n_decode, plan.kv_decode_sum = len(decode_kv), sum(decode_kv)
+            plan.kv_decode_max, plan.kv_decode_min = max(decode_kv), min(decode_kv)
+        plan.kv_tokens = plan.kv_decode_sum + prefill_kv
+        for req in to_commit:
+            kv.commit(req)
+        if len(plan.items) > n_scheduled:
+            _advance(plan, n_scheduled, kv)
+    return plan
+
+
+def _admit(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now: float,
+           plan: StepPlan, budget: int) -> int:
+    """Admit waiting requests first-come first-served into ``plan``; return the budget left."""
     while waiting and budget > 0 and len(running) < cfg.max_num_seqs:
         req = waiting[0]
         fresh = req.num_computed == 0 and not req.blocks
@@ -117,21 +205,16 @@ def schedule(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now:
         running.append(req)
         plan.items.append((req, n))
         budget -= n
-    plan.num_tokens = cfg.max_num_batched_tokens - budget
-    return plan
+    return budget
 
 
-def apply(plan: StepPlan, kv: KVCache) -> StepPlan:
-    """Advance the planned requests' token counts; note what the step samples and costs.
-
-    A request whose computed tokens reach its token count samples one new token
-    (emitted when the step ends). Fills the plan's cost-model inputs. Returns ``plan``.
-    """
+def _advance(plan: StepPlan, start: int, kv: KVCache) -> None:
+    """Apply ``plan.items[start:]`` (see :func:`apply`), adding to the plan's cost inputs."""
     block = kv.block_size
-    n_dec = kv_sum = kv_max = kv_tok = 0
-    kv_min = 1 << 62
+    n_dec, kv_sum, kv_max, kv_tok = plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max, plan.kv_tokens
+    kv_min = plan.kv_decode_min if n_dec else _NO_MIN
     add_prefill, add_sampled = plan.prefills.append, plan.sampled.append
-    for req, n in plan.items:
+    for req, n in plan.items[start:] if start else plan.items:
         computed = req.num_computed + n
         req.num_computed = computed
         kv_tok += computed
@@ -150,6 +233,9 @@ def apply(plan: StepPlan, kv: KVCache) -> StepPlan:
             req.num_generated += 1
             req.num_tokens += 1
             add_sampled((req, req.num_generated))
+            if req.num_generated == 1:
+                plan.first.append(req)
+            if req.num_generated == req.output_len:
+                plan.last.append(req)
     plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max, plan.kv_tokens = n_dec, kv_sum, kv_max, kv_tok
     plan.kv_decode_min = kv_min if n_dec else 0
-    return plan

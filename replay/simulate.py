@@ -21,7 +21,7 @@ from replay.cost import StepCost
 from replay.engine import EventLoop
 from replay.kvcache import KVCache
 from replay.request import Request
-from replay.scheduler import StepPlan, apply, schedule
+from replay.scheduler import StepPlan, plan_step
 
 # At equal times: finish a step, then queue arrivals, then start an idle replica,
 # so requests arriving together share their first step.
@@ -87,7 +87,7 @@ class Replay:
     # -- planning -------------------------------------------------------------
     def _plan(self, rep: Replica, now: float) -> StepPlan:
         """Schedule a step and apply it at once (vLLM advances requests at plan time)."""
-        return apply(schedule(self.cfg, rep.running, rep.waiting, rep.kv, now), rep.kv)
+        return plan_step(self.cfg, rep.running, rep.waiting, rep.kv, now)
 
     def _duration(self, plan: StepPlan) -> float:
         if not plan.items:
@@ -127,17 +127,24 @@ class Replay:
         return [(now + d, STEP_END, self._on_step_end, group)]
 
     def _kick_one(self, group: Group, rep: Replica, now: float) -> list:
-        """:meth:`_kick` for a group of one replica (the hot path of most replays)."""
-        pending = rep.pending
-        plan = pending if pending is not None and pending.items else self._plan(rep, now)
+        """:meth:`_kick` for a group of one replica (the hot path of most replays):
+        :meth:`_duration` and :meth:`_log` inlined."""
+        plan = rep.pending
+        if plan is None or not plan.items:
+            plan = self._plan(rep, now)
         rep.pending = None
-        if not plan.items and not plan.preempted:
+        items = plan.items
+        if not items and not plan.preempted:
             group.busy = False
             rep.current = None
             return []
-        d = self._duration(plan)
+        n_decode = plan.n_decode
+        d = self.cost.step_s(plan.num_tokens, len(items), plan.prefills, n_decode, plan.kv_decode_sum,
+                             plan.kv_decode_max, plan.kv_decode_min) if items else 0.0
         rep.current = plan
-        self._log(rep, plan, now, d)
+        steps, kv = self.steps, rep.kv  # (kv.used_blocks, inlined)
+        steps.append((len(steps), rep.index, now, d, len(plan.prefills), plan.num_tokens - n_decode, n_decode,
+                      plan.kv_tokens, len(rep.running), len(rep.waiting), kv.num_blocks - len(kv.free), plan.preempted))
         group.busy = True
         if self.cfg.async_scheduling:
             rep.pending = self._plan(rep, now)
@@ -161,16 +168,15 @@ class Replay:
 
     def _on_step_end(self, now: float, group: Group):
         for rep in group.members:
-            done = []
-            for req, k in rep.current.sampled:
-                if k == 1:
-                    req.first_token_s = now
-                if k == req.output_len:
+            plan = rep.current
+            for req in plan.first:
+                req.first_token_s = now
+            if plan.last:
+                running, release = rep.running, rep.kv.release
+                for req in plan.last:
                     req.finished_s = now
-                    done.append(req)
-            for req in done:
-                rep.running.remove(req)
-                rep.kv.release(req)
+                    running.remove(req)
+                    release(req)
         return self._kick(group, now)
 
     def run(self) -> None:
