@@ -2,12 +2,19 @@
 
     python bench/accelerators.py                          # K = 10 rows in all, seeds 0 1 2
     python bench/accelerators.py --seeds 0 1 2 3 4 --points 5
-    python bench/accelerators.py --points-per-framework   # K rows of each framework (opt-in)
+    python bench/accelerators.py --sampling random        # K of all rows, unstratified
+    python bench/accelerators.py --sampling per-framework # K rows of each framework (opt-in)
+    python bench/accelerators.py --only-framework vLLM    # target keeps only its vLLM rows
 
 For every accelerator in ``All_results.csv`` and every seed it runs the project's own
 command, ``python -m validate.cli calibrate-accelerator``, and prints per accelerator the
 rows predicted and the errors (%) over all frameworks and over vLLM rows alone: mean over
 seeds of MAPE and of the median APE, and the worst seed's median APE. Nothing is typed in.
+
+``--only-framework vLLM`` simulates an accelerator measured with one framework only (say
+AMD MI300X with vLLM rows and nothing else): before each run, the target's rows of other
+frameworks are dropped from a copy of the CSV (other accelerators keep all theirs), so
+all K points and every prediction come from the target's vLLM rows.
 """
 
 from __future__ import annotations
@@ -26,13 +33,23 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT.parent / "shared" / "data" / "benchmarks" / "llm-inference-bench" / "All_results.csv"
 
 
-def run_one(csv: Path, target: str, k: int, seed: int, per_framework: bool) -> tuple[dict, float]:
+def only_framework(csv: Path, target: str, framework: str, folder: Path) -> Path:
+    """A copy of ``csv`` without the rows of ``target`` run by frameworks other than ``framework``."""
+    import pandas as pd
+
+    raw = pd.read_csv(csv)
+    other = (raw["Hardware"] == target) & (raw["Framework"].str.casefold() != framework.casefold())
+    out = folder / csv.name
+    raw[~other].to_csv(out, index=False)
+    return out
+
+
+def run_one(csv: Path, target: str, k: int, seed: int, sampling: str) -> tuple[dict, float]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.json"
         cmd = [sys.executable, "-m", "validate.cli", "calibrate-accelerator", "--bench", str(csv),
-               "--target", target, "--points", str(k), "--seed", str(seed), "--json", str(out)]
-        if per_framework:
-            cmd.append("--points-per-framework")
+               "--target", target, "--points", str(k), "--seed", str(seed), "--json", str(out),
+               "--sampling", sampling]
         start = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
         return json.loads(out.read_text()), time.perf_counter() - start
@@ -53,7 +70,9 @@ def main() -> int:
     parser.add_argument("--bench", type=Path, default=BENCH, help="All_results.csv")
     parser.add_argument("--points", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--points-per-framework", action="store_true")
+    parser.add_argument("--sampling", default="stratified", choices=("stratified", "random", "per-framework"))
+    parser.add_argument("--only-framework", metavar="FW",
+                        help="drop the target's rows of other frameworks (an accelerator measured with FW only)")
     args = parser.parse_args()
     if not args.bench.is_file():
         print(f"benchmark table not found at {args.bench}", file=sys.stderr)
@@ -61,15 +80,26 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     from traces.readers.llm_inference_bench import read_llm_inference_bench
 
-    targets = sorted(set(read_llm_inference_bench(args.bench).column("hardware").to_pylist()))
-    mode = "K rows per framework" if args.points_per_framework else "K rows in all"
+    bench = read_llm_inference_bench(args.bench)
+    raw_hw = np.array(bench.column("hardware").to_pylist())
+    raw_fw = np.array([f.casefold() for f in bench.column("framework").to_pylist()])
+    targets = sorted(set(raw_hw))
+    mode = "K rows per framework" if args.sampling == "per-framework" else f"K rows in all, {args.sampling}"
+    if args.only_framework:
+        mode += f"; target keeps only its {args.only_framework} rows"
     print(f"K = {args.points} ({mode}), seeds {' '.join(map(str, args.seeds))}; errors in %: "
           "mean over seeds, and the worst seed's median APE\n")
     print("| accelerator | frameworks | points used | rows predicted | MAPE | median APE | worst median "
           "| vLLM rows | vLLM MAPE | vLLM median APE | vLLM worst median | s/run |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for target in targets:
-        reports, walls = zip(*(run_one(args.bench, target, args.points, s, args.points_per_framework) for s in args.seeds))
+        with tempfile.TemporaryDirectory() as tmp:
+            csv = args.bench
+            if args.only_framework:
+                if not (raw_fw[raw_hw == target] == args.only_framework.casefold()).any():
+                    continue
+                csv = only_framework(args.bench, target, args.only_framework, Path(tmp))
+            reports, walls = zip(*(run_one(csv, target, args.points, s, args.sampling) for s in args.seeds))
         vllm = [r["frameworks"].get("vLLM") for r in reports]
         has_vllm = all(v is not None for v in vllm)
         v = vllm if has_vllm else [{}] * len(reports)

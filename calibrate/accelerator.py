@@ -9,13 +9,15 @@
    else whose hardware resolves to the same datasheet; rows of the same device under other
    names are held out too, so nothing of the target's device is trained on;
 3. the other accelerators' rows give the prior (:func:`calibrate.batch_model.learn_prior`);
-4. K target rows in all are drawn at random (``numpy.random.default_rng(seed)``),
-   whatever frameworks they come from; the frameworks are calibrated together
-   (:func:`calibrate.batch_model.calibrate_joint`): a deviation from the prior shared by
-   the accelerator's frameworks plus a tight one per framework, so a framework with few
-   or none of the K rows leans on the others' rows.  With ``per_framework=True`` (opt-in,
-   *not* the K-rows contract) K rows of every framework are drawn instead and each
-   framework is calibrated alone;
+4. K target rows in all are drawn at random (``numpy.random.default_rng(seed)``) within
+   strata (:func:`draw_points`: at least 2 per framework when K allows, the rest in
+   proportion; within a framework, one-device and multi-device rows in proportion), so
+   an unlucky draw cannot leave a framework or the multi-device terms without a row;
+   ``sampling="random"`` draws K of all rows uniformly.  The frameworks are calibrated
+   together (:func:`calibrate.batch_model.calibrate_joint`): a deviation from the prior
+   shared by the accelerator's frameworks plus a tight one per framework.  With
+   ``sampling="per-framework"`` (opt-in, *not* the K-rows contract) K rows of every
+   framework are drawn instead and each framework is calibrated alone;
 5. every other modelled row of the target is predicted; the report gives absolute
    percentage errors of ``latency_s`` overall and per framework.
 """
@@ -30,7 +32,7 @@ from calibrate.batch_physics import TERMS, batch_terms
 from profiles.hardware import get_hardware, load_catalog
 from profiles.model_catalog import load_model_catalog, resolve_model
 
-TOO_FEW = "framework has at most K modelled rows (per-framework draw: all would be points)"
+TOO_FEW = "at most K modelled rows: all would be calibration points, none left to predict"
 MIN_GROUP_ROWS = 12  # an (accelerator, framework) with fewer rows does not inform the prior
 
 
@@ -94,19 +96,74 @@ def target_mask(table: pd.DataFrame, device: np.ndarray, name: str, catalog=None
     return mask
 
 
-def draw_points(frameworks: np.ndarray, k: int, seed: int, per_framework: bool = False):
+SAMPLINGS = ("stratified", "random", "per-framework")
+MIN_PER_FRAMEWORK = 2  # stratified draw: rows of every framework when K allows
+
+
+def _largest_remainder(k: int, sizes: np.ndarray, floor: int, rng) -> np.ndarray:
+    """``k`` draws over strata of ``sizes`` rows: up to ``floor`` each when ``k`` allows,
+    the rest in proportion to the rows left (Hamilton's method, ties broken by ``rng``)."""
+    alloc = np.minimum(sizes, floor if k >= floor * np.count_nonzero(sizes) else 0)
+    left, room = k - alloc.sum(), sizes - alloc
+    while left > 0 and room.sum() > 0:
+        quota = left * room / room.sum()
+        step = np.minimum(np.floor(quota).astype(int), room)
+        if step.sum() == 0:  # hand out single rows by largest remainder, random tie-break
+            order = np.lexsort((rng.random(len(sizes)), -(quota - step)))
+            step = np.zeros_like(sizes)
+            step[[i for i in order if room[i] > 0][:left]] = 1
+        alloc, left, room = alloc + step, left - step.sum(), room - step
+    return alloc
+
+
+def _strata(frameworks: np.ndarray, devices) -> list[list[np.ndarray]]:
+    """Per framework (sorted by name), the positions of its one-device rows and of its
+    multi-device rows (all one stratum when ``devices`` is None)."""
+    out = []
+    for fw in sorted(set(frameworks)):
+        rows = np.flatnonzero(frameworks == fw)
+        multi = np.zeros(len(rows), bool) if devices is None else np.asarray(devices)[rows] > 1
+        out.append([rows[~multi], rows[multi]])
+    return out
+
+
+def draw_points(frameworks: np.ndarray, k: int, seed: int, sampling: str = "stratified",
+                devices=None):
     """Positions (into ``frameworks``) of the calibration rows, and frameworks left unevaluated.
 
-    ``k`` of all rows without replacement (all of them when there are at most ``k``), or
-    with ``per_framework`` ``k`` of each framework's rows (sorted by name), where a
-    framework with at most ``k`` rows has nothing left to predict and is returned in
-    ``too_few``.
+    ``sampling``:
+
+    ``"stratified"`` (default)
+        ``k`` rows in all, drawn at random within strata: every framework gets
+        :data:`MIN_PER_FRAMEWORK` rows when ``k`` allows and the rest in proportion to its
+        rows; a framework's share is split the same way (in proportion, at least one each
+        when it allows) between its one-device and multi-device rows (``devices``).
+    ``"random"``
+        ``k`` of all rows, uniformly without replacement.
+    ``"per-framework"``
+        ``k`` of each framework's rows (more than ``k`` in all); a framework with at most
+        ``k`` rows has nothing left to predict and is returned in ``too_few``.
+
+    With at most ``k`` rows in all, ``"stratified"`` and ``"random"`` take them all and
+    return every framework in ``too_few`` (nothing to predict).
+    Deterministic given ``seed`` (``numpy.random.default_rng``).
     """
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling {sampling!r}: expected one of {', '.join(SAMPLINGS)}")
     rng = np.random.default_rng(seed)
-    if not per_framework:
-        if len(frameworks) <= k:
-            return np.arange(len(frameworks)), sorted(set(frameworks))
+    if sampling != "per-framework" and len(frameworks) <= k:
+        return np.arange(len(frameworks)), sorted(set(frameworks))
+    if sampling == "random":
         return np.sort(rng.choice(len(frameworks), k, replace=False)), []
+    if sampling == "stratified":
+        strata = _strata(frameworks, devices)
+        shares = _largest_remainder(k, np.array([sum(map(len, s)) for s in strata]), MIN_PER_FRAMEWORK, rng)
+        points = []
+        for parts, share in zip(strata, shares):
+            sizes = np.array([len(p) for p in parts])
+            for rows, n in zip(parts, _largest_remainder(share, sizes, 1, rng)):
+                points.append(rng.choice(rows, n, replace=False))
+        return np.sort(np.concatenate(points)), []
     points, too_few = [], []
     for fw in sorted(set(frameworks)):
         rows = np.flatnonzero(frameworks == fw)
@@ -138,7 +195,7 @@ def _errors(pred: np.ndarray, y: np.ndarray) -> dict:
 
 
 def leave_one_accelerator_out(table: pd.DataFrame, target: str, k: int, seed: int = 0, *,
-                              per_framework: bool = False, catalog=None, models=None,
+                              sampling: str = "stratified", catalog=None, models=None,
                               configs_dir=None) -> tuple[dict, pd.DataFrame]:
     """Calibrate accelerator ``target`` from ``k`` of its rows and predict the others.
 
@@ -150,9 +207,10 @@ def leave_one_accelerator_out(table: pd.DataFrame, target: str, k: int, seed: in
         ``hardware`` value or catalogue name/alias.
     k, seed : int
         Calibration rows of the target in all and the seed of their draw.
-    per_framework : bool
-        Opt-in: ``k`` rows of *each* framework instead (more than ``k`` target rows),
-        each framework calibrated alone.
+    sampling : {"stratified", "random", "per-framework"}
+        How the ``k`` rows are drawn (:func:`draw_points`); ``"per-framework"`` (opt-in)
+        draws ``k`` rows of *each* framework (more than ``k`` target rows) and
+        calibrates each framework alone.
     catalog, models, configs_dir
         Hardware catalogue, model catalogue and optional folder of ``config.json``.
 
@@ -160,10 +218,11 @@ def leave_one_accelerator_out(table: pd.DataFrame, target: str, k: int, seed: in
     -------
     report : dict
         ``target, points`` (K), ``points_used`` (target rows fitted on: K unless the
-        target has fewer modelled rows, or more with ``per_framework``),
+        target has fewer modelled rows, or more with ``"per-framework"``),
         ``rows_predicted, mape, median_ape`` (%), ``p90_ape``, ``skipped`` {reason:
         rows}, ``frameworks`` {name: errors and points}, ``training`` summary,
-        ``sampling`` (``"total"``/``"per-framework"``), ``seed``, ``device``.
+        ``sampling``, ``strata`` {"framework/1" or "framework/>1" devices: points},
+        ``seed``, ``device``.
     rows : pd.DataFrame
         The target's rows with ``role`` (``point``/``predicted``/``skipped``),
         ``predicted_s``, ``ape`` and ``skip_reason``.
@@ -178,7 +237,9 @@ def leave_one_accelerator_out(table: pd.DataFrame, target: str, k: int, seed: in
     prior, fits = training_prior(terms[train], y[train], table["hardware"].to_numpy()[train],
                                  table["framework"].to_numpy()[train])
     ok = np.flatnonzero(tmask & (skip.to_numpy() == ""))
-    pos, too_few = draw_points(table["framework"].to_numpy()[ok], k, seed, per_framework)
+    # strata by framework only: splitting by device count as well helped A100 but made
+    # single-framework targets (the unseen-accelerator case) less robust
+    pos, too_few = draw_points(table["framework"].to_numpy()[ok], k, seed, sampling)
     rows = table.loc[tmask, ["line", "hardware", "framework", "model", "num_devices", "input_tokens",
                              "output_tokens", "batch_size", "latency_s"]].copy()
     rows["role"], rows["predicted_s"], rows["ape"] = "skipped", np.nan, np.nan
@@ -187,7 +248,7 @@ def leave_one_accelerator_out(table: pd.DataFrame, target: str, k: int, seed: in
     for fw in too_few:
         rows.loc[(rows["framework"] == fw) & (rows["skip_reason"] == ""), "skip_reason"] = TOO_FEW
         rows.loc[rows["skip_reason"] == TOO_FEW, "role"] = "skipped"
-    thetas = _calibrate_frameworks(rows, terms, y, table.index, prior, per_framework)
+    thetas = _calibrate_frameworks(rows, terms, y, table.index, prior, sampling == "per-framework")
     per_fw = {}
     for fw, theta in thetas.items():
         rest = np.flatnonzero(table.index.isin(rows.index[(rows["framework"] == fw)
@@ -203,7 +264,7 @@ def leave_one_accelerator_out(table: pd.DataFrame, target: str, k: int, seed: in
                 "accelerators": sorted({a for a, _ in fits}),
                 "held_out_same_device_rows": int(same.sum()),
                 "skipped_rows": int((~tmask & ~same & ~train).sum())}
-    report = _report(target, rows, per_fw, training, k=k, seed=seed, per_framework=per_framework,
+    report = _report(target, rows, per_fw, training, k=k, seed=seed, sampling=sampling,
                      device=tdev[0] if len(tdev) == 1 else None)
     return report, rows
 
@@ -224,15 +285,17 @@ def _calibrate_frameworks(rows, terms, y, index, prior, per_framework) -> dict:
             for fw in frameworks}
 
 
-def _report(target, rows, per_fw, training, *, k, seed, per_framework, device) -> dict:
-    predicted = rows[rows["role"] == "predicted"]
+def _report(target, rows, per_fw, training, *, k, seed, sampling, device) -> dict:
+    predicted, points = rows[rows["role"] == "predicted"], rows[rows["role"] == "point"]
     skipped = rows.loc[rows["role"] == "skipped", "skip_reason"].value_counts()
     return {
         "target": target,
         "hardware": sorted(rows["hardware"].unique()),
         "device": device,
         "points": int(k),
-        "sampling": "per-framework" if per_framework else "total",
+        "sampling": sampling,
+        "strata": {f"{fw}/{'1' if n == 1 else '>1'}": int(c) for (fw, n), c in sorted(
+            points.groupby([points["framework"], points["num_devices"].clip(upper=2)]).size().items())},
         "seed": int(seed),
         "rows": int(len(rows)),
         "points_used": int((rows["role"] == "point").sum()),

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from calibrate import accelerator
 from calibrate import batch_model as bm
 from calibrate.accelerator import draw_points, leave_one_accelerator_out, resolve
 from calibrate.batch_physics import (
@@ -20,6 +21,7 @@ from calibrate.batch_physics import (
 )
 from traces.readers.llm_inference_bench import read_llm_inference_bench
 from validate.cli import main
+from validate.cmd_calibrate_accelerator import SAMPLINGS
 
 LLAMA2 = "meta-llama/Llama-2-7b-hf"
 THETA = bm.DEFAULT + np.array([0.0, 0.5, -0.3, 0.4, 0.2, 0.0, 0.6, -0.5, 0.3, 0.1, 0.2])
@@ -113,15 +115,34 @@ def test_prior_of_identical_accelerators_is_their_parameters():
     assert np.all(prior.mean_and_sd("sambaflow")[1] >= sd)  # unseen framework: no narrower
 
 
-def test_draw_is_k_rows_in_all_by_default_and_seeded():
+def test_draw_is_k_rows_in_all_and_seeded():
     fws = np.array(["vLLM"] * 30 + ["llama.cpp"] * 25 + ["TRT"] * 5)
-    a, too_few = draw_points(fws, 10, seed=7)
-    assert len(a) == 10 and len(set(a)) == 10 and too_few == []
-    assert np.array_equal(a, draw_points(fws, 10, seed=7)[0])
-    assert not np.array_equal(a, draw_points(fws, 10, seed=8)[0])
-    assert np.array_equal(draw_points(fws[:8], 10, seed=7)[0], np.arange(8))  # fewer rows than K
-    each, too_few = draw_points(fws, 10, seed=7, per_framework=True)  # opt-in
+    for sampling in ("stratified", "random"):
+        a, too_few = draw_points(fws, 10, seed=7, sampling=sampling)
+        assert len(a) == 10 and len(set(a)) == 10 and too_few == []
+        assert np.array_equal(a, draw_points(fws, 10, seed=7, sampling=sampling)[0])
+        assert not np.array_equal(a, draw_points(fws, 10, seed=8, sampling=sampling)[0])
+        assert np.array_equal(draw_points(fws[:8], 10, seed=7, sampling=sampling)[0], np.arange(8))
+    each, too_few = draw_points(fws, 10, seed=7, sampling="per-framework")  # opt-in
     assert too_few == ["TRT"] and (fws[each] == "vLLM").sum() == 10 and (fws[each] == "llama.cpp").sum() == 10
+    with pytest.raises(ValueError, match="stratified"):
+        draw_points(fws, 10, seed=7, sampling="total")
+    assert SAMPLINGS == accelerator.SAMPLINGS  # the command's choices are the draw's
+
+
+def test_stratified_draw_gives_every_framework_two_rows_then_shares_in_proportion():
+    fws = np.array(["vLLM"] * 60 + ["llama.cpp"] * 30 + ["TRT"] * 10)
+    devices = np.tile([1, 4], 50)  # half of every framework on one device
+    for seed in range(20):
+        pts, _ = draw_points(fws, 10, seed, devices=devices)
+        counts = {fw: int((fws[pts] == fw).sum()) for fw in ("vLLM", "llama.cpp", "TRT")}
+        # 2 each, then the other 4 as 4 x (58, 28, 8) / 94 = 2.5, 1.2, 0.3 -> 2 or 3, 1 or 2, 0 or 1
+        assert counts["vLLM"] in (4, 5) and counts["llama.cpp"] in (3, 4) and counts["TRT"] in (2, 3)
+        assert sum(counts.values()) == 10
+        for fw in ("vLLM", "llama.cpp", "TRT"):  # a one-device and a multi-device row each
+            assert set(devices[pts[fws[pts] == fw]]) == {1, 4}
+    few, _ = draw_points(fws, 2, seed=0)  # K below 2 per framework: in proportion only
+    assert len(few) == 2 and set(fws[few]) <= {"vLLM", "llama.cpp"}
 
 
 def _two_accelerators():
@@ -148,11 +169,16 @@ def test_default_fits_exactly_k_target_rows_of_all_frameworks_and_never_predicts
     table = pd.concat([table, table.assign(framework="TensorRT-LLM")], ignore_index=True)
     report, rows = leave_one_accelerator_out(table, "Nvidia H100 GPU", k=10, seed=4)
     points = rows[rows["role"] == "point"]
-    assert report["sampling"] == "total" and report["points"] == report["points_used"] == len(points) == 10
+    assert report["sampling"] == "stratified" and report["points"] == report["points_used"] == len(points) == 10
+    # 5 per framework (strata are frameworks; the device split is only reported)
+    by_fw: dict = {}
+    for key, n in report["strata"].items():
+        by_fw[key.split("/")[0]] = by_fw.get(key.split("/")[0], 0) + n
+    assert by_fw == {"TensorRT-LLM": 5, "vLLM": 5}
     assert report["rows_predicted"] == len(rows) - 10 == (rows["role"] == "predicted").sum()
     assert rows.loc[points.index, "predicted_s"].isna().all()
     assert set(report["frameworks"]) == {"vLLM", "TensorRT-LLM"} and report["median_ape"] < 10
-    each, _ = leave_one_accelerator_out(table, "Nvidia H100 GPU", k=10, seed=4, per_framework=True)
+    each, _ = leave_one_accelerator_out(table, "Nvidia H100 GPU", k=10, seed=4, sampling="per-framework")
     assert each["sampling"] == "per-framework" and each["points_used"] == 20 and each["points"] == 10
 
 
@@ -178,10 +204,13 @@ def test_command_writes_the_contract_keys(tmp_path):
     assert main(argv) == 0
     report = json.loads(out.read_text())
     assert {"target", "points", "rows_predicted", "mape", "median_ape", "skipped"} <= set(report)
-    assert report["points"] == report["points_used"] == 10 and report["sampling"] == "total"
+    assert report["points"] == report["points_used"] == 10 and report["sampling"] == "stratified"
     assert report["rows_predicted"] == 44 and report["skipped"] == {}
     first = out.read_bytes()
     assert main(argv) == 0 and out.read_bytes() == first  # same seed, same file
+    assert main([*argv, "--sampling", "random"]) == 0 and json.loads(out.read_text())["sampling"] == "random"
+    assert main([*argv, "--points-per-framework"]) == 0
+    assert json.loads(out.read_text())["sampling"] == "per-framework"
     assert main([*argv[:-2], "--json", str(tmp_path / "x.json"), "--target", "TPU v9"]) == 2
 
 

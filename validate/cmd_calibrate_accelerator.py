@@ -8,16 +8,20 @@ roofline, per-pass and per-sequence overheads, tensor-parallel all-reduces, KV-c
 capacity); K randomly drawn rows of NAME calibrate it; every other row of NAME is
 predicted and its batch latency compared with the measurement.
 
-Exactly K rows of NAME are drawn in all (seeded), whatever frameworks they come from; the
-frameworks are calibrated together, sharing the accelerator's deviation from the prior.
-``--points-per-framework`` (opt-in, not the K-rows contract) draws K rows of *each*
-framework instead and calibrates each alone; the JSON's ``sampling`` and
-``points_used`` say which was done and how many target rows were fitted on. Rows that cannot be modelled (no datasheet,
+Exactly K rows of NAME are drawn in all, at random (seeded) within strata
+(``--sampling stratified``, the default): every framework of NAME gets 2 rows when K
+allows and the rest of K in proportion to its rows, drawn at random within the
+framework. ``--sampling random`` draws K of all rows uniformly instead.  The frameworks are
+calibrated together, sharing the accelerator's deviation from the prior.
+``--sampling per-framework`` (or ``--points-per-framework``; opt-in, not the K-rows
+contract) draws K rows of *each* framework and calibrates each alone.  The JSON's
+``sampling``, ``strata`` (points by framework and one/multi-device) and ``points_used`` say what was
+drawn and how many target rows were fitted on. Rows that cannot be modelled (no datasheet,
 unknown model, more tokens than the model's context, a latency below the datasheet
 bound) are counted by reason under "skipped", never guessed.
 
 The JSON holds ``target, points, rows_predicted, mape, median_ape`` (percent), plus
-``points_used``, ``p90_ape``, ``skipped`` {reason: rows}, ``frameworks`` {name: points, rows_predicted,
+``points_used``, ``sampling``, ``strata``, ``p90_ape``, ``skipped`` {reason: rows}, ``frameworks`` {name: points, rows_predicted,
 mape, median_ape, p90_ape}, ``training`` and the sampling settings. Same inputs and
 seed give the same file.
 
@@ -34,6 +38,7 @@ import argparse
 import time
 from pathlib import Path
 
+SAMPLINGS = ("stratified", "random", "per-framework")  # calibrate.accelerator.SAMPLINGS
 HELP = "calibrate a new accelerator from K benchmark rows and predict the rest"
 
 
@@ -53,9 +58,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="calibration rows of NAME drawn at random, in all (see --points-per-framework)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
     p.add_argument("--json", required=True, type=Path, metavar="FILE", help="where to write the report")
-    p.add_argument("--points-per-framework", action="store_true",
-                   help="opt-in: draw K rows of each framework of NAME (more than K in all) and "
-                        "calibrate each framework alone")
+    p.add_argument("--sampling", choices=SAMPLINGS, default="stratified",
+                   help="how the K rows are drawn: stratified (default: random within each "
+                        "framework, >= 2 rows per framework when K allows, the rest in "
+                        "proportion), random (uniform over all rows), per-framework (opt-in: K rows of "
+                        "each framework, more than K in all, each framework calibrated alone)")
+    p.add_argument("--points-per-framework", action="store_const", dest="sampling",
+                   const="per-framework", help="same as --sampling per-framework")
     p.add_argument("--models", type=Path, metavar="DIR",
                    help="folder of Hugging Face config.json files (<org>--<name>_config.json) for models the catalogue lacks")
     p.add_argument("--rows", type=Path, metavar="FILE", help="also write the target's rows with predictions (CSV)")
@@ -98,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                       ignore_index=True)
     try:
         report, rows = leave_one_accelerator_out(table, args.target, args.points, args.seed,
-                                                 per_framework=args.points_per_framework,
+                                                 sampling=args.sampling,
                                                  configs_dir=args.models)
     except ValueError as exc:
         raise TraceError(args.bench[0], str(exc)) from exc
