@@ -198,3 +198,22 @@ def test_ingest_reads_a_kernel_database_folder(shared_data, tmp_path):
     ops = res.rows_per_operator()
     assert ops["gemm"] == len(pd.read_parquet(d / "gemm/vllm/0.19.0/gemm_perf.parquet"))  # newest table
     assert set(res.table.column("hardware").to_pylist()) == {"h100_sxm"}
+
+
+def test_kernel_db_prefers_the_serving_engine_and_its_nearest_version(tmp_path):
+    from traces.readers.aiconfigurator import read_kernel_db
+
+    def gemm(path, latency):
+        path.mkdir(parents=True)
+        pd.DataFrame({"gemm_dtype": ["bfloat16"], "m": [8], "n": [64], "k": [64],
+                      "latency": [latency]}).to_parquet(path / "gemm_perf.parquet")
+
+    root = tmp_path / "sys"
+    gemm(root / "gemm/vllm/0.14.0", 1.0)
+    gemm(root / "gemm/vllm/0.19.0", 2.0)
+    gemm(root / "gemm/trtllm/1.0.0", 3.0)
+    lat = lambda **kw: read_kernel_db(root, **kw).column("latency_s").to_pylist()  # noqa: E731
+    assert lat(version="0.12.0", framework="vllm") == [1e-3]
+    assert lat(framework="vllm") == [2e-3]  # newest of the engine's own tables
+    assert lat(version="1.0.0", framework="trtllm") == [3e-3]
+    assert lat(framework="sglang") == [3e-3]  # engine not measured: newest of any

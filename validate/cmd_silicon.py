@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     if versions is not None and (versions != "").any():
         version = versions[versions != ""].mode().iloc[0]
     sheet, sheet_source = _datasheet(args.kernels, args.system)
-    profile = read_kernel_db(args.kernels, version=version, hardware=args.system)
+    profile = read_kernel_db(args.kernels, version=version, hardware=args.system, framework=args.backend)
     kernels = KernelSet(profile, sheet)
     df, summary = predict_silicon(rows, kernels, args.models, args.requests_per_user,
                                   progress=lambda it, total: tqdm(it, total=total, desc="rows", file=sys.stderr,

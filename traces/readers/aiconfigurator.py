@@ -151,7 +151,8 @@ def _rows(stem: str, df: pd.DataFrame, hardware: str, framework: str, version: s
     return {k: (v.tolist() if isinstance(v, (pd.Series, np.ndarray)) else v) for k, v in cols.items()}
 
 
-def read_kernel_db(system_dir, version: str | None = None, hardware: str | None = None) -> pa.Table:
+def read_kernel_db(system_dir, version: str | None = None, hardware: str | None = None,
+                   framework: str | None = None) -> pa.Table:
     """All kernel tables of one system as an ``operator_profile`` table.
 
     Parameters
@@ -164,19 +165,26 @@ def read_kernel_db(system_dir, version: str | None = None, hardware: str | None 
         0.19.0 exist). Default: the newest of each table.
     hardware : str, optional
         Name written into the ``hardware`` column (default: the folder name).
+    framework : str, optional
+        Serving engine to prefer (``vllm``): its tables are used where measured, so
+        versions of different engines are never compared. Collectives measured with
+        NCCL itself are used as they are.
     """
     root = Path(system_dir)
     hardware = hardware or root.name
     parts = []
     for stem, choices in available(root).items():
-        framework, ver, path = pick_version(choices, version)
+        if framework is not None:
+            same = [c for c in choices if c[0].lower() == framework.lower()]
+            choices = same or choices
+        fw, ver, path = pick_version(choices, version)
         df = _read(path, TABLES[stem][1])
         if stem.endswith("attention_perf") and "window_size" in df.columns:
             df = df[df["window_size"].fillna(0).astype(int) == 0]
         if not len(df):
             continue
         parts.append(from_columns(OPERATOR_PROFILE, _rows(stem, df.reset_index(drop=True), hardware,
-                                                           framework, ver, path)))
+                                                           fw, ver, path)))
     table = pa.concat_tables(parts)
     meta = dict(table.schema.metadata or {})
     meta[b"mist.kernel_db"] = str(root).encode()
