@@ -204,7 +204,6 @@ class KernelSet:
         df = self.profile.to_pandas()
         self._frames = {op: g for op, g in df.groupby("operator")}
         self._grids: dict = {}
-        self._gemm_eff: dict = {}
 
     # -- helpers -------------------------------------------------------------
     def _count(self, family: str, src) -> None:
@@ -244,13 +243,31 @@ class KernelSet:
         self._count("gemm", src)
         return t
 
+    def gemm_efficiency(self) -> float:
+        """Fraction of the datasheet peak the device's measured large GEMMs reach
+        (median over measured compute-bound shapes, m, n, k >= 4096; 0.7 with none)."""
+        if not hasattr(self, "_gemm_efficiency"):
+            eff = []
+            frame = self._frames.get("gemm")
+            if frame is not None:
+                big = frame[(frame["m"] >= 4096) & (frame["n"] >= 4096) & (frame["k"] >= 4096)]
+                for dtype, part in big.groupby("dtype"):
+                    peak = self.sheet.peak_flops.get(_base_dtype(dtype))
+                    if peak:
+                        achieved = 2.0 * part["m"] * part["n"] * part["k"] / part["latency_s"]
+                        eff.append(np.clip(achieved / peak, 0.05, 1.0))
+            self._gemm_efficiency = float(np.median(np.concatenate(eff))) if eff else 0.7
+        return self._gemm_efficiency
+
     def _gemm_roofline(self, m, n, k, dtype) -> np.ndarray:
+        """A GEMM the database did not measure: datasheet peak of its dtype times the
+        efficiency the device's measured GEMMs reach, or memory time if longer."""
         base = _base_dtype(dtype)
         peak = self.sheet.peak_flops.get(base) or self.sheet.peak_flops["bfloat16"]
-        width = 1.0 if base == "fp8" else 2.0
+        width = {"fp8": 1.0, "fp4": 0.5, "int8": 1.0}.get(base, 2.0)
         flops = 2.0 * m * n * k
         nbytes = width * (m * k + k * n) + 2.0 * m * n
-        return np.maximum(flops / (peak * 0.7), self.sheet.memory_s(nbytes))
+        return np.maximum(flops / (peak * self.gemm_efficiency()), self.sheet.memory_s(nbytes))
 
     # -- attention -------------------------------------------------------------
     def _attention(self, op: str, feature: str, b, length, heads: int, kv_heads: int, head_dim: int,

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from calibrate.kernels import Datasheet, KernelSet, LogGrid
@@ -217,3 +218,17 @@ def test_kernel_db_prefers_the_serving_engine_and_its_nearest_version(tmp_path):
     assert lat(framework="vllm") == [2e-3]  # newest of the engine's own tables
     assert lat(version="1.0.0", framework="trtllm") == [3e-3]
     assert lat(framework="sglang") == [3e-3]  # engine not measured: newest of any
+
+
+def test_gemm_roofline_uses_the_efficiency_of_measured_gemms():
+    # one measured compute-bound bf16 GEMM at half the datasheet peak
+    sheet = Datasheet(name="toy", mem_bw_bytes_s=1e12, peak_flops={"bfloat16": 1e15, "fp8": 2e15})
+    shape = 8192.0
+    flops = 2 * shape**3
+    prof = pa.table({"operator": ["gemm"], "dtype": ["bfloat16"], "m": [8192], "n": [8192], "k": [8192],
+                     "latency_s": [flops / 0.5e15]})
+    ks = KernelSet(prof, sheet)
+    assert ks.gemm_efficiency() == pytest.approx(0.5)
+    t = ks.gemm([16384.0], 16384, 16384, "fp8")[0]  # fp8 not measured: its peak x 0.5
+    assert t == pytest.approx(2 * 16384.0**3 / (2e15 * 0.5))
+    assert ks.tally()["gemm"] == {"roofline": 1}
