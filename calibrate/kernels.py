@@ -275,15 +275,16 @@ class KernelSet:
         b = np.atleast_1d(np.asarray(b, dtype=float))
         length = np.broadcast_to(np.asarray(length, dtype=float), b.shape)
         frame = self._frames.get(op)
-        if frame is None:
-            raise KeyError(f"kernel database has no {op} measurements")
-        frame = frame[frame["head_dim"] == head_dim]
-        if kv_dtype in set(frame["dtype"]):
-            frame = frame[frame["dtype"] == kv_dtype]
-        else:
-            frame = frame[frame["dtype"] == frame["dtype"].iloc[0]] if len(frame) else frame
-        if not len(frame):
-            raise KeyError(f"kernel database has no {op} measurements with head_dim {head_dim}")
+        if frame is not None:
+            frame = frame[frame["head_dim"] == head_dim]
+            if kv_dtype in set(frame["dtype"]):
+                frame = frame[frame["dtype"] == kv_dtype]
+            elif len(frame):
+                frame = frame[frame["dtype"] == frame["dtype"].iloc[0]]
+        if frame is None or not len(frame):  # nothing measured for this head size
+            t = self._attention_roofline(op, b, length, heads, kv_heads, head_dim)
+            self._count(op, np.full(len(t), "roofline"))
+            return t
         layouts = frame[["num_heads", "num_kv_heads"]].drop_duplicates().to_numpy()
         exact = any((h == heads and kh == kv_heads) for h, kh in layouts)
         if exact:
@@ -302,6 +303,15 @@ class KernelSet:
             src = np.full(len(t), "scaled")
         self._count(op, src)
         return t * scale
+
+    def _attention_roofline(self, op: str, b, length, heads, kv_heads, head_dim) -> np.ndarray:
+        """Attention no table measured: causal score and value FLOPs for prefill, KV
+        bytes read for decode, at the device's GEMM efficiency / memory bandwidth."""
+        if op == "context_attention":
+            flops = 2.0 * b * length * length * heads * head_dim  # QK^T and PV, causal half
+            peak = self.sheet.peak_flops["bfloat16"] * self.gemm_efficiency()
+            return self.sheet.mem_latency_s + flops / peak
+        return self.sheet.memory_s(b * length * kv_heads * head_dim * 2 * 2)
 
     def context_attention(self, b, isl, heads, kv_heads, head_dim, kv_dtype="bfloat16") -> np.ndarray:
         """Prefill attention (s) of ``b`` prompts of ``isl`` tokens each, no cached prefix."""

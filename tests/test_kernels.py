@@ -232,3 +232,13 @@ def test_gemm_roofline_uses_the_efficiency_of_measured_gemms():
     t = ks.gemm([16384.0], 16384, 16384, "fp8")[0]  # fp8 not measured: its peak x 0.5
     assert t == pytest.approx(2 * 16384.0**3 / (2e15 * 0.5))
     assert ks.tally()["gemm"] == {"roofline": 1}
+
+
+def test_attention_without_measurements_falls_back_to_roofline_and_says_so():
+    sheet = Datasheet(name="toy", mem_bw_bytes_s=1e12, peak_flops={"bfloat16": 1e15}, mem_efficiency=1.0,
+                      mem_latency_s=0.0)
+    ks = KernelSet(pa.table({"operator": ["gemm"], "dtype": ["bfloat16"], "m": [1], "n": [1], "k": [1],
+                             "latency_s": [1e-6]}), sheet)
+    t = ks.generation_attention([4.0], [1000.0], 8, 2, 128)[0]
+    assert t == pytest.approx(4 * 1000 * 2 * 128 * 2 * 2 / 1e12)  # K and V, bf16
+    assert ks.tally()["generation_attention"] == {"roofline": 1}
