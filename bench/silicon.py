@@ -46,13 +46,21 @@ def main() -> int:
             subprocess.run([sys.executable, "-m", "validate.cli", "silicon", "--silicon", str(SILICON),
                             "--kernels", str(folder), "--models", str(SHARED / "models"),
                             "--system", folder.name, "--backend", args.backend, "--arrivals", args.arrivals,
-                            "--json", str(out)], check=True, stdout=subprocess.DEVNULL)
+                            "--json", str(out), "--out", tmp], check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
             wall = time.perf_counter() - t0
             s = json.loads(out.read_text())
+            rows = pd.read_csv(Path(tmp) / "predictions.csv")
         r, a, b = s["rows"], s["ttft"], s["tpot"]
         print(f"{folder.name:10s} {r['total']:5d} {r['predicted']:5d} {a['mape']:9.1f} {a['median_ape']:6.1f} "
               f"{a['bias']:+7.1f} {b['mape']:9.1f} {b['median_ape']:6.1f} {b['bias']:+7.1f} {wall:7.1f}")
         print(f"  skipped: {r['skipped']}")
+        for model, g in rows[rows["pred_ttft_ms"].notna()].groupby("model"):
+            parts = []
+            for metric in ("ttft", "tpot"):
+                ape = (g[f"pred_{metric}_ms"] / g[f"{metric}_ms"] - 1).abs() * 100
+                parts.append(f"{metric.upper()} MAPE {ape.mean():.1f} / median {ape.median():.1f}")
+            print(f"  {model} ({len(g)} rows): " + "; ".join(parts))
         print(f"  kernel sources: {s['kernel_sources']}")
     return 0
 
