@@ -29,6 +29,7 @@ import pandas as pd
 
 from calibrate.batch_model import calibrate, calibrate_joint, fit_group, learn_prior, predict
 from calibrate.batch_physics import TERMS, batch_terms
+from calibrate.calibration import ape_summary
 from profiles.hardware import get_hardware, load_catalog
 from profiles.model_catalog import load_model_catalog, resolve_model
 
@@ -186,12 +187,8 @@ def training_prior(terms: np.ndarray, y: np.ndarray, accelerators, frameworks):
 
 
 def _errors(pred: np.ndarray, y: np.ndarray) -> dict:
-    ape = np.abs(pred / y - 1) * 100
-    if not len(ape):
-        return {"rows_predicted": 0, "mape": None, "median_ape": None, "p90_ape": None}
-    return {"rows_predicted": int(len(ape)), "mape": round(float(ape.mean()), 3),
-            "median_ape": round(float(np.median(ape)), 3),
-            "p90_ape": round(float(np.percentile(ape, 90)), 3)}
+    stats = ape_summary(pred, y, digits=3)
+    return {"rows_predicted": int(len(pred)), **{k: stats[k] for k in ("mape", "median_ape", "p90_ape")}}
 
 
 def leave_one_accelerator_out(table: pd.DataFrame, target: str, k: int, seed: int = 0, *,

@@ -48,6 +48,20 @@ def fit_operators(profile: pa.Table, tp: int) -> dict[str, LatencyModel]:
     return {op: LatencyModel().fit(*_xy(op, g)) for op, g in operator_frames(profile, tp).items()}
 
 
+def ape_summary(pred, meas, digits: int | None = None) -> dict:
+    """Percentage errors of ``pred`` against ``meas``: ``mape``, ``median_ape``, ``p90_ape``
+    and ``bias`` (mean signed error), in percent; None each when there is nothing to
+    compare. ``digits`` rounds them."""
+    pred, meas = np.asarray(pred, dtype=float), np.asarray(meas, dtype=float)
+    if not len(pred):
+        return dict.fromkeys((*_CV_KEYS, "bias"))
+    err = (pred - meas) / meas * 100
+    ape = np.abs(err)
+    out = {"mape": float(ape.mean()), "median_ape": float(np.median(ape)),
+           "p90_ape": float(np.percentile(ape, 90)), "bias": float(err.mean())}
+    return {k: round(v, digits) for k, v in out.items()} if digits is not None else out
+
+
 def cv_errors(X: np.ndarray, y: np.ndarray, k: int = 5, seed: int = 0) -> dict[str, float]:
     """K-fold cross-validated absolute percentage errors (%) of one operator's model.
 
@@ -69,12 +83,11 @@ def cv_errors(X: np.ndarray, y: np.ndarray, k: int = 5, seed: int = 0) -> dict[s
     """
     if len(y) < 2 * k:
         return dict.fromkeys(_CV_KEYS, float("nan"))
-    ape = np.empty(len(y))
+    pred = np.empty(len(y))
     for train, test in KFold(k, shuffle=True, random_state=seed).split(X):
-        pred = LatencyModel().fit(X[train], y[train]).predict(X[test])
-        ape[test] = np.abs(pred - y[test]) / y[test] * 100
-    return {"mape": float(ape.mean()), "median_ape": float(np.median(ape)),
-            "p90_ape": float(np.percentile(ape, 90))}
+        pred[test] = LatencyModel().fit(X[train], y[train]).predict(X[test])
+    stats = ape_summary(pred, y)
+    return {key: stats[key] for key in _CV_KEYS}
 
 
 def cross_validate(profile: pa.Table, tp: int, k: int = 5, seed: int = 0) -> pd.DataFrame:

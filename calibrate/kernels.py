@@ -31,6 +31,8 @@ import pandas as pd
 import pyarrow as pa
 from scipy.interpolate import RegularGridInterpolator
 
+from calibrate.calibration import ape_summary
+
 SOURCES = ("measured", "filled", "extrapolated", "scaled", "roofline")
 # Local power-law exponents allowed when filling holes: kernel time never falls
 # with size, and grows at most quadratically along one axis (causal attention).
@@ -381,7 +383,7 @@ def cross_validate_kernels(profile: pa.Table, k: int = 5, seed: int = 0, max_row
         if not len(sub):
             continue
         for dtype, part in sub.groupby("dtype" if op != "custom_all_reduce" else "engine"):
-            apes = []
+            preds, meas = [], []
             for _, group in part.groupby(keys[op]):
                 if len(group) < 2 * k:
                     continue
@@ -392,12 +394,12 @@ def cross_validate_kernels(profile: pa.Table, k: int = 5, seed: int = 0, max_row
                     train, test = fold != f, fold == f
                     if train.sum() < 2 or not test.any():
                         continue
-                    pred, _ = LogGrid(X[train], y[train]).predict(X[test])
-                    apes.append(np.abs(pred - y[test]) / y[test] * 100)
-                if sum(len(a) for a in apes) > max_rows:
+                    preds.append(LogGrid(X[train], y[train]).predict(X[test])[0])
+                    meas.append(y[test])
+                if sum(map(len, meas)) > max_rows:
                     break
-            if apes:
-                a = np.concatenate(apes)
-                rows.append({"kernel": op, "variant": dtype, "held_out": len(a), "mape": float(a.mean()),
-                             "median_ape": float(np.median(a)), "p90_ape": float(np.percentile(a, 90))})
+            if meas:
+                stats = ape_summary(np.concatenate(preds), np.concatenate(meas))
+                rows.append({"kernel": op, "variant": dtype, "held_out": sum(map(len, meas)),
+                             **{k: stats[k] for k in ("mape", "median_ape", "p90_ape")}})
     return pd.DataFrame(rows)

@@ -40,7 +40,7 @@ class ClosedLoop(Replay):
         return Request(index, f"u{user}-{index}", t, self.isl, self.osl)
 
     def _on_step_end(self, now: float, group):
-        finished = [req for rep in group.members for req, k in rep.current.sampled if k == req.output_len]
+        finished = [req for rep in group.members for req in rep.current.last]
         events = super()._on_step_end(now, group)
         for req in finished:
             user = self.user_of[req.index]

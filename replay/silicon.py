@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from calibrate.calibration import fit_operators
+from calibrate.calibration import ape_summary, fit_operators
 from calibrate.kernels import Datasheet, KernelSet
 from profiles.model import ModelConfig, load_model_config
 from replay.build import NON_KV_RESERVE_BYTES, build_step_cost
@@ -181,16 +181,6 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
     return Prediction(s.ttft_s * 1e3, s.tpot_s * 1e3, s.requests, s.measured, s.preemptions, cfg.num_gpu_blocks)
 
 
-def ape_summary(pred: np.ndarray, meas: np.ndarray) -> dict:
-    """``{mape, median_ape, p90_ape, bias}`` in percent (bias: mean signed error)."""
-    if not len(pred):
-        return {"mape": None, "median_ape": None, "p90_ape": None, "bias": None}
-    err = (pred - meas) / meas * 100
-    ape = np.abs(err)
-    return {"mape": round(float(ape.mean()), 3), "median_ape": round(float(np.median(ape)), 3),
-            "p90_ape": round(float(np.percentile(ape, 90)), 3), "bias": round(float(err.mean()), 3)}
-
-
 def predict_silicon(rows: pd.DataFrame, kernels: KernelSet, models_dir, requests_per_user: int = 4,
                     progress=None, arrivals: str = "staggered",
                     exclude_warmup: bool = True) -> tuple[pd.DataFrame, dict]:
@@ -225,6 +215,6 @@ def predict_silicon(rows: pd.DataFrame, kernels: KernelSet, models_dir, requests
     ok = df[df["pred_ttft_ms"].notna()]
     summary = {"rows": {"total": len(rows), "predicted": len(ok), "skipped": dict(sorted(skipped.items()))}}
     for metric in ("ttft", "tpot"):
-        summary[metric] = ape_summary(ok[f"pred_{metric}_ms"].to_numpy(float), ok[f"{metric}_ms"].to_numpy(float))
+        summary[metric] = ape_summary(ok[f"pred_{metric}_ms"], ok[f"{metric}_ms"], digits=3)
     return df, summary
 
