@@ -62,7 +62,51 @@ def main() -> int:
                 parts.append(f"{metric.upper()} MAPE {ape.mean():.1f} / median {ape.median():.1f}")
             print(f"  {model} ({len(g)} rows): " + "; ".join(parts))
         print(f"  kernel sources: {s['kernel_sources']}")
+        decomposition(rows[rows["pred_ttft_ms"].notna()])
     return 0
+
+
+def decomposition(rows) -> None:
+    """Split TPOT into a decode step and the stall other users' prefills cause.
+
+    In a closed loop of C users a request's TPOT is about ``d + (C - 1) S / (OSL - 1)``:
+    ``d`` the pure decode step, ``S`` the extra time of a step that carries one
+    prefill (each of the other C - 1 users prefills about once per request
+    lifetime). Two rows that differ only in OSL give both, for the measurement and
+    for the prediction alike; their ratios say which part of a step the kernels
+    miss. (Pairs where preemption or a full KV cache changes the loop are noise.)
+    """
+    import numpy as np
+
+    out = []
+    keys = ["model", "tp", "concurrency", "isl"]
+    for key, g in rows.groupby(keys):
+        g = g.sort_values("osl")
+        if len(g) < 2:
+            continue
+        lo, hi = g.iloc[0], g.iloc[-1]
+        if lo["osl"] == hi["osl"]:
+            continue
+        c = key[2] - 1
+        x = c / (lo["osl"] - 1) - c / (hi["osl"] - 1)
+        rec = dict(zip(keys, key))
+        for name, col in (("meas", "tpot_ms"), ("sim", "pred_tpot_ms")):
+            stall = (lo[col] - hi[col]) / x
+            rec[f"{name}_S"], rec[f"{name}_d"] = stall, hi[col] - c * stall / (hi["osl"] - 1)
+        out.append(rec)
+    if not out:
+        return
+    import pandas as pd
+
+    df = pd.DataFrame(out)
+    df = df[(df["meas_S"] > 0) & (df["sim_S"] > 0)]
+    print("  TPOT decomposition from OSL pairs (sim / measured, median over pairs; d = decode step,"
+          " S = stall per prefill; d gap in ms by concurrency):")
+    for model, g in df.groupby("model"):
+        gap = g.assign(gap=g["meas_d"] - g["sim_d"]).groupby("concurrency")["gap"].median()
+        print(f"    {model} ({len(g)} pairs): d {np.median(g['sim_d'] / g['meas_d']):.2f}, "
+              f"S {np.median(g['sim_S'] / g['meas_S']):.2f}; d gap "
+              + ", ".join(f"C{int(k)} {v:+.1f}" for k, v in gap.items()))
 
 
 if __name__ == "__main__":

@@ -78,9 +78,12 @@ def moe_table(moe: LatencyModel, model: ModelConfig, cfg: EngineConfig, link_bw_
     ``E / e`` experts, of which ``(E / e) * (1 - (1 - k/E) ** (T * dp))`` are hit; the
     profile's ``moe(tokens, activated_experts)`` is looked up at the same pairs per
     expert (``tokens = T * dp / e``). Dispatch and combine follow vLLM's default
-    expert-parallel exchange (all-gather of the ranks' hidden states, then
-    reduce-scatter of the outputs): each moves the ``(e - 1)`` other ranks' ``T``
-    hidden vectors through this rank's link.
+    expert-parallel exchange across data-parallel ranks (all-gather of the ranks'
+    hidden states, then reduce-scatter of the outputs): each moves the ``(dp - 1)``
+    other DP ranks' ``T`` hidden vectors through this rank's link. Within one DP
+    rank the TP ranks already hold every token, so expert parallelism over TP alone
+    (``dp = 1``) needs no exchange: the layer's TP all-reduce combines the experts'
+    outputs.
     """
     E, k = model.num_experts, max(model.num_experts_per_tok, 1)
     e = expert_parallel(cfg)
@@ -88,8 +91,9 @@ def moe_table(moe: LatencyModel, model: ModelConfig, cfg: EngineConfig, link_bw_
     total = T * (cfg.data_parallel if cfg.expert_parallel else 1)
     hit = (E / e) * (1.0 - (1.0 - k / E) ** total)
     out = moe.predict(np.column_stack([total / e, np.maximum(hit, 1.0)]))
-    if e > 1:
-        moved = T * model.hidden_size * dtype_bytes(model.torch_dtype) * (e - 1)
+    dp = cfg.data_parallel if cfg.expert_parallel else 1
+    if dp > 1:
+        moved = T * model.hidden_size * dtype_bytes(model.torch_dtype) * (dp - 1)
         out += 2 * (link_latency_s + moved / link_bw_bytes_s)
     out[0] = 0.0
     return out

@@ -21,6 +21,12 @@ lm_head                   GEMM m=S, n=vocab / tp, k=hidden (unquantised)
 attention                 prefill chunk: context attention of the chunk over its prefix;
                           decodes: generation attention (batch, mean KV length)
 TP all-reduce (x2/layer)  measured custom / NCCL all-reduce of T x hidden x 2 bytes
+moe (MoE layers)          router GEMM m=T, n=E, k=hidden (bf16); per GEMM of the experts
+                          (gate/up n=2 I_e, k=hidden; down n=hidden, k=I_e) the fused
+                          kernel's time max(one GEMM over all P token-expert pairs, the
+                          weights of the h experts hit streamed at the memory roofline);
+                          activation, top-k and token permutation as memory-bound kernels;
+                          shared experts as plain TP-sharded GEMMs
 ========================  ===================================================================
 
 ``T`` tokens and ``S`` sequences in the step; ``H``/``KV`` query/KV heads of size
@@ -28,6 +34,16 @@ TP all-reduce (x2/layer)  measured custom / NCCL all-reduce of T x hidden x 2 by
 costs the full causal attention of ``p + c`` tokens times the share of its
 score matrix the chunk owns, ``c (2p + c) / (p + c)^2``, and at least the
 attention of the chunk alone.
+
+MoE layers are tabled like a bundle's ``moe.csv``: by ``tokens`` (the step's tokens
+over the expert-parallel degree ``ep``, so ``P = tokens x top-k`` pairs reach a
+rank) and ``activated_experts`` (``h`` of the rank's ``E / ep`` experts hit);
+:func:`replay.build.moe_table` picks the expected ``h``. Without expert
+parallelism every rank holds every expert at width ``I_e = I / tp``; with it
+(``ep = tp``) a rank holds ``E / tp`` whole experts. The fused-MoE kernel is one
+launch over all experts, so its time is bounded below both by streaming the hit
+experts' weights and by one GEMM's compute over all pairs; no MoE kernel was
+measured in the databases, so these rows count as GEMM and roofline queries.
 """
 
 from __future__ import annotations
@@ -36,7 +52,7 @@ import numpy as np
 import pyarrow as pa
 
 from calibrate.kernels import KernelSet
-from profiles.model import ModelConfig
+from profiles.model import ModelConfig, dtype_bytes
 from traces.schema import OPERATOR_PROFILE, from_columns
 
 ACT_BYTES = 2  # activations are bf16/fp16 in every deployment modelled here
@@ -80,35 +96,85 @@ def decode_attention(ks: KernelSet, n, kv, shape: tuple, kv_dtype: str) -> np.nd
     return np.where(n > 0, t, 0.0)
 
 
+def weight_bytes_per_element(gemm_dtype: str) -> float:
+    """Bytes of one weight element of a GEMM dtype (``fp8_block`` is fp8 with scales)."""
+    return 1.0 if gemm_dtype.startswith("fp8") else dtype_bytes(gemm_dtype)
+
+
+def moe_layer(ks: KernelSet, model: ModelConfig, tp: int, ep: int, gemm_dtype: str,
+              tokens, hit) -> np.ndarray:
+    """One MoE layer's time (s) on one rank: ``tokens`` (per EP rank) and ``hit`` experts.
+
+    ``ep`` is 1 (experts TP-sharded) or ``tp`` (experts spread whole over the TP ranks).
+    """
+    tokens, hit = np.broadcast_arrays(np.asarray(tokens, dtype=float), np.asarray(hit, dtype=float))
+    shape = tokens.shape
+    t, h = tokens.ravel(), hit.ravel()
+    hid, k_top, E = model.hidden_size, max(model.num_experts_per_tok, 1), model.num_experts
+    width = model.moe_intermediate_size // (1 if ep > 1 else tp)
+    step_tokens = t * ep  # every TP rank sees the whole step's tokens
+    pairs = np.maximum(t * k_top, 1.0)
+    w = weight_bytes_per_element(gemm_dtype)
+    a = ACT_BYTES
+    out = ks.gemm(np.maximum(step_tokens, 1.0), E, hid, "bfloat16")  # router, unquantised
+    out = out + ks.elementwise(step_tokens * E * 4 * 2)  # scores, top-k
+    for n, k in ((2 * width if model.mlp_matrices == 3 else width, hid), (hid, width)):
+        compute = ks.gemm(pairs, n, k, gemm_dtype)
+        stream = ks.elementwise(np.maximum(h, 1.0) * n * k * w + pairs * (n + k) * a)
+        out = out + np.maximum(compute, stream)
+    out = out + ks.elementwise(pairs * 3 * width * a)  # activation
+    out = out + ks.elementwise(pairs * hid * a + step_tokens * hid * a)  # weighted sum over top-k
+    shared = model.shared_expert_intermediate_size // tp
+    if shared:
+        m = np.maximum(step_tokens, 1.0)
+        out = out + ks.gemm(m, 2 * shared, hid, gemm_dtype) + ks.gemm(m, hid, shared, gemm_dtype)
+        out = out + ks.elementwise(m * 3 * shared * a)
+    return np.where(t > 0, out, 0.0).reshape(shape)
+
+
 def kernel_operator_profile(ks: KernelSet, model: ModelConfig, tp: int, gemm_dtype: str = "bfloat16",
                             kv_dtype: str = "bfloat16", budget: int = 8192, max_seqs: int = 256,
-                            max_len: int = 32768) -> pa.Table:
-    """Per-layer operator rows (``operator_profile``, degree ``tp``) composed from kernels."""
-    if model.is_moe():
-        raise ValueError(f"{model.name}: mixture-of-experts layers are not composed from kernels yet")
+                            max_len: int = 32768, expert_parallel: int = 1) -> pa.Table:
+    """Per-layer operator rows (``operator_profile``, degree ``tp``) composed from kernels.
+
+    ``expert_parallel``: 1, or ``tp`` when a MoE model's experts are spread over the
+    TP ranks (vLLM ``enable_expert_parallel`` without data parallelism).
+    """
+    if expert_parallel not in (1, tp):
+        raise ValueError(f"expert_parallel must be 1 or tp={tp}, not {expert_parallel}")
     if model.kv_lora_rank:
         raise ValueError(f"{model.name}: multi-head latent attention is not composed from kernels yet")
     H, KV, d, hid = model.num_heads, model.num_kv_heads, model.head_dim, model.hidden_size
     h_tp, kv_tp, i_tp = H // tp, max(1, KV // tp), model.intermediate_size // tp
     T = token_grid(budget)
-    rows: dict[str, list] = {"operator": [], "tokens": [], "sequences": [], "prefill_chunk": [],
-                             "kv_prefill": [], "n_decode": [], "kv_decode": [], "latency_s": []}
+    features = ("tokens", "sequences", "prefill_chunk", "kv_prefill", "n_decode", "kv_decode",
+                "activated_experts")
+    rows: dict[str, list] = {"operator": [], "latency_s": [], **{key: [] for key in features}}
 
     def add(op, lat, **feats):
-        n = len(lat)
+        n = int(np.size(lat))
         rows["operator"] += [op] * n
-        rows["latency_s"] += [float(x) for x in lat]
-        for key in ("tokens", "sequences", "prefill_chunk", "kv_prefill", "n_decode", "kv_decode"):
+        rows["latency_s"] += [float(x) for x in np.ravel(lat)]
+        for key in features:
             vals = feats.get(key)
             rows[key] += [None] * n if vals is None else [int(v) for v in np.ravel(vals)]
 
     add("qkv_proj", ks.gemm(T, (h_tp + 2 * kv_tp) * d, hid, gemm_dtype), tokens=T)
     add("o_proj", ks.gemm(T, hid, h_tp * d, gemm_dtype), tokens=T)
-    add("gate_up_proj", ks.gemm(T, 2 * i_tp, hid, gemm_dtype), tokens=T)
-    add("down_proj", ks.gemm(T, hid, i_tp, gemm_dtype), tokens=T)
     a = ACT_BYTES
+    if model.num_layers > model.num_moe_layers:  # dense MLP layers
+        add("gate_up_proj", ks.gemm(T, 2 * i_tp, hid, gemm_dtype), tokens=T)
+        add("down_proj", ks.gemm(T, hid, i_tp, gemm_dtype), tokens=T)
+        add("act_fn", ks.elementwise(T * 3 * i_tp * a), tokens=T)
+    if model.num_moe_layers:
+        t_rank = np.array(sorted(set(token_grid(-(-budget // expert_parallel)).astype(int))), dtype=float)
+        local = model.num_experts // expert_parallel
+        hits = np.array(sorted(set(range(1, min(local, 16) + 1)) | set(_geometric(16, local, 1.25))),
+                        dtype=float) if local > 16 else np.arange(1, local + 1, dtype=float)
+        tt, hh = np.meshgrid(t_rank, hits, indexing="ij")
+        add("moe", moe_layer(ks, model, tp, expert_parallel, gemm_dtype, tt, hh), tokens=tt,
+            activated_experts=hh)
     add("layernorm", ks.elementwise(T * hid * a * 2), tokens=T)
-    add("act_fn", ks.elementwise(T * 3 * i_tp * a), tokens=T)
     add("rotary_emb", ks.elementwise(T * (h_tp + kv_tp) * d * a * 2), tokens=T)
     if model.qk_norm:
         add("qk_norm", ks.elementwise(T * (h_tp + kv_tp) * d * a * 2), tokens=T)

@@ -31,6 +31,7 @@ from replay.build import NON_KV_RESERVE_BYTES, build_step_cost
 from replay.closed_loop import run_closed_loop
 from replay.config import EngineConfig
 from replay.kernel_cost import kernel_operator_profile
+from traces.readers.aiconfigurator import picked_tables, read_kernel_db
 
 GPU_MEMORY_UTILIZATION = 0.9
 BLOCK_SIZE = 16
@@ -84,6 +85,51 @@ def gemm_dtype(row: pd.Series, model: ModelConfig) -> str:
     return "bfloat16"
 
 
+class KernelVersions:
+    """One :class:`KernelSet` per set of tables the rows' engine versions pick.
+
+    A row reads the kernel tables measured nearest its own ``backend_version`` (the
+    serving engine's own tables first, :func:`picked_tables`); rows that name no
+    version read those nearest ``default``. Versions that pick the same tables share
+    one set.
+    """
+
+    def __init__(self, system_dir, sheet: Datasheet, hardware: str | None = None,
+                 framework: str | None = None, default: str | None = None):
+        self.system_dir, self.sheet, self.hardware = system_dir, sheet, hardware
+        self.framework, self.default = framework, default
+        self._sets: dict[tuple, KernelSet] = {}
+
+    def picks(self, version: str | None) -> tuple:
+        chosen = picked_tables(self.system_dir, version or self.default, self.framework)
+        return tuple(sorted((stem, fw, ver) for stem, (fw, ver, _) in chosen.items()))
+
+    def for_version(self, version: str | None) -> KernelSet:
+        key = self.picks(version)
+        if key not in self._sets:
+            profile = read_kernel_db(self.system_dir, version or self.default, self.hardware, self.framework)
+            self._sets[key] = KernelSet(profile, self.sheet)
+        return self._sets[key]
+
+    def gemm_table(self, version: str | None) -> str:
+        """``framework version`` of the GEMM table a version reads."""
+        return next((f"{fw} {ver}" for stem, fw, ver in self.picks(version) if stem == "gemm_perf"), "")
+
+    def tally(self) -> dict:
+        """Queries answered by every set, by kernel family and source."""
+        out: dict = {}
+        for ks in self._sets.values():
+            for fam, srcs in ks.tally().items():
+                for src, c in srcs.items():
+                    out.setdefault(fam, {})[src] = out.get(fam, {}).get(src, 0) + c
+        return {fam: dict(sorted(srcs.items())) for fam, srcs in sorted(out.items())}
+
+
+def row_version(row: pd.Series) -> str | None:
+    v = row.get("backend_version")
+    return str(v) if isinstance(v, str) and v else None
+
+
 class Unmodelled(Exception):
     """A row the composition cannot predict; the message is the skip reason."""
 
@@ -113,16 +159,37 @@ def skip_reason(row: pd.Series, index: dict, kernels: KernelSet) -> str | None:
     if path is None:
         return "no model config"
     model = load_model_config(path)
-    if model.is_moe():
-        return "mixture-of-experts model"
     if model.kv_lora_rank:
         return "multi-head latent attention"
     dt = measured_dtype(gemm_dtype(row, model), kernels)
     if dt not in kernels.gemm_dtypes():
         return f"no GEMM measurements for {dt}"
     tp = int(row["tp_size"])
-    if model.num_heads % tp or model.intermediate_size % tp:
-        return "heads or MLP width not divisible by tp"
+    if model.num_heads % tp:
+        return "heads not divisible by tp"
+    if model.num_layers > model.num_moe_layers and model.intermediate_size % tp:
+        return "MLP width not divisible by tp"
+    if model.is_moe():
+        ep = expert_parallel_of(row, tp)
+        if ep is None:
+            return "MoE sharding other than experts TP-sharded or spread over the TP ranks"
+        if model.num_experts % ep or (ep == 1 and model.moe_intermediate_size % tp):
+            return "experts not divisible over the ranks"
+    return None
+
+
+def expert_parallel_of(row: pd.Series, tp: int) -> int | None:
+    """1 when a row's experts are TP-sharded (``moe_tp = tp``, the default when the
+    row does not say), ``tp`` when they are spread whole over the TP ranks
+    (``moe_ep = tp``, ``moe_tp = 1``), None for any other layout."""
+    def size(col):
+        v = row.get(col)
+        return int(v) if v is not None and np.isfinite(v) and v >= 1 else None
+    moe_tp, moe_ep = size("moe_tp_size"), size("moe_ep_size")
+    if moe_ep in (None, 1) and moe_tp in (None, tp):
+        return 1
+    if moe_ep == tp and moe_tp in (None, 1):
+        return tp
     return None
 
 
@@ -154,15 +221,18 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
     isl, osl = int(row["isl"]), int(row["osl"])
     dt = measured_dtype(gemm_dtype(row, model), kernels)
     budget, max_seqs = vllm_defaults(kernels.sheet)
+    ep = expert_parallel_of(row, tp) if model.is_moe() else 1
+    if ep is None:
+        raise Unmodelled("MoE sharding other than experts TP-sharded or spread over the TP ranks")
     cfg = EngineConfig(max_num_seqs=max(max_seqs, users), max_num_batched_tokens=budget,
                        block_size=BLOCK_SIZE, num_gpu_blocks=kv_blocks_for(model, kernels.sheet, tp, dt),
-                       tensor_parallel=tp, async_scheduling=True)
-    key = (model.name, tp, dt, cfg.max_num_seqs)
+                       tensor_parallel=tp, expert_parallel=ep > 1, async_scheduling=True)
+    key = (id(kernels), model.name, tp, ep, dt, cfg.max_num_seqs)
     cost = None if cache is None else cache.get(key)
     if cost is None:
         max_len = max(1 << 15, isl + osl)
         table = kernel_operator_profile(kernels, model, tp, dt, "bfloat16", cfg.max_num_batched_tokens,
-                                        cfg.max_num_seqs, max_len)
+                                        cfg.max_num_seqs, max_len, expert_parallel=ep)
         models = fit_operators(table, tp)
         cost = build_step_cost(models, model, cfg, kernels.sheet.link_bw_bytes_s,
                                all_reduce=lambda b: kernels.all_reduce(b, tp))
@@ -181,20 +251,28 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
     return Prediction(s.ttft_s * 1e3, s.tpot_s * 1e3, s.requests, s.measured, s.preemptions, cfg.num_gpu_blocks)
 
 
-def predict_silicon(rows: pd.DataFrame, kernels: KernelSet, models_dir, requests_per_user: int = 4,
-                    progress=None, arrivals: str = "staggered",
+def predict_silicon(rows: pd.DataFrame, kernels: KernelSet | KernelVersions, models_dir,
+                    requests_per_user: int = 4, progress=None, arrivals: str = "staggered",
                     exclude_warmup: bool = True) -> tuple[pd.DataFrame, dict]:
-    """Predict every row; return per-row results and the summary JSON object."""
+    """Predict every row; return per-row results and the summary JSON object.
+
+    ``kernels``: one set for every row, or :class:`KernelVersions` so that each row
+    reads the tables of its own engine version.
+    """
     index = model_index(models_dir)
     cache: dict = {}
     out = []
     skipped: dict[str, int] = {}
     it = rows.iterrows() if progress is None else progress(rows.iterrows(), total=len(rows))
+    versions = kernels if isinstance(kernels, KernelVersions) else None
     for i, row in it:
-        reason = skip_reason(row, index, kernels)
         rec = {"row": i, "id": row.get("id"), "model": row["model_path"], "tp": row["tp_size"],
                "concurrency": row["batch_size"], "isl": row["isl"], "osl": row["osl"],
                "ttft_ms": row["silicon_ttft_ms"], "tpot_ms": row["silicon_tpot_ms"]}
+        if versions is not None:
+            kernels = versions.for_version(row_version(row))
+            rec["kernel_tables"] = versions.gemm_table(row_version(row))
+        reason = skip_reason(row, index, kernels)
         if reason is None:
             model = load_model_config(find_model(index, row["model_path"]))
             try:

@@ -219,6 +219,17 @@ def test_kernel_db_prefers_the_serving_engine_and_its_nearest_version(tmp_path):
     assert lat(version="1.0.0", framework="trtllm") == [3e-3]
     assert lat(framework="sglang") == [3e-3]  # engine not measured: newest of any
 
+    # each silicon row reads the tables nearest its own engine version
+    from replay.silicon import KernelVersions
+
+    sheet = Datasheet(name="toy", mem_bw_bytes_s=1e12, peak_flops={"bfloat16": 1e15})
+    kv = KernelVersions(root, sheet, framework="vllm", default="0.12.0")
+    old, new = kv.for_version("0.12.0"), kv.for_version("0.18.0")
+    assert old.gemm([8.0], 64, 64)[0] == pytest.approx(1e-3) and new.gemm([8.0], 64, 64)[0] == pytest.approx(2e-3)
+    assert kv.for_version(None) is old and kv.for_version("0.11.2") is old  # same tables, one set
+    assert (kv.gemm_table("0.18.0"), kv.gemm_table(None)) == ("vllm 0.19.0", "vllm 0.14.0")
+    assert kv.tally()["gemm"]["measured"] == 2
+
 
 def test_gemm_roofline_uses_the_efficiency_of_measured_gemms():
     # one measured compute-bound bf16 GEMM at half the datasheet peak
@@ -242,3 +253,89 @@ def test_attention_without_measurements_falls_back_to_roofline_and_says_so():
     t = ks.generation_attention([4.0], [1000.0], 8, 2, 128)[0]
     assert t == pytest.approx(4 * 1000 * 2 * 128 * 2 * 2 / 1e12)  # K and V, bf16
     assert ks.tally()["generation_attention"] == {"roofline": 1}
+
+
+# -- MoE layers from kernels: hand-worked roofline cases ---------------------------------
+
+def _moe_toy():
+    from profiles.model import ModelConfig
+
+    # memory 1 TB/s exactly, no latency; one fp16 GEMM measured at half its peak, so the
+    # bf16 router and fp8 experts (unmeasured) are roofline GEMMs at 0.5 efficiency
+    sheet = Datasheet(name="toy", mem_bw_bytes_s=1e12, peak_flops={"bfloat16": 1e15, "fp8": 2e15},
+                      mem_efficiency=1.0, mem_latency_s=0.0)
+    s = 8192.0
+    prof = pa.table({"operator": ["gemm"], "dtype": ["float16"], "m": [8192], "n": [8192], "k": [8192],
+                     "latency_s": [2 * s**3 / 0.5e15]})
+    model = ModelConfig(name="toy-moe", architecture="X", num_layers=2, hidden_size=4096, num_heads=32,
+                        num_kv_heads=8, head_dim=128, intermediate_size=0, vocab_size=1000, num_experts=64,
+                        num_experts_per_tok=4, moe_intermediate_size=2048, tie_word_embeddings=False,
+                        torch_dtype="bfloat16", max_position_embeddings=4096)
+    return KernelSet(prof, sheet), model
+
+
+def _moe_by_hand(tokens, hit, ep, tp, fp8_eff=0.5):
+    H, E, k, width = 4096, 64, 4, 2048 // (1 if ep > 1 else tp)
+    step, pairs = tokens * ep, tokens * k
+    def gemm(m, n, kk, w, peak):
+        return max(2 * m * n * kk / (peak * fp8_eff), (w * (m * kk + kk * n) + 2 * m * n) / 1e12)
+    t = gemm(step, E, H, 2.0, 1e15) + step * E * 8 / 1e12  # router (bf16) + top-k
+    for n, kk in ((2 * width, H), (H, width)):
+        t += max(gemm(pairs, n, kk, 1.0, 2e15), (hit * n * kk + pairs * (n + kk) * 2) / 1e12)
+    return t + (pairs * 3 * width * 2 + pairs * H * 2 + step * H * 2) / 1e12
+
+
+@pytest.mark.parametrize("tokens,hit,ep,tp", [(1, 4, 1, 1), (8, 20, 1, 2), (4096, 64, 1, 1), (512, 16, 4, 4)])
+def test_moe_layer_is_the_larger_of_weight_streaming_and_pair_compute(tokens, hit, ep, tp):
+    from replay.kernel_cost import moe_layer
+
+    ks, model = _moe_toy()
+    got = moe_layer(ks, model, tp, ep, "fp8", np.array([float(tokens)]), np.array([float(hit)]))[0]
+    assert got == pytest.approx(_moe_by_hand(tokens, hit, ep, tp), rel=1e-9)
+
+
+def test_moe_decode_streams_the_hit_experts_and_prefill_is_compute_bound():
+    from replay.kernel_cost import moe_layer
+
+    ks, model = _moe_toy()
+    one, all_hit = moe_layer(ks, model, 1, 1, "fp8", np.array([1.0, 1.0]), np.array([4.0, 64.0]))
+    # one token hitting 4 experts reads 4 experts' weights (3 x 4096 x 2048 fp8 bytes each)
+    assert one == pytest.approx(4 * 3 * 4096 * 2048 / 1e12, rel=0.05)
+    assert all_hit > 10 * one
+    n = 65536  # 4096 token-expert pairs per expert: past the fp8 ridge (1000 FLOP/byte)
+    big = moe_layer(ks, model, 1, 1, "fp8", np.array([float(n)]), np.array([64.0]))[0]
+    flops = 2 * n * 4 * 3 * 4096 * 2048 / 1e15  # the experts' FLOPs at 1e15 effective
+    side = (2 * (n * 4096 + 4096 * 64 + n * 64) / 1e12 + n * 64 * 8 / 1e12  # router (reads x), top-k
+            + (n * 4 * (3 * 2048 + 4096) + n * 4096) * 2 / 1e12)  # activation, top-k sum
+    assert big == pytest.approx(flops + side, rel=1e-6)
+
+
+def test_kernel_profile_tables_moe_layers_and_silicon_reads_their_sharding(shared_data):
+    from calibrate.calibration import fit_operators
+    from replay.kernel_cost import kernel_operator_profile
+    from replay.silicon import expert_parallel_of, model_index, skip_reason
+    from traces.readers.aiconfigurator import read_kernel_db
+
+    ks, model = _moe_toy()
+    table = kernel_operator_profile(ks, model, 2, "fp8", budget=256, max_seqs=8, max_len=512, expert_parallel=2)
+    ops = set(table.column("operator").to_pylist())
+    assert "moe" in ops and not ops & {"gate_up_proj", "down_proj", "act_fn"}  # every layer is MoE
+    fitted = fit_operators(table, 2)["moe"]
+    # a rank holds 32 experts: the table spans 1..32 of them and tokens up to budget / ep
+    feats = table.filter(pa.compute.equal(table["operator"], "moe")).select(["tokens", "activated_experts"])
+    assert max(feats["activated_experts"].to_pylist()) == 32 and max(feats["tokens"].to_pylist()) == 128
+    assert fitted.predict(np.array([[64.0, 16.0]]))[0] == pytest.approx(
+        _moe_by_hand(64, 16, 2, 2), rel=1e-6)
+    with pytest.raises(ValueError, match="expert_parallel"):
+        kernel_operator_profile(ks, model, 4, "fp8", expert_parallel=2)
+
+    row = pd.Series({"tp_size": 4.0, "moe_tp_size": 1.0, "moe_ep_size": 4.0})
+    assert expert_parallel_of(row, 4) == 4
+    assert expert_parallel_of(pd.Series({"tp_size": 4.0, "moe_tp_size": 4.0, "moe_ep_size": 1.0}), 4) == 1
+    assert expert_parallel_of(pd.Series({"tp_size": 4.0}), 4) == 1
+    assert expert_parallel_of(pd.Series({"tp_size": 4.0, "moe_tp_size": 2.0, "moe_ep_size": 2.0}), 4) is None
+    rows = read_silicon(shared_data / SILICON)
+    minimax = rows[(rows.system == "h100_sxm") & (rows.model_path == "MiniMaxAI/MiniMax-M2.5")]
+    kernels = KernelSet(read_kernel_db(shared_data / H100, hardware="h100_sxm", framework="vllm"), ks.sheet)
+    reasons = {skip_reason(r, model_index(shared_data / "models"), kernels) for _, r in minimax.iterrows()}
+    assert reasons == {None, "attention data parallel"}

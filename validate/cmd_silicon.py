@@ -7,8 +7,11 @@ GEMMs, attention and all-reduces are composed into the model's engine steps per
 tensor-parallel rank, the KV cache is sized from the datasheet, and a closed loop
 of ``batch_size`` users runs through the simulated vLLM scheduler. Rows whose
 model config is not in ``--models`` (``<org>--<name>_config.json``) or that the
-composition cannot model (MoE, MLA, disaggregated, pipeline parallel, a GEMM
-dtype the database lacks) are skipped with a reason, never guessed.
+composition cannot model (MLA, attention data parallelism, MoE sharded other than
+over the TP ranks, disaggregated, pipeline parallel, a GEMM dtype the database
+lacks) are skipped with a reason, never guessed. Each row reads the kernel tables
+measured nearest its own engine version (``backend_version``); rows that name none
+read those nearest the rows' most common version.
 
 Writes JSON ``{"rows": {"total", "predicted", "skipped": {reason: count}},
 "ttft": E, "tpot": E, ...}`` with ``E = {"mape", "median_ape", "p90_ape", "bias"}``
@@ -97,8 +100,8 @@ def _plot(df, path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from calibrate.kernels import KernelSet, cross_validate_kernels
-    from replay.silicon import predict_silicon
+    from calibrate.kernels import cross_validate_kernels
+    from replay.silicon import KernelVersions, predict_silicon
     from traces.readers.aiconfigurator import read_kernel_db
     from traces.readers.silicon import read_silicon
 
@@ -115,8 +118,8 @@ def run(args: argparse.Namespace) -> int:
     if versions is not None and (versions != "").any():
         version = versions[versions != ""].mode().iloc[0]
     sheet, sheet_source = _datasheet(args.kernels, args.system)
+    kernels = KernelVersions(args.kernels, sheet, hardware=args.system, framework=args.backend, default=version)
     profile = read_kernel_db(args.kernels, version=version, hardware=args.system, framework=args.backend)
-    kernels = KernelSet(profile, sheet)
     df, summary = predict_silicon(rows, kernels, args.models, args.requests_per_user,
                                   progress=lambda it, total: tqdm(it, total=total, desc="rows", file=sys.stderr,
                                                                   disable=None),
@@ -126,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
     summary["kernel_cv"] = {f"{r.kernel}/{r.variant}": {"mape": round(r.mape, 2), "median_ape": round(r.median_ape, 2),
                                                         "held_out": int(r.held_out)} for r in cv.itertuples()}
     summary["settings"] = {"system": args.system, "backend": args.backend, "kernel_version_preferred": version,
+                           "kernel_tables": "nearest each row's backend_version (rows without one: "
+                                            "kernel_version_preferred); kernel_cv on the latter",
                            "datasheet": sheet_source, "arrivals": args.arrivals,
                            "requests_per_user": args.requests_per_user,
                            "warmup_excluded": not args.include_warmup}

@@ -151,6 +151,20 @@ def _rows(stem: str, df: pd.DataFrame, hardware: str, framework: str, version: s
     return {k: (v.tolist() if isinstance(v, (pd.Series, np.ndarray)) else v) for k, v in cols.items()}
 
 
+def picked_tables(system_dir, version: str | None = None,
+                  framework: str | None = None) -> dict[str, tuple[str, str, Path]]:
+    """The table :func:`read_kernel_db` reads for each kernel family: stem ->
+    ``(framework, version, path)``, the serving engine's own tables preferred, then
+    the version nearest ``version``."""
+    out = {}
+    for stem, choices in available(system_dir).items():
+        if framework is not None:
+            same = [c for c in choices if c[0].lower() == framework.lower()]
+            choices = same or choices
+        out[stem] = pick_version(choices, version)
+    return out
+
+
 def read_kernel_db(system_dir, version: str | None = None, hardware: str | None = None,
                    framework: str | None = None) -> pa.Table:
     """All kernel tables of one system as an ``operator_profile`` table.
@@ -173,11 +187,7 @@ def read_kernel_db(system_dir, version: str | None = None, hardware: str | None 
     root = Path(system_dir)
     hardware = hardware or root.name
     parts = []
-    for stem, choices in available(root).items():
-        if framework is not None:
-            same = [c for c in choices if c[0].lower() == framework.lower()]
-            choices = same or choices
-        fw, ver, path = pick_version(choices, version)
+    for stem, (fw, ver, path) in picked_tables(root, version, framework).items():
         df = _read(path, TABLES[stem][1])
         if stem.endswith("attention_perf") and "window_size" in df.columns:
             df = df[df["window_size"].fillna(0).astype(int) == 0]
