@@ -34,13 +34,15 @@ FIELD_ALIASES: dict[str, tuple[str, ...]] = {
 _REQUIRED = ("num_layers", "hidden_size", "num_heads", "vocab_size")
 
 #: bytes per element -> dtype names (lower case); "auto" is what vLLM resolves a
-#: bf16/fp16 checkpoint to.
+#: bf16/fp16 checkpoint to; "fp8_block" (block-scaled fp8) and "int4_wo" (weight-only
+#: int4) are the quantisation modes of kernel databases and silicon rows.
 _DTYPE_GROUPS: dict[float, tuple[str, ...]] = {
     8.0: ("float64", "fp64", "double"),
     4.0: ("float32", "fp32", "float", "tf32"),
     2.0: ("bfloat16", "bf16", "float16", "fp16", "half", "auto"),
-    1.0: ("fp8", "float8", "float8_e4m3fn", "float8_e5m2", "e4m3", "e5m2", "int8", "uint8"),
-    0.5: ("int4", "uint4", "fp4", "nvfp4", "mxfp4", "awq", "gptq"),
+    1.0: ("fp8", "float8", "float8_e4m3fn", "float8_e5m2", "e4m3", "e5m2", "int8", "uint8",
+          "fp8_block"),
+    0.5: ("int4", "uint4", "fp4", "nvfp4", "mxfp4", "awq", "gptq", "int4_wo"),
 }
 DTYPE_BYTES: dict[str, float] = {n: size for size, names in _DTYPE_GROUPS.items() for n in names}
 

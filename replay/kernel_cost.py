@@ -96,11 +96,6 @@ def decode_attention(ks: KernelSet, n, kv, shape: tuple, kv_dtype: str) -> np.nd
     return np.where(n > 0, t, 0.0)
 
 
-def weight_bytes_per_element(gemm_dtype: str) -> float:
-    """Bytes of one weight element of a GEMM dtype (``fp8_block`` is fp8 with scales)."""
-    return 1.0 if gemm_dtype.startswith("fp8") else dtype_bytes(gemm_dtype)
-
-
 def moe_layer(ks: KernelSet, model: ModelConfig, tp: int, ep: int, gemm_dtype: str,
               tokens, hit) -> np.ndarray:
     """One MoE layer's time (s) on one rank: ``tokens`` (per EP rank) and ``hit`` experts.
@@ -114,7 +109,7 @@ def moe_layer(ks: KernelSet, model: ModelConfig, tp: int, ep: int, gemm_dtype: s
     width = model.moe_intermediate_size // (1 if ep > 1 else tp)
     step_tokens = t * ep  # every TP rank sees the whole step's tokens
     pairs = np.maximum(t * k_top, 1.0)
-    w = weight_bytes_per_element(gemm_dtype)
+    w = dtype_bytes(gemm_dtype)
     a = ACT_BYTES
     out = ks.gemm(np.maximum(step_tokens, 1.0), E, hid, "bfloat16")  # router, unquantised
     out = out + ks.elementwise(step_tokens * E * 4 * 2)  # scores, top-k
@@ -167,11 +162,9 @@ def kernel_operator_profile(ks: KernelSet, model: ModelConfig, tp: int, gemm_dty
         add("down_proj", ks.gemm(T, hid, i_tp, gemm_dtype), tokens=T)
         add("act_fn", ks.elementwise(T * 3 * i_tp * a), tokens=T)
     if model.num_moe_layers:
-        t_rank = np.array(sorted(set(token_grid(-(-budget // expert_parallel)).astype(int))), dtype=float)
         local = model.num_experts // expert_parallel
-        hits = np.array(sorted(set(range(1, min(local, 16) + 1)) | set(_geometric(16, local, 1.25))),
-                        dtype=float) if local > 16 else np.arange(1, local + 1, dtype=float)
-        tt, hh = np.meshgrid(t_rank, hits, indexing="ij")
+        hits = np.array(sorted(set(range(1, min(local, 16) + 1)) | set(_geometric(16, local, 1.25))), dtype=float)
+        tt, hh = np.meshgrid(token_grid(-(-budget // expert_parallel)), hits, indexing="ij")
         add("moe", moe_layer(ks, model, tp, expert_parallel, gemm_dtype, tt, hh), tokens=tt,
             activated_experts=hh)
     add("layernorm", ks.elementwise(T * hid * a * 2), tokens=T)

@@ -26,7 +26,7 @@ import pandas as pd
 
 from calibrate.calibration import ape_summary, fit_operators
 from calibrate.kernels import Datasheet, KernelSet
-from profiles.model import ModelConfig, load_model_config
+from profiles.model import ModelConfig, dtype_bytes, load_model_config
 from replay.build import NON_KV_RESERVE_BYTES, build_step_cost
 from replay.closed_loop import run_closed_loop
 from replay.config import EngineConfig
@@ -35,7 +35,7 @@ from traces.readers.aiconfigurator import picked_tables, read_kernel_db
 
 GPU_MEMORY_UTILIZATION = 0.9
 BLOCK_SIZE = 16
-DTYPE_BYTES = {"bfloat16": 2.0, "fp8": 1.0, "fp8_block": 1.0}
+MOE_LAYOUT = "MoE sharding other than experts TP-sharded or spread over the TP ranks"
 
 
 def _norm(name: str) -> str:
@@ -99,10 +99,15 @@ class KernelVersions:
         self.system_dir, self.sheet, self.hardware = system_dir, sheet, hardware
         self.framework, self.default = framework, default
         self._sets: dict[tuple, KernelSet] = {}
+        self._picks: dict[str | None, tuple] = {}
 
     def picks(self, version: str | None) -> tuple:
-        chosen = picked_tables(self.system_dir, version or self.default, self.framework)
-        return tuple(sorted((stem, fw, ver) for stem, (fw, ver, _) in chosen.items()))
+        """``(table stem, framework, version)`` of each table a version reads (the
+        folder is listed once per version)."""
+        if version not in self._picks:
+            chosen = picked_tables(self.system_dir, version or self.default, self.framework)
+            self._picks[version] = tuple(sorted((stem, fw, ver) for stem, (fw, ver, _) in chosen.items()))
+        return self._picks[version]
 
     def for_version(self, version: str | None) -> KernelSet:
         key = self.picks(version)
@@ -172,7 +177,7 @@ def skip_reason(row: pd.Series, index: dict, kernels: KernelSet) -> str | None:
     if model.is_moe():
         ep = expert_parallel_of(row, tp)
         if ep is None:
-            return "MoE sharding other than experts TP-sharded or spread over the TP ranks"
+            return MOE_LAYOUT
         if model.num_experts % ep or (ep == 1 and model.moe_intermediate_size % tp):
             return "experts not divisible over the ranks"
     return None
@@ -201,7 +206,7 @@ def vllm_defaults(sheet: Datasheet) -> tuple[int, int]:
 
 
 def kv_blocks_for(model: ModelConfig, sheet: Datasheet, tp: int, dtype: str) -> int:
-    weights = model.weight_bytes(DTYPE_BYTES.get(dtype, 2.0)) / tp
+    weights = model.weight_bytes(dtype_bytes(dtype)) / tp
     free = sheet.memory_bytes * GPU_MEMORY_UTILIZATION - weights - NON_KV_RESERVE_BYTES
     per_block = model.kv_bytes_per_token(2.0) / tp * BLOCK_SIZE
     return max(0, int(free // per_block))
@@ -223,7 +228,7 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
     budget, max_seqs = vllm_defaults(kernels.sheet)
     ep = expert_parallel_of(row, tp) if model.is_moe() else 1
     if ep is None:
-        raise Unmodelled("MoE sharding other than experts TP-sharded or spread over the TP ranks")
+        raise Unmodelled(MOE_LAYOUT)
     cfg = EngineConfig(max_num_seqs=max(max_seqs, users), max_num_batched_tokens=budget,
                        block_size=BLOCK_SIZE, num_gpu_blocks=kv_blocks_for(model, kernels.sheet, tp, dt),
                        tensor_parallel=tp, expert_parallel=ep > 1, async_scheduling=True)
@@ -270,8 +275,9 @@ def predict_silicon(rows: pd.DataFrame, kernels: KernelSet | KernelVersions, mod
                "concurrency": row["batch_size"], "isl": row["isl"], "osl": row["osl"],
                "ttft_ms": row["silicon_ttft_ms"], "tpot_ms": row["silicon_tpot_ms"]}
         if versions is not None:
-            kernels = versions.for_version(row_version(row))
-            rec["kernel_tables"] = versions.gemm_table(row_version(row))
+            version = row_version(row)
+            kernels = versions.for_version(version)
+            rec["kernel_tables"] = versions.gemm_table(version)
         reason = skip_reason(row, index, kernels)
         if reason is None:
             model = load_model_config(find_model(index, row["model_path"]))
