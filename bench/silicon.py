@@ -1,10 +1,13 @@
 """Predict the shared silicon rows from kernel databases through `mist silicon`.
 
-    python bench/silicon.py               # every system with both kernels and rows
-    python bench/silicon.py --arrivals burst
+    python bench/silicon.py                        # every system with both kernels and rows
+    python bench/silicon.py --arrivals staggered   # the steady state alone
+    python bench/silicon.py --no-step-overhead     # kernels alone
 
 Prints, per system: rows predicted/skipped, TTFT and TPOT MAPE / median APE / bias
-(%), where the kernel latencies came from, and the wall time of the command.
+(%), the same per model (marking the model the step overhead was fitted on: the
+others are its validation), where the kernel latencies came from, the wall time
+of the command, a TPOT decomposition and the TTFT residual left per input length.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ KERNELS = SHARED / "profiles" / "aiconfigurator"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arrivals", default="staggered", choices=("staggered", "burst"))
+    parser.add_argument("--arrivals", default="benchmark", choices=("benchmark", "staggered", "burst"))
     parser.add_argument("--backend", default="vllm")
+    parser.add_argument("--no-step-overhead", action="store_true")
     args = parser.parse_args()
     if not SILICON.is_file():
         print(f"shared data not found at {SHARED}", file=sys.stderr)
@@ -46,7 +50,9 @@ def main() -> int:
             subprocess.run([sys.executable, "-m", "validate.cli", "silicon", "--silicon", str(SILICON),
                             "--kernels", str(folder), "--models", str(SHARED / "models"),
                             "--system", folder.name, "--backend", args.backend, "--arrivals", args.arrivals,
-                            "--json", str(out), "--out", tmp], check=True, stdout=subprocess.DEVNULL,
+                            "--json", str(out), "--out", tmp]
+                           + (["--no-step-overhead"] if args.no_step_overhead else []),
+                           check=True, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
             wall = time.perf_counter() - t0
             s = json.loads(out.read_text())
@@ -55,14 +61,21 @@ def main() -> int:
         print(f"{folder.name:10s} {r['total']:5d} {r['predicted']:5d} {a['mape']:9.1f} {a['median_ape']:6.1f} "
               f"{a['bias']:+7.1f} {b['mape']:9.1f} {b['median_ape']:6.1f} {b['bias']:+7.1f} {wall:7.1f}")
         print(f"  skipped: {r['skipped']}")
+        fitted_on = (s.get("step_overhead") or {}).get("fitted_on", {}).get("model")
+        if s.get("step_overhead"):
+            o = s["step_overhead"]
+            print(f"  step overhead {o['per_step_ms']:.3f} ms + {o['per_sequence_us']:.1f} us/sequence, "
+                  f"fitted on {fitted_on}")
         for model, g in rows[rows["pred_ttft_ms"].notna()].groupby("model"):
             parts = []
             for metric in ("ttft", "tpot"):
                 ape = (g[f"pred_{metric}_ms"] / g[f"{metric}_ms"] - 1).abs() * 100
                 parts.append(f"{metric.upper()} MAPE {ape.mean():.1f} / median {ape.median():.1f}")
-            print(f"  {model} ({len(g)} rows): " + "; ".join(parts))
+            role = " [step overhead fitted here]" if model == fitted_on else ""
+            print(f"  {model} ({len(g)} rows){role}: " + "; ".join(parts))
         print(f"  kernel sources: {s['kernel_sources']}")
         decomposition(rows[rows["pred_ttft_ms"].notna()])
+        ttft_residual(rows[rows["pred_ttft_ms"].notna()])
     return 0
 
 
@@ -107,6 +120,24 @@ def decomposition(rows) -> None:
         print(f"    {model} ({len(g)} pairs): d {np.median(g['sim_d'] / g['meas_d']):.2f}, "
               f"S {np.median(g['sim_S'] / g['meas_S']):.2f}; d gap "
               + ", ".join(f"C{int(k)} {v:+.1f}" for k, v in gap.items()))
+
+
+def ttft_residual(rows) -> None:
+    """TTFT the prediction misses, in units of the row's measured TPOT, by model and ISL.
+
+    A residual that is constant in these units across concurrency and TP but grows
+    with the prompt length is latency spent per decode step while a prompt waits —
+    not queueing (which grows with concurrency) and not prefill compute.
+    """
+    import numpy as np
+
+    ok = rows[rows["ttft_ms"] < 5000]  # KV-bound rows queue for memory, not for steps
+    k = (ok["ttft_ms"] - ok["pred_ttft_ms"]) / ok["tpot_ms"]
+    print("  TTFT residual in measured TPOTs ((measured - predicted) / TPOT; median [P10, P90] by ISL):")
+    for model, g in k.groupby(ok["model"]):
+        parts = [f"ISL {int(isl)}: {np.median(v):+.1f} [{np.percentile(v, 10):+.1f}, {np.percentile(v, 90):+.1f}]"
+                 for isl, v in g.groupby(ok.loc[g.index, "isl"])]
+        print(f"    {model}: " + "; ".join(parts))
 
 
 if __name__ == "__main__":

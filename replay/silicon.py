@@ -4,9 +4,24 @@ For each row — a model served by an engine on ``tp`` GPUs of one system, measu
 at a fixed concurrency with fixed input/output lengths — build the model's step
 cost from the system's kernels (:mod:`replay.kernel_cost`), size the KV cache from
 the datasheet, and run a closed loop of ``batch_size`` users
-(:mod:`replay.closed_loop`); the loop's steady-state mean TTFT and TPOT are the
-prediction. Rows the composition cannot model are skipped with a reason, never
-guessed.
+(:mod:`replay.closed_loop`). Rows the composition cannot model are skipped with a
+reason, never guessed.
+
+What a row's TTFT and TPOT mean is a property of how it was measured. The default
+(``arrivals="benchmark"``) is a fixed-concurrency benchmark's whole-run mean: the
+client sends its first ``batch_size`` requests at once, then a new one whenever one
+ends, ``requests_per_user x batch_size`` requests in all (10 x, the request count of
+NVIDIA's genai-perf/aiperf benchmark scripts). The first wave queues behind its own
+prefills (simulated from a burst); real clients then fall out of step (network and
+front-end jitter), which a deterministic simulation cannot reproduce — its identical
+requests stay in lock-step — so later waves take the de-synchronised steady state's
+means (simulated from staggered starts). The mean is the requests-weighted blend.
+
+Kernel databases time kernels, not the engine step around them: sampling,
+host-side input and output handling and launch gaps are missing. A
+:class:`StepOverhead` (``per_step + per_sequence x S`` per step of ``S``
+sequences) fitted on one collection of rows and validated on the others
+(:func:`fit_step_overhead`) adds them back.
 
 Engine settings the rows do not carry are vLLM's defaults for its OpenAI server
 (``vllm/engine/arg_utils.py``, ``get_batch_defaults``): a token budget of 8192 and
@@ -17,12 +32,14 @@ prefix caching on (random prompts share nothing).
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from calibrate.calibration import ape_summary, fit_operators
 from calibrate.kernels import Datasheet, KernelSet
@@ -30,12 +47,104 @@ from profiles.model import ModelConfig, dtype_bytes, load_model_config
 from replay.build import NON_KV_RESERVE_BYTES, build_step_cost
 from replay.closed_loop import run_closed_loop
 from replay.config import EngineConfig
+from replay.cost import StepCost
 from replay.kernel_cost import kernel_operator_profile
+from traces.errors import TraceError
+from traces.io import atomic_write_text
 from traces.readers.aiconfigurator import picked_tables, read_kernel_db
 
 GPU_MEMORY_UTILIZATION = 0.9
 BLOCK_SIZE = 16
 MOE_LAYOUT = "MoE sharding other than experts TP-sharded or spread over the TP ranks"
+ARRIVALS = ("benchmark", "staggered", "burst")
+#: requests per user of the benchmark whose whole-run means a row reports (genai-perf /
+#: aiperf scripts: ``--request-count = 10 x concurrency``)
+BENCHMARK_REQUESTS_PER_USER = 10
+#: requests per user of a simulated steady state (first wave and cool-down excluded)
+STEADY_REQUESTS_PER_USER = 4
+#: the step overhead ``mist silicon`` applies unless told otherwise (made by
+#: ``mist silicon --fit-step-overhead``; the README gives the command)
+DEFAULT_STEP_OVERHEAD = Path(__file__).resolve().parents[1] / "profiles" / "silicon_step_overhead.yaml"
+
+
+@dataclass(frozen=True)
+class StepOverhead:
+    """Engine-step time a kernel database does not measure (s).
+
+    A step of ``S`` sequences takes ``per_step_s + per_sequence_s * S`` on top of its
+    composed kernels: sampling over the vocabulary, host-side input preparation and
+    output handling, launch gaps. Nothing in the kernels, datasheet or model config
+    gives these, so they are fitted (:func:`fit_step_overhead`) on one collection
+    of rows and validated on the others; ``fitted_on`` says on what.
+    """
+
+    per_step_s: float
+    per_sequence_s: float
+    fitted_on: dict = field(default_factory=dict)
+
+    def apply(self, cost: StepCost) -> StepCost:
+        per_seq = tuple(v + self.per_sequence_s * s for s, v in enumerate(cost.per_seq_s))
+        return replace(cost, per_seq_s=per_seq, overhead_s=cost.overhead_s + self.per_step_s)
+
+    def to_dict(self) -> dict:
+        return {"per_step_ms": round(self.per_step_s * 1e3, 6),
+                "per_sequence_us": round(self.per_sequence_s * 1e6, 6), "fitted_on": self.fitted_on}
+
+    def save(self, path) -> None:
+        head = ("# Engine-step time the kernel database does not measure, added to every\n"
+                "# composed step of S sequences: per_step_ms + per_sequence_us * S.\n"
+                "# Written by `mist silicon --fit-step-overhead`; see docs/kernels.md.\n")
+        atomic_write_text(path, head + yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path) -> StepOverhead:
+        path = Path(path)
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise TraceError(path, f"cannot read step overhead: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise TraceError(path, "expected a mapping with per_step_ms and per_sequence_us")
+        values = []
+        for key in ("per_step_ms", "per_sequence_us"):
+            v = doc.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise TraceError(path, f"{key} must be a non-negative number, got {v!r}")
+            values.append(float(v))
+        fitted_on = doc.get("fitted_on") or {}
+        if not isinstance(fitted_on, dict):
+            raise TraceError(path, "fitted_on must be a mapping")
+        return cls(values[0] * 1e-3, values[1] * 1e-6, fitted_on)
+
+
+def fit_step_overhead(df: pd.DataFrame, train: pd.Series, note: dict | None = None) -> StepOverhead:
+    """Fit ``per_step + per_sequence * C`` to the TPOT the composition misses.
+
+    ``df``: per-row predictions made without an overhead (``pred_tpot_ms``,
+    ``tpot_ms``, ``concurrency``); ``train``: a boolean mask of the rows to fit on.
+    In a closed loop of ``C`` users a decode step carries about ``C`` sequences,
+    and every step between two of a request's tokens adds its overhead to that
+    request's TPOT, so the predicted TPOT moves by ``per_step + per_sequence * C``.
+    The two non-negative parameters minimise the squared relative TPOT error over
+    the training rows (rows the composition does not predict are ignored).
+    """
+    from scipy.optimize import lsq_linear
+
+    rows = df[train.to_numpy(bool) & df["pred_tpot_ms"].notna().to_numpy()]
+    if len(rows) < 2:
+        raise ValueError(f"need at least 2 predicted rows to fit a step overhead, got {len(rows)}")
+    meas = rows["tpot_ms"].to_numpy(float)
+    conc = rows["concurrency"].to_numpy(float)
+    A = np.column_stack([1.0 / meas, conc / meas])
+    b = 1.0 - rows["pred_tpot_ms"].to_numpy(float) / meas
+    fit = lsq_linear(A, b, bounds=(0.0, np.inf))
+    a_ms, s_ms = (float(v) for v in fit.x)
+    before = ape_summary(rows["pred_tpot_ms"], rows["tpot_ms"], digits=3)
+    after = ape_summary(rows["pred_tpot_ms"] + a_ms + s_ms * conc, rows["tpot_ms"], digits=3)
+    fitted_on = dict(note or {})
+    fitted_on.update(rows=int(len(rows)), tpot_mape_before=before["mape"], tpot_mape_after_estimate=after["mape"],
+                     method="least squares of relative TPOT error, TPOT + per_step + per_sequence * concurrency")
+    return StepOverhead(a_ms * 1e-3, s_ms * 1e-3, fitted_on)
 
 
 def _norm(name: str) -> str:
@@ -212,15 +321,28 @@ def kv_blocks_for(model: ModelConfig, sheet: Datasheet, tp: int, dtype: str) -> 
     return max(0, int(free // per_block))
 
 
-def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests_per_user: int = 4,
-                cache: dict | None = None, arrivals: str = "staggered", exclude_warmup: bool = True) -> Prediction:
+def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests_per_user: int | None = None,
+                cache: dict | None = None, arrivals: str = "benchmark", exclude_warmup: bool = True,
+                overhead: StepOverhead | None = None) -> Prediction:
     """Closed-loop prediction of one row (times in ms).
 
-    ``arrivals``: ``"burst"`` sends every user's first request at t = 0 (the
-    users then stay in lock-step: identical requests finish together);
-    ``"staggered"`` spreads the first requests over one request lifetime, the
-    de-synchronised steady state.
+    ``arrivals``:
+
+    - ``"benchmark"`` (default): the whole-run mean of a benchmark of
+      ``requests_per_user`` (default 10) requests per user — its first wave sent at
+      once (simulated from a burst), the rest in the de-synchronised steady state;
+    - ``"staggered"``: the steady state alone (first requests spread over one
+      request lifetime; the first wave and the cool-down excluded);
+    - ``"burst"``: every user's first request at t = 0 and the users kept in
+      lock-step (identical requests finish together), as a deterministic loop does.
+
+    For the last two, ``requests_per_user`` (default 4) is the simulated loop's
+    length and ``exclude_warmup=False`` averages over all of it.
     """
+    if arrivals not in ARRIVALS:
+        raise ValueError(f"arrivals must be one of {ARRIVALS}, not {arrivals!r}")
+    if requests_per_user is None:
+        requests_per_user = BENCHMARK_REQUESTS_PER_USER if arrivals == "benchmark" else STEADY_REQUESTS_PER_USER
     tp = int(row["tp_size"])
     users = int(row["batch_size"])
     isl, osl = int(row["isl"]), int(row["osl"])
@@ -243,22 +365,33 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
                                all_reduce=lambda b: kernels.all_reduce(b, tp))
         if cache is not None:
             cache[key] = cost
+    if overhead is not None:
+        cost = overhead.apply(cost)
     if cfg.num_gpu_blocks * BLOCK_SIZE < isl + osl:
         raise Unmodelled("KV cache cannot hold one request")
-    _, s = run_closed_loop(cfg, cost, users, isl, osl, requests_per_user, exclude_warmup=exclude_warmup)
+    loop_len = STEADY_REQUESTS_PER_USER if arrivals == "benchmark" else requests_per_user
+    exclude_warmup = exclude_warmup or arrivals == "benchmark"
+    _, s = run_closed_loop(cfg, cost, users, isl, osl, loop_len, exclude_warmup=exclude_warmup)
+    if arrivals == "burst":
+        return Prediction(s.ttft_s * 1e3, s.tpot_s * 1e3, s.requests, s.measured, s.preemptions, cfg.num_gpu_blocks)
+    # steady state: users' requests spread over one request lifetime (the burst
+    # run's mean end-to-end latency), as jitter spreads a real loop
+    _, s = run_closed_loop(cfg, cost, users, isl, osl, loop_len, stagger_s=s.e2e_s,
+                           exclude_warmup=exclude_warmup)
     if arrivals == "staggered":
-        # steady state: users' requests spread over one request lifetime (the
-        # burst run's mean end-to-end latency), as jitter spreads a real loop
-        _, s = run_closed_loop(cfg, cost, users, isl, osl, requests_per_user, stagger_s=s.e2e_s,
-                               exclude_warmup=exclude_warmup)
-    elif arrivals != "burst":
-        raise ValueError(f"arrivals must be 'staggered' or 'burst', not {arrivals!r}")
-    return Prediction(s.ttft_s * 1e3, s.tpot_s * 1e3, s.requests, s.measured, s.preemptions, cfg.num_gpu_blocks)
+        return Prediction(s.ttft_s * 1e3, s.tpot_s * 1e3, s.requests, s.measured, s.preemptions, cfg.num_gpu_blocks)
+    _, first = run_closed_loop(cfg, cost, users, isl, osl, 1)
+    w = requests_per_user
+    ttft = (first.ttft_s + (w - 1) * s.ttft_s) / w
+    tpot = (first.tpot_s + (w - 1) * s.tpot_s) / w
+    return Prediction(ttft * 1e3, tpot * 1e3, s.requests + first.requests, s.measured + first.measured,
+                      s.preemptions + first.preemptions, cfg.num_gpu_blocks)
 
 
 def predict_silicon(rows: pd.DataFrame, kernels: KernelSet | KernelVersions, models_dir,
-                    requests_per_user: int = 4, progress=None, arrivals: str = "staggered",
-                    exclude_warmup: bool = True) -> tuple[pd.DataFrame, dict]:
+                    requests_per_user: int | None = None, progress=None, arrivals: str = "benchmark",
+                    exclude_warmup: bool = True,
+                    overhead: StepOverhead | None = None) -> tuple[pd.DataFrame, dict]:
     """Predict every row; return per-row results and the summary JSON object.
 
     ``kernels``: one set for every row, or :class:`KernelVersions` so that each row
@@ -282,7 +415,7 @@ def predict_silicon(rows: pd.DataFrame, kernels: KernelSet | KernelVersions, mod
         if reason is None:
             model = load_model_config(find_model(index, row["model_path"]))
             try:
-                p = predict_row(row, model, kernels, requests_per_user, cache, arrivals, exclude_warmup)
+                p = predict_row(row, model, kernels, requests_per_user, cache, arrivals, exclude_warmup, overhead)
             except Unmodelled as exc:
                 reason = str(exc)
             else:
@@ -300,5 +433,9 @@ def predict_silicon(rows: pd.DataFrame, kernels: KernelSet | KernelVersions, mod
     summary = {"rows": {"total": len(rows), "predicted": len(ok), "skipped": dict(sorted(skipped.items()))}}
     for metric in ("ttft", "tpot"):
         summary[metric] = ape_summary(ok[f"pred_{metric}_ms"], ok[f"{metric}_ms"], digits=3)
+    summary["by_model"] = {
+        str(model): {"rows": int(len(part)),
+                     **{m: ape_summary(part[f"pred_{m}_ms"], part[f"{m}_ms"], digits=3) for m in ("ttft", "tpot")}}
+        for model, part in sorted(ok.groupby("model"), key=lambda kv: str(kv[0]))}
     return df, summary
 

@@ -11,7 +11,21 @@ composition cannot model (MLA, attention data parallelism, MoE sharded other tha
 over the TP ranks, disaggregated, pipeline parallel, a GEMM dtype the database
 lacks) are skipped with a reason, never guessed. Each row reads the kernel tables
 measured nearest its own engine version (``backend_version``); rows that name none
-read those nearest the rows' most common version.
+read the newest (as aiconfigurator itself does when no version is given).
+
+A row's TTFT and TPOT are taken to be a fixed-concurrency benchmark's whole-run
+means (``--arrivals benchmark``): its first wave of requests sent at once, then a
+new request whenever one ends, 10 x concurrency requests in all
+(``--requests-per-user``). ``--arrivals staggered`` predicts the steady state alone.
+
+Kernel databases do not time the rest of an engine step (sampling, host-side input
+and output handling, launch gaps). The step overhead shipped in
+``profiles/silicon_step_overhead.yaml`` adds it (``--step-overhead FILE`` for
+another, ``--no-step-overhead`` for none). It was fitted by this command on one
+collection of rows and validated on the others:
+``--fit-step-overhead OUT --fit-model ORG/NAME`` predicts every row without an
+overhead, fits ``per_step + per_sequence x sequences`` to the TPOT of that model's
+rows, writes it to OUT and reports every row predicted with it.
 
 Writes JSON ``{"rows": {"total", "predicted", "skipped": {reason: count}},
 "ttft": E, "tpot": E, ...}`` with ``E = {"mape", "median_ape", "p90_ape", "bias"}``
@@ -47,15 +61,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="vllm", help="serving engine rows to predict (default: vllm)")
     p.add_argument("--json", type=Path, help="write the error summary here")
     p.add_argument("--out", type=Path, help="folder for per-row predictions (CSV) and a scatter plot")
-    p.add_argument("--arrivals", choices=("staggered", "burst"), default="staggered",
-                   help="closed-loop start: users spread over one request lifetime (steady state, "
-                        "default) or all at t=0")
-    p.add_argument("--requests-per-user", type=int, default=4,
-                   help="requests each simulated user sends (default 4; the first wave and the "
-                        "cool-down are excluded from the means)")
+    p.add_argument("--arrivals", choices=("benchmark", "staggered", "burst"), default="benchmark",
+                   help="what the rows' means are: a benchmark's whole-run mean, first wave sent at "
+                        "once (default); the de-synchronised steady state alone (staggered); or a "
+                        "loop kept in lock-step from an all-at-once start (burst)")
+    p.add_argument("--requests-per-user", type=int, default=None,
+                   help="benchmark: its request count over its concurrency (default 10); "
+                        "staggered/burst: requests each simulated user sends (default 4)")
     p.add_argument("--include-warmup", action="store_true",
-                   help="average over every request, warm-up wave included (for benchmarks that "
-                        "report whole-run means, e.g. --requests-per-user 10 for a 10 x concurrency run)")
+                   help="staggered/burst: average over every request, first wave included")
+    p.add_argument("--step-overhead", type=Path, default=None,
+                   help="YAML of the per-step time kernels do not measure (default: "
+                        "profiles/silicon_step_overhead.yaml)")
+    p.add_argument("--no-step-overhead", action="store_true", help="compose steps from kernels alone")
+    p.add_argument("--fit-step-overhead", type=Path, metavar="OUT",
+                   help="fit the step overhead on the --fit-model rows, write it here, and report "
+                        "every row predicted with it")
+    p.add_argument("--fit-model", help="model_path of the rows the overhead is fitted on "
+                                       "(e.g. meta-llama/Llama-3.1-70B)")
 
 
 def _datasheet(kernels: Path, system: str):
@@ -101,39 +124,71 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from calibrate.kernels import cross_validate_kernels
-    from replay.silicon import KernelVersions, predict_silicon
+    from replay.silicon import (
+        BENCHMARK_REQUESTS_PER_USER,
+        DEFAULT_STEP_OVERHEAD,
+        STEADY_REQUESTS_PER_USER,
+        KernelVersions,
+        StepOverhead,
+        fit_step_overhead,
+        predict_silicon,
+    )
     from traces.readers.aiconfigurator import read_kernel_db
     from traces.readers.silicon import read_silicon
 
-    if args.requests_per_user < 1:
+    if args.requests_per_user is not None and args.requests_per_user < 1:
         raise TraceError(args.silicon, "--requests-per-user must be at least 1")
+    if args.requests_per_user is None:
+        args.requests_per_user = (BENCHMARK_REQUESTS_PER_USER if args.arrivals == "benchmark"
+                                  else STEADY_REQUESTS_PER_USER)
     if not args.models.is_dir():
         raise TraceError(args.models, "models folder not found")
+    if bool(args.fit_step_overhead) != bool(args.fit_model):
+        raise TraceError(args.silicon, "--fit-step-overhead and --fit-model go together")
+    overhead, overhead_source = None, "none"
+    if args.fit_step_overhead is None and not args.no_step_overhead:
+        path = args.step_overhead or DEFAULT_STEP_OVERHEAD
+        if args.step_overhead is not None or path.is_file():
+            overhead, overhead_source = StepOverhead.load(path), str(path)
     rows = read_silicon(args.silicon)
     rows = rows[(rows["system"] == args.system) & (rows["backend"] == args.backend)]
     if not len(rows):
         raise TraceError(args.silicon, f"no rows for system {args.system!r} and backend {args.backend!r}")
-    versions = rows.get("backend_version")
-    version = None
-    if versions is not None and (versions != "").any():
-        version = versions[versions != ""].mode().iloc[0]
+    if args.fit_model and not (rows["model_path"] == args.fit_model).any():
+        raise TraceError(args.silicon, f"no {args.system}/{args.backend} rows of --fit-model {args.fit_model!r}")
     sheet, sheet_source = _datasheet(args.kernels, args.system)
-    kernels = KernelVersions(args.kernels, sheet, hardware=args.system, framework=args.backend, default=version)
-    profile = read_kernel_db(args.kernels, version=version, hardware=args.system, framework=args.backend)
-    df, summary = predict_silicon(rows, kernels, args.models, args.requests_per_user,
-                                  progress=lambda it, total: tqdm(it, total=total, desc="rows", file=sys.stderr,
-                                                                  disable=None),
-                                  arrivals=args.arrivals, exclude_warmup=not args.include_warmup)
+    kernels = KernelVersions(args.kernels, sheet, hardware=args.system, framework=args.backend)
+    profile = read_kernel_db(args.kernels, hardware=args.system, framework=args.backend)
+
+    def predict(step_overhead, what):
+        return predict_silicon(rows, kernels, args.models, args.requests_per_user,
+                               progress=lambda it, total: tqdm(it, total=total, desc=what, file=sys.stderr,
+                                                               disable=None),
+                               arrivals=args.arrivals, exclude_warmup=not args.include_warmup,
+                               overhead=step_overhead)
+
+    if args.fit_step_overhead is not None:
+        bare, _ = predict(None, "rows (no overhead)")
+        overhead = fit_step_overhead(bare, bare["model"] == args.fit_model, {
+            "model": args.fit_model, "system": args.system, "backend": args.backend,
+            "silicon": args.silicon.name, "arrivals": args.arrivals,
+            "requests_per_user": args.requests_per_user})
+        overhead.save(args.fit_step_overhead)
+        overhead_source = f"fitted here, written to {args.fit_step_overhead}"
+        print(f"step overhead fitted on {overhead.fitted_on['rows']} {args.fit_model} rows: "
+              f"{overhead.per_step_s * 1e3:.3f} ms per step + {overhead.per_sequence_s * 1e6:.1f} us per sequence")
+    df, summary = predict(overhead, "rows")
     cv = cross_validate_kernels(profile)
     summary["kernel_sources"] = kernels.tally()
     summary["kernel_cv"] = {f"{r.kernel}/{r.variant}": {"mape": round(r.mape, 2), "median_ape": round(r.median_ape, 2),
                                                         "held_out": int(r.held_out)} for r in cv.itertuples()}
-    summary["settings"] = {"system": args.system, "backend": args.backend, "kernel_version_preferred": version,
-                           "kernel_tables": "nearest each row's backend_version (rows without one: "
-                                            "kernel_version_preferred); kernel_cv on the latter",
+    summary["step_overhead"] = None if overhead is None else dict(overhead.to_dict(), source=overhead_source)
+    summary["settings"] = {"system": args.system, "backend": args.backend,
+                           "kernel_tables": "nearest each row's backend_version (rows without one: the "
+                                            "newest); kernel_cv on the newest",
                            "datasheet": sheet_source, "arrivals": args.arrivals,
                            "requests_per_user": args.requests_per_user,
-                           "warmup_excluded": not args.include_warmup}
+                           "warmup_excluded": args.arrivals == "benchmark" or not args.include_warmup}
     r = summary["rows"]
     print(f"{args.system}/{args.backend}: {r['predicted']} of {r['total']} rows predicted; skipped: {r['skipped'] or 'none'}")
     for metric in ("ttft", "tpot"):
@@ -141,6 +196,13 @@ def run(args: argparse.Namespace) -> int:
         if e["mape"] is not None:
             print(f"  {metric}: MAPE {e['mape']:.1f} %, median APE {e['median_ape']:.1f} %, "
                   f"P90 APE {e['p90_ape']:.1f} %, bias {e['bias']:+.1f} %")
+    for model, part in summary["by_model"].items():
+        print(f"  {model} ({part['rows']} rows): TTFT MAPE {part['ttft']['mape']:.1f} / median "
+              f"{part['ttft']['median_ape']:.1f} %, TPOT MAPE {part['tpot']['mape']:.1f} / median "
+              f"{part['tpot']['median_ape']:.1f} %")
+    if overhead is not None:
+        print(f"  step overhead: {overhead.per_step_s * 1e3:.3f} ms + {overhead.per_sequence_s * 1e6:.1f} us/sequence "
+              f"(fitted on {overhead.fitted_on.get('model', '?')}; {overhead_source})")
     print("  kernel latencies by source: " + "; ".join(
         f"{fam} " + ", ".join(f"{s} {c}" for s, c in srcs.items()) for fam, srcs in summary["kernel_sources"].items()))
     if args.json:

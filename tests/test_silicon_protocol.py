@@ -1,0 +1,151 @@
+"""How silicon rows are predicted: the benchmark's whole-run means and the step overhead."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from calibrate.lookup import GridLookup
+from replay.closed_loop import run_closed_loop
+from replay.config import EngineConfig
+from replay.cost import StepCost
+from replay.silicon import StepOverhead, fit_step_overhead
+from traces.errors import TraceError
+
+H100 = "profiles/aiconfigurator/h100_sxm"
+SILICON = "silicon/aiconfigurator_silicon_sample.csv"
+
+
+def _flat_cost(step_s: float) -> StepCost:
+    zero = GridLookup(axes=((0.0, 1.0),) * 4, values=(0.0,) * 16, strides=(8, 4, 2, 1))
+    return StepCost(dense_s=(0.0,) + (step_s,) * 4096, per_seq_s=(0.0,) * 300, attention=zero, num_layers=1)
+
+
+def test_first_wave_queues_behind_its_own_prefills_closed_form():
+    # C users start together; the budget admits one prompt (plus the running decodes)
+    # per step of constant length d, so the k-th prompt's first token comes at k * d
+    d, users, isl = 0.01, 6, 256
+    cfg = EngineConfig(max_num_seqs=16, max_num_batched_tokens=isl + users, async_scheduling=False)
+    _, wave = run_closed_loop(cfg, _flat_cost(d), users=users, isl=isl, osl=4, requests_per_user=1)
+    assert wave.measured == users
+    assert wave.ttft_s == pytest.approx((users + 1) / 2 * d)
+
+
+def test_step_overhead_adds_per_step_and_per_sequence_time():
+    cost = _flat_cost(0.004)
+    extra = StepOverhead(per_step_s=0.0013, per_sequence_s=20e-6)
+    with_it = extra.apply(cost)
+    for seqs, tokens in ((1, 1), (8, 8), (64, 1088), (250, 250)):
+        base = cost.step_s(tokens, seqs, [], seqs, 0, 0)
+        assert with_it.step_s(tokens, seqs, [], seqs, 0, 0) - base == pytest.approx(0.0013 + 20e-6 * seqs)
+
+
+def test_step_overhead_file_round_trip_and_bad_files(tmp_path):
+    path = tmp_path / "o.yaml"
+    StepOverhead(0.00125, 21.5e-6, {"model": "m", "rows": 3}).save(path)
+    back = StepOverhead.load(path)
+    assert back.per_step_s == pytest.approx(0.00125) and back.per_sequence_s == pytest.approx(21.5e-6)
+    assert back.fitted_on == {"model": "m", "rows": 3}
+    for text, word in (("per_step_ms: 1\n", "per_sequence_us"),
+                       ("per_step_ms: -1\nper_sequence_us: 2\n", "per_step_ms"),
+                       ("per_step_ms: abc\nper_sequence_us: 2\n", "per_step_ms"),
+                       ("[1, 2]\n", "mapping"),
+                       ("per_step_ms: 1\nper_sequence_us: 2\nfitted_on: 3\n", "fitted_on")):
+        path.write_text(text)
+        with pytest.raises(TraceError) as err:
+            StepOverhead.load(path)
+        assert word in str(err.value)
+    with pytest.raises(TraceError):
+        StepOverhead.load(tmp_path / "missing.yaml")
+
+
+def test_fit_recovers_an_overhead_and_never_goes_negative():
+    conc = pd.Series([4, 8, 16, 32, 64, 128] * 2, dtype=float)
+    pred = pd.Series([8.0, 9.0, 11.0, 14.0, 20.0, 31.0] * 2)
+    df = pd.DataFrame({"concurrency": conc, "pred_tpot_ms": pred, "tpot_ms": pred + 1.2 + 0.03 * conc,
+                       "model": ["a"] * 6 + ["b"] * 6})
+    fit = fit_step_overhead(df, df["model"] == "a", {"model": "a"})
+    assert fit.per_step_s == pytest.approx(1.2e-3, rel=1e-6)
+    assert fit.per_sequence_s == pytest.approx(30e-6, rel=1e-6)
+    assert fit.fitted_on["rows"] == 6 and fit.fitted_on["model"] == "a"
+    assert fit.fitted_on["tpot_mape_after_estimate"] == pytest.approx(0.0, abs=1e-6)
+    # a composition that is already too slow gets no negative overhead
+    df["tpot_ms"] = pred * 0.9
+    fit = fit_step_overhead(df, df["model"] == "a")
+    assert fit.per_step_s == pytest.approx(0.0, abs=1e-12) and fit.per_sequence_s == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError):
+        fit_step_overhead(df, df["model"] == "none")
+
+
+@pytest.fixture(scope="module")
+def llama_rows(shared_data):
+    from profiles.model import load_model_config
+    from replay.silicon import KernelVersions, find_model, model_index
+    from validate.cmd_silicon import _datasheet
+
+    rows = pd.read_csv(shared_data / SILICON)
+    rows = rows[(rows.system == "h100_sxm") & (rows.backend == "vllm") & (rows.model_path == "meta-llama/Llama-3.1-70B")
+                & (rows.tp_size == 8) & (rows.isl == 1024) & (rows.osl == 1024)].sort_values("batch_size")
+    sheet, _ = _datasheet(shared_data / H100, "h100_sxm")
+    kernels = KernelVersions(shared_data / H100, sheet, hardware="h100_sxm", framework="vllm").for_version(None)
+    model = load_model_config(find_model(model_index(shared_data / "models"), "meta-llama/Llama-3.1-70B"))
+    return rows, model, kernels
+
+
+def test_benchmark_mean_is_the_first_wave_blended_with_the_steady_state(llama_rows):
+    from replay.silicon import predict_row
+
+    rows, model, kernels = llama_rows
+    row, cache = rows.iloc[-1], {}
+    one = predict_row(row, model, kernels, 1, cache, "benchmark")
+    ten = predict_row(row, model, kernels, 10, cache, "benchmark")
+    steady = predict_row(row, model, kernels, None, cache, "staggered")
+    assert one.ttft_ms > 3 * steady.ttft_ms  # 64 prompts sent at once queue behind each other
+    assert ten.ttft_ms == pytest.approx((one.ttft_ms + 9 * steady.ttft_ms) / 10)
+    assert ten.tpot_ms == pytest.approx((one.tpot_ms + 9 * steady.tpot_ms) / 10)
+
+
+def test_benchmark_means_follow_measured_ttft_growth_with_concurrency(llama_rows):
+    # measured TTFT of Llama-3.1-70B fp8 TP 8, 1k/1k grows 2.6x from 4 to 64 users;
+    # the steady state alone cannot show that, the benchmark's whole-run mean does
+    from replay.silicon import predict_row
+
+    rows, model, kernels = llama_rows
+    lo, hi = rows.iloc[0], rows.iloc[-1]
+    measured = hi.silicon_ttft_ms / lo.silicon_ttft_ms
+    cache = {}
+    growth = {a: predict_row(hi, model, kernels, None, cache, a).ttft_ms
+              / predict_row(lo, model, kernels, None, cache, a).ttft_ms for a in ("staggered", "benchmark")}
+    assert growth["staggered"] < 0.6 * measured
+    assert growth["benchmark"] == pytest.approx(measured, rel=0.2)
+
+
+def test_silicon_command_fits_an_overhead_and_reports_it(shared_data, tmp_path):
+    import json
+
+    from validate.cli import main
+
+    rows = pd.read_csv(shared_data / SILICON)
+    rows = rows[(rows.system == "h100_sxm") & (rows.backend == "vllm") & (rows.tp_size == 8) & (rows.isl == 1024)
+                & (rows.osl == 1024) & (rows.batch_size <= 8)]
+    rows = rows[rows.model_path.isin(["meta-llama/Llama-3.1-70B", "Qwen/Qwen3-32B"])]
+    csv = tmp_path / "rows.csv"
+    rows.to_csv(csv, index=False)
+    base = ["silicon", "--silicon", str(csv), "--kernels", str(shared_data / H100), "--models",
+            str(shared_data / "models"), "--system", "h100_sxm"]
+    fitted, out = tmp_path / "overhead.yaml", tmp_path / "s.json"
+    assert main(base + ["--fit-step-overhead", str(fitted), "--fit-model", "meta-llama/Llama-3.1-70B",
+                        "--json", str(out)]) == 0
+    overhead = StepOverhead.load(fitted)
+    assert overhead.fitted_on["model"] == "meta-llama/Llama-3.1-70B" and overhead.fitted_on["rows"] == 2
+    s = json.loads(out.read_text())
+    assert s["step_overhead"]["per_step_ms"] == pytest.approx(overhead.per_step_s * 1e3)
+    assert set(s["by_model"]) == {"meta-llama/Llama-3.1-70B", "Qwen/Qwen3-32B"}
+    # the fit brings the training rows' TPOT closer to the measurement than kernels alone
+    bare = tmp_path / "bare.json"
+    assert main(base + ["--no-step-overhead", "--json", str(bare)]) == 0
+    before = json.loads(bare.read_text())["by_model"]["meta-llama/Llama-3.1-70B"]["tpot"]["mape"]
+    assert s["by_model"]["meta-llama/Llama-3.1-70B"]["tpot"]["mape"] <= before
+    # the two fitting flags go together; a model with no rows is refused
+    assert main(base + ["--fit-model", "meta-llama/Llama-3.1-70B"]) == 2
+    assert main(base + ["--fit-step-overhead", str(fitted), "--fit-model", "nobody/none"]) == 2
