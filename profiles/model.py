@@ -94,9 +94,14 @@ class ModelConfig:
     ``head_dim`` is the query/key head width ``qk_nope_head_dim + qk_rope_head_dim``,
     ``v_head_dim`` the value width, and the KV cache holds the compressed latent.
 
+    Sliding-window attention: ``sliding_window`` tokens, in ``num_sliding_layers`` of
+    the layers — those ``layer_types`` lists as ``sliding_attention`` (gpt-oss: every
+    other layer), or all layers when a window is declared without ``layer_types``
+    (Mistral-7B-v0.1). :meth:`kv_bytes_per_token` still counts every layer (the
+    cache of a windowed layer stops growing at the window).
+
     Not modelled: multi-token-prediction heads (MiniMax ``use_mtp``, DeepSeek
-    ``num_nextn_predict_layers``), vision towers, expert and router biases, and
-    sliding-window layers (gpt-oss) — their KV is counted as full attention.
+    ``num_nextn_predict_layers``), vision towers, expert and router biases.
     """
 
     name: str
@@ -129,6 +134,8 @@ class ModelConfig:
     #: tokens a layer attends back over when the config declares a sliding window shorter
     #: than its context (Mistral-7B-v0.1: 4096); 0 = full attention.
     sliding_window: int = 0
+    #: layers that attend over ``sliding_window`` tokens only (0 with no window)
+    num_sliding_layers: int = 0
 
     def is_moe(self) -> bool:
         """True when the MLP of some layer is a mixture of experts."""
@@ -191,9 +198,17 @@ class ModelConfig:
         ``num_experts_per_tok`` routed experts of each MoE layer."""
         return self._params(active=True)
 
-    def weight_bytes(self, dtype_bytes: float = 2.0) -> int:
-        """Bytes of all weights at ``dtype_bytes`` bytes per parameter."""
-        return int(round(self.param_count() * dtype_bytes))
+    def routed_expert_param_count(self) -> int:
+        """Parameters of all routed experts (gate, up, down of every MoE layer)."""
+        return self.num_moe_layers * self.num_experts * self.mlp_matrices * self.hidden_size * self.moe_intermediate_size
+
+    def weight_bytes(self, dtype_bytes: float = 2.0, expert_dtype_bytes: float | None = None) -> int:
+        """Bytes of all weights at ``dtype_bytes`` bytes per parameter (the routed
+        experts at ``expert_dtype_bytes`` when given: gpt-oss keeps them in MXFP4)."""
+        if expert_dtype_bytes is None:
+            return int(round(self.param_count() * dtype_bytes))
+        experts = self.routed_expert_param_count()
+        return int(round((self.param_count() - experts) * dtype_bytes + experts * expert_dtype_bytes))
 
     def kv_bytes_per_token(self, dtype_bytes: float = 2.0) -> int:
         """KV-cache bytes one token occupies across all layers.
@@ -240,6 +255,17 @@ def _sliding_window(cfg: dict, max_positions: int) -> int:
     if cfg.get("use_sliding_window") is False or (max_positions and window >= max_positions):
         return 0
     return window
+
+
+def _sliding_layers(cfg: dict, num_layers: int, window: int) -> int:
+    """Layers with a sliding window: ``layer_types`` entries ``sliding_attention``, or
+    every layer when a window is declared without ``layer_types``."""
+    if not window:
+        return 0
+    types = cfg.get("layer_types")
+    if isinstance(types, list) and types:
+        return sum(1 for t in types[:num_layers] if str(t) == "sliding_attention")
+    return num_layers
 
 
 def _quant_method(cfg: dict) -> str:
@@ -305,6 +331,7 @@ def load_model_config(path) -> ModelConfig:
     )
     shared += int(cfg.get("n_shared_experts") or 0) * moe_inter
     archs = top.get("architectures") or cfg.get("architectures") or [""]
+    window = _sliding_window(cfg, f["max_position_embeddings"])
     return ModelConfig(
         name=str(top.get("_name_or_path") or cfg.get("_name_or_path") or path.stem),
         architecture=str(archs[0]),
@@ -332,5 +359,6 @@ def load_model_config(path) -> ModelConfig:
         qk_rope_head_dim=int(cfg.get("qk_rope_head_dim") or 0) if kv_lora else 0,
         v_head_dim=int(cfg.get("v_head_dim") or head_dim) if kv_lora else 0,
         quantization=_quant_method(cfg),
-        sliding_window=_sliding_window(cfg, f["max_position_embeddings"]),
+        sliding_window=window,
+        num_sliding_layers=_sliding_layers(cfg, f["num_layers"], window),
     )

@@ -60,6 +60,7 @@ def _entry(name: str, e, path) -> ModelConfig:
         attention_bias=bool(e.get("attention_bias", False)),
         mlp_matrices=ints["mlp_matrices"],
         sliding_window=ints["sliding_window"],
+        num_sliding_layers=ints["num_layers"] if ints["sliding_window"] else 0,
     )
 
 

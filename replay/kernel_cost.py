@@ -43,7 +43,14 @@ parallelism every rank holds every expert at width ``I_e = I / tp``; with it
 (``ep = tp``) a rank holds ``E / tp`` whole experts. The fused-MoE kernel is one
 launch over all experts, so its time is bounded below both by streaming the hit
 experts' weights and by one GEMM's compute over all pairs; no MoE kernel was
-measured in the databases, so these rows count as GEMM and roofline queries.
+measured in the databases, so these rows count as GEMM and roofline queries. Experts
+in a 4-bit format no GEMM table measures (gpt-oss MXFP4 on Hopper) run weight-only:
+weights streamed at 4 bits, compute from the bf16 GEMM table.
+
+Sliding-window layers (gpt-oss: every other layer, 128 tokens) attend over the
+window only: decodes over ``min(kv, window)`` keys, prefill chunks in window-long
+pieces after at most a window of keys; the attention table is the mean over the
+model's full and windowed layers.
 """
 
 from __future__ import annotations
@@ -56,6 +63,8 @@ from profiles.model import ModelConfig, dtype_bytes
 from traces.schema import OPERATOR_PROFILE, from_columns
 
 ACT_BYTES = 2  # activations are bf16/fp16 in every deployment modelled here
+#: 4-bit weight formats that run weight-only (bf16 compute) where no GEMM table measures them
+WEIGHT_ONLY_4BIT = ("mxfp4", "nvfp4", "int4", "int4_wo")
 
 
 def _geometric(lo: int, hi: int, factor: float = 2.0) -> list[int]:
@@ -89,6 +98,21 @@ def prefill_attention(ks: KernelSet, chunk, prefix, shape: tuple, kv_dtype: str)
     return np.where(chunk > 0, np.maximum(alone, full * share), 0.0)
 
 
+def windowed_prefill_attention(ks: KernelSet, chunk, prefix, window: int, shape: tuple,
+                               kv_dtype: str) -> np.ndarray:
+    """Prefill attention (s) in a layer whose tokens attend back over ``window`` tokens.
+
+    A chunk no longer than the window attends over at most ``window`` cached tokens;
+    a longer chunk is taken as ``chunk / window`` window-long pieces, each after a full
+    window of keys (every token then attends to exactly ``window`` tokens).
+    """
+    chunk, prefix = np.broadcast_arrays(np.asarray(chunk, dtype=float), np.asarray(prefix, dtype=float))
+    piece = np.minimum(chunk, window)
+    before = np.where(chunk > window, float(window), np.minimum(prefix, window))
+    t = prefill_attention(ks, piece, before, shape, kv_dtype)
+    return t * np.where(piece > 0, chunk / np.maximum(piece, 1.0), 0.0)
+
+
 def decode_attention(ks: KernelSet, n, kv, shape: tuple, kv_dtype: str) -> np.ndarray:
     """Attention (s) of ``n`` decodes with ``kv`` cached tokens each."""
     n, kv = np.broadcast_arrays(np.asarray(n, dtype=float), np.asarray(kv, dtype=float))
@@ -101,6 +125,10 @@ def moe_layer(ks: KernelSet, model: ModelConfig, tp: int, ep: int, gemm_dtype: s
     """One MoE layer's time (s) on one rank: ``tokens`` (per EP rank) and ``hit`` experts.
 
     ``ep`` is 1 (experts TP-sharded) or ``tp`` (experts spread whole over the TP ranks).
+    ``gemm_dtype`` is the experts' weight format. A 4-bit format the database has no
+    GEMM table for (gpt-oss's MXFP4 on Hopper) runs weight-only, as vLLM's Marlin and
+    Triton MoE kernels do there: its weights are streamed at 4 bits and dequantised,
+    the multiplications run in bf16 (the bf16 GEMM table gives the compute).
     """
     tokens, hit = np.broadcast_arrays(np.asarray(tokens, dtype=float), np.asarray(hit, dtype=float))
     shape = tokens.shape
@@ -110,11 +138,14 @@ def moe_layer(ks: KernelSet, model: ModelConfig, tp: int, ep: int, gemm_dtype: s
     step_tokens = t * ep  # every TP rank sees the whole step's tokens
     pairs = np.maximum(t * k_top, 1.0)
     w = dtype_bytes(gemm_dtype)
+    compute_dtype = gemm_dtype
+    if gemm_dtype in WEIGHT_ONLY_4BIT and gemm_dtype not in ks.gemm_dtypes():
+        compute_dtype = "bfloat16"
     a = ACT_BYTES
     out = ks.gemm(np.maximum(step_tokens, 1.0), E, hid, "bfloat16")  # router, unquantised
     out = out + ks.elementwise(step_tokens * E * 4 * 2)  # scores, top-k
     for n, k in ((2 * width if model.mlp_matrices == 3 else width, hid), (hid, width)):
-        compute = ks.gemm(pairs, n, k, gemm_dtype)
+        compute = ks.gemm(pairs, n, k, compute_dtype)
         stream = ks.elementwise(np.maximum(h, 1.0) * n * k * w + pairs * (n + k) * a)
         out = out + np.maximum(compute, stream)
     out = out + ks.elementwise(pairs * 3 * width * a)  # activation
@@ -129,11 +160,16 @@ def moe_layer(ks: KernelSet, model: ModelConfig, tp: int, ep: int, gemm_dtype: s
 
 def kernel_operator_profile(ks: KernelSet, model: ModelConfig, tp: int, gemm_dtype: str = "bfloat16",
                             kv_dtype: str = "bfloat16", budget: int = 8192, max_seqs: int = 256,
-                            max_len: int = 32768, expert_parallel: int = 1) -> pa.Table:
+                            max_len: int = 32768, expert_parallel: int = 1,
+                            moe_dtype: str | None = None) -> pa.Table:
     """Per-layer operator rows (``operator_profile``, degree ``tp``) composed from kernels.
 
     ``expert_parallel``: 1, or ``tp`` when a MoE model's experts are spread over the
     TP ranks (vLLM ``enable_expert_parallel`` without data parallelism).
+    ``moe_dtype``: the experts' weight format when it differs from the other GEMMs'
+    (gpt-oss: MXFP4 experts, bf16 attention).
+    Sliding-window layers (``model.num_sliding_layers``) attend over the window only;
+    the one attention table is the mean over the model's layers.
     """
     if expert_parallel not in (1, tp):
         raise ValueError(f"expert_parallel must be 1 or tp={tp}, not {expert_parallel}")
@@ -165,7 +201,7 @@ def kernel_operator_profile(ks: KernelSet, model: ModelConfig, tp: int, gemm_dty
         local = model.num_experts // expert_parallel
         hits = np.array(sorted(set(range(1, min(local, 16) + 1)) | set(_geometric(16, local, 1.25))), dtype=float)
         tt, hh = np.meshgrid(token_grid(-(-budget // expert_parallel)), hits, indexing="ij")
-        add("moe", moe_layer(ks, model, tp, expert_parallel, gemm_dtype, tt, hh), tokens=tt,
+        add("moe", moe_layer(ks, model, tp, expert_parallel, moe_dtype or gemm_dtype, tt, hh), tokens=tt,
             activated_experts=hh)
     add("layernorm", ks.elementwise(T * hid * a * 2), tokens=T)
     add("rotary_emb", ks.elementwise(T * (h_tp + kv_tp) * d * a * 2), tokens=T)
@@ -182,6 +218,12 @@ def kernel_operator_profile(ks: KernelSet, model: ModelConfig, tp: int, gemm_dty
     shape = (h_tp, kv_tp, d)
     pre = prefill_attention(ks, C[:, None], K[None, :], shape, kv_dtype)  # (C, K)
     dec = decode_attention(ks, N[:, None], V[None, :], shape, kv_dtype)  # (N, V)
+    if model.num_sliding_layers and model.sliding_window:
+        share, window = model.num_sliding_layers / model.num_layers, model.sliding_window
+        pre_w = windowed_prefill_attention(ks, C[:, None], K[None, :], window, shape, kv_dtype)
+        dec_w = decode_attention(ks, N[:, None], np.minimum(V, window)[None, :], shape, kv_dtype)
+        pre = (1 - share) * pre + share * pre_w
+        dec = (1 - share) * dec + share * dec_w
     grid = pre[:, :, None, None] + dec[None, None, :, :]
     cc, kk, nn, vv = np.meshgrid(C, K, N, V, indexing="ij")
     add("attention", grid.ravel(), prefill_chunk=cc, kv_prefill=kk, n_decode=nn, kv_decode=vv)

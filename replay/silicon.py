@@ -179,10 +179,13 @@ def measured_dtype(dtype: str, kernels: KernelSet) -> str:
 
 
 def gemm_dtype(row: pd.Series, model: ModelConfig) -> str:
-    """GEMM dtype of a row: a block-scaled fp8 checkpoint's own kind, else the row's
+    """GEMM dtype of a row's dense layers: a block-scaled fp8 checkpoint's own kind; bf16
+    for an MXFP4 checkpoint (gpt-oss quantises only its experts); else the row's
     quantisation mode, else the checkpoint's (bf16)."""
     if model.quantization == "fp8_block":
         return "fp8_block"
+    if model.quantization == "mxfp4":
+        return "bfloat16"
     mode = row.get("gemm_quant_mode")
     if isinstance(mode, str) and mode:
         return {"bf16": "bfloat16", "float16": "bfloat16"}.get(mode, mode)
@@ -192,6 +195,12 @@ def gemm_dtype(row: pd.Series, model: ModelConfig) -> str:
     if model.quantization == "fp8":
         return "fp8"
     return "bfloat16"
+
+
+def moe_dtype(row: pd.Series, model: ModelConfig) -> str:
+    """Weight format of a row's experts: MXFP4 for an MXFP4 checkpoint, else the
+    dense layers' (:func:`gemm_dtype`)."""
+    return "mxfp4" if model.quantization == "mxfp4" else gemm_dtype(row, model)
 
 
 class KernelVersions:
@@ -314,10 +323,17 @@ def vllm_defaults(sheet: Datasheet) -> tuple[int, int]:
     return 2048, 256
 
 
-def kv_blocks_for(model: ModelConfig, sheet: Datasheet, tp: int, dtype: str) -> int:
-    weights = model.weight_bytes(dtype_bytes(dtype)) / tp
+def kv_blocks_for(model: ModelConfig, sheet: Datasheet, tp: int, dtype: str, experts: str | None = None) -> int:
+    """KV blocks per rank: memory left after the weights (``dtype``; routed experts in
+    ``experts`` when given) over the KV bytes a block of tokens holds. Sliding-window
+    layers keep only their window, so only the full-attention layers count per token
+    (vLLM's hybrid KV-cache manager)."""
+    weights = model.weight_bytes(dtype_bytes(dtype), None if experts is None else dtype_bytes(experts)) / tp
     free = sheet.memory_bytes * GPU_MEMORY_UTILIZATION - weights - NON_KV_RESERVE_BYTES
-    per_block = model.kv_bytes_per_token(2.0) / tp * BLOCK_SIZE
+    growing = 1.0
+    if 0 < model.num_sliding_layers < model.num_layers:
+        growing = (model.num_layers - model.num_sliding_layers) / model.num_layers
+    per_block = model.kv_bytes_per_token(2.0) * growing / tp * BLOCK_SIZE
     return max(0, int(free // per_block))
 
 
@@ -347,19 +363,20 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
     users = int(row["batch_size"])
     isl, osl = int(row["isl"]), int(row["osl"])
     dt = measured_dtype(gemm_dtype(row, model), kernels)
+    md = measured_dtype(moe_dtype(row, model), kernels) if model.is_moe() else None
     budget, max_seqs = vllm_defaults(kernels.sheet)
     ep = expert_parallel_of(row, tp) if model.is_moe() else 1
     if ep is None:
         raise Unmodelled(MOE_LAYOUT)
     cfg = EngineConfig(max_num_seqs=max(max_seqs, users), max_num_batched_tokens=budget,
-                       block_size=BLOCK_SIZE, num_gpu_blocks=kv_blocks_for(model, kernels.sheet, tp, dt),
+                       block_size=BLOCK_SIZE, num_gpu_blocks=kv_blocks_for(model, kernels.sheet, tp, dt, md),
                        tensor_parallel=tp, expert_parallel=ep > 1, async_scheduling=True)
-    key = (id(kernels), model.name, tp, ep, dt, cfg.max_num_seqs)
+    key = (id(kernels), model.name, tp, ep, dt, md, cfg.max_num_seqs)
     cost = None if cache is None else cache.get(key)
     if cost is None:
         max_len = max(1 << 15, isl + osl)
         table = kernel_operator_profile(kernels, model, tp, dt, "bfloat16", cfg.max_num_batched_tokens,
-                                        cfg.max_num_seqs, max_len, expert_parallel=ep)
+                                        cfg.max_num_seqs, max_len, expert_parallel=ep, moe_dtype=md)
         models = fit_operators(table, tp)
         cost = build_step_cost(models, model, cfg, kernels.sheet.link_bw_bytes_s,
                                all_reduce=lambda b: kernels.all_reduce(b, tp))

@@ -63,6 +63,46 @@ def test_prefill_attention_share_of_causal_work():
     assert prefill_attention(Quadratic(), np.array([0.0]), np.array([100.0]), (8, 1, 128), "bfloat16")[0] == 0
 
 
+def test_sliding_window_attention_covers_the_window_only():
+    # score work of a causal layer: chunk c after p keys owns c(2p + c); with a window W
+    # each token attends to at most W keys, so a chunk of 4W after W keys does 4W x W-ish
+    # work and a decode's keys stop at W
+    from replay.kernel_cost import decode_attention, windowed_prefill_attention
+
+    class Toy:
+        def context_attention(self, b, isl, *args):
+            return 1e-9 * np.asarray(isl, dtype=float) ** 2
+
+        def generation_attention(self, n, kv, *args):
+            return 1e-6 * np.asarray(n, dtype=float) * np.asarray(kv, dtype=float)
+
+    W, shape = 128, (8, 1, 64)
+    short = windowed_prefill_attention(Toy(), np.array([64.0]), np.array([1000.0]), W, shape, "bfloat16")
+    assert short[0] == pytest.approx(1e-9 * 64 * (2 * 128 + 64))  # 64 new tokens after (at most) W keys
+    long = windowed_prefill_attention(Toy(), np.array([4 * W * 1.0]), np.array([0.0]), W, shape, "bfloat16")
+    assert long[0] == pytest.approx(4 * 1e-9 * W * (2 * W + W))  # 4 window-long pieces after W keys each
+    dec = decode_attention(Toy(), np.array([8.0, 8.0]), np.minimum(np.array([100.0, 5000.0]), W), shape, "bfloat16")
+    assert dec[1] == pytest.approx(1e-6 * 8 * W) and dec[0] == pytest.approx(1e-6 * 8 * 100)
+
+
+def test_sliding_layers_are_read_from_the_config(tmp_path):
+    import json
+
+    from profiles.model import load_model_config
+
+    base = {"architectures": ["X"], "num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 1000, "max_position_embeddings": 8192}
+    cases = [({}, 0, 0),
+             ({"sliding_window": 1024}, 1024, 4),  # Mistral: a window and no layer types
+             ({"sliding_window": 128, "layer_types": ["sliding_attention", "full_attention"] * 2}, 128, 2),
+             ({"sliding_window": 8192}, 0, 0)]  # not shorter than the context: no window
+    for extra, window, layers in cases:
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps({**base, **extra}))
+        m = load_model_config(path)
+        assert (m.sliding_window, m.num_sliding_layers) == (window, layers)
+
+
 # -- closed loops: invariants --------------------------------------------------------------
 def _flat_cost(step_s: float) -> StepCost:
     from calibrate.lookup import GridLookup
@@ -308,6 +348,48 @@ def test_moe_decode_streams_the_hit_experts_and_prefill_is_compute_bound():
     side = (2 * (n * 4096 + 4096 * 64 + n * 64) / 1e12 + n * 64 * 8 / 1e12  # router (reads x), top-k
             + (n * 4 * (3 * 2048 + 4096) + n * 4096) * 2 / 1e12)  # activation, top-k sum
     assert big == pytest.approx(flops + side, rel=1e-6)
+
+
+def test_moe_experts_in_an_unmeasured_4bit_format_run_weight_only():
+    # MXFP4 experts with no fp4 GEMM table (gpt-oss on Hopper): weights streamed at half
+    # a byte, multiplications at the bf16 roofline (the toy's bf16 peak at 0.5 efficiency)
+    from replay.kernel_cost import moe_layer
+
+    ks, model = _moe_toy()
+    one = moe_layer(ks, model, 1, 1, "mxfp4", np.array([1.0]), np.array([4.0]))[0]
+    assert one == pytest.approx(4 * 3 * 4096 * 2048 * 0.5 / 1e12, rel=0.05)
+    n = 65536
+    big = moe_layer(ks, model, 1, 1, "mxfp4", np.array([float(n)]), np.array([64.0]))[0]
+    fp8 = moe_layer(ks, model, 1, 1, "fp8", np.array([float(n)]), np.array([64.0]))[0]
+    experts_bf16 = 2 * n * 4 * 3 * 4096 * 2048 / 0.5e15
+    assert big - fp8 == pytest.approx(experts_bf16 / 2, rel=1e-6)  # bf16 compute: twice fp8's
+
+
+def test_gpt_oss_rows_are_composed_with_bf16_attention_and_mxfp4_experts(shared_data):
+    from profiles.model import load_model_config
+    from replay.silicon import (
+        find_model,
+        gemm_dtype,
+        kv_blocks_for,
+        model_index,
+        moe_dtype,
+        skip_reason,
+    )
+    from traces.readers.aiconfigurator import read_kernel_db, read_system_yaml
+
+    index = model_index(shared_data / "models")
+    model = load_model_config(find_model(index, "openai/gpt-oss-120b"))
+    assert (model.quantization, model.sliding_window, model.num_sliding_layers) == ("mxfp4", 128, 18)
+    rows = read_silicon(shared_data / SILICON)
+    oss = rows[(rows.system == "h100_sxm") & (rows.backend == "vllm") & (rows.model_path == "openai/gpt-oss-120b")]
+    row = oss.iloc[0]
+    assert (gemm_dtype(row, model), moe_dtype(row, model)) == ("bfloat16", "mxfp4")
+    sheet = Datasheet.from_aiconfigurator("h100_sxm", read_system_yaml(shared_data / H100))
+    kernels = KernelSet(read_kernel_db(shared_data / H100, hardware="h100_sxm", framework="vllm"), sheet)
+    assert {skip_reason(r, index, kernels) for _, r in oss.iterrows()} == {None}
+    # 4-bit experts leave more room for KV than bf16 ones would; only the 18 full-attention
+    # layers' KV grows with the sequence
+    assert kv_blocks_for(model, sheet, 2, "bfloat16", "mxfp4") > 1.5 * kv_blocks_for(model, sheet, 2, "bfloat16")
 
 
 def test_kernel_profile_tables_moe_layers_and_silicon_reads_their_sharding(shared_data):
