@@ -125,9 +125,8 @@ def decomposition(rows) -> None:
 def ttft_residual(rows) -> None:
     """TTFT the prediction misses, in units of the row's measured TPOT, by model and ISL.
 
-    A residual that is constant in these units across concurrency and TP but grows
-    with the prompt length is latency spent per decode step while a prompt waits —
-    not queueing (which grows with concurrency) and not prefill compute.
+    How the residual scales — with the prompt, the concurrency, the decode step —
+    says what kind of time is missing (docs/kernels.md reads these figures).
     """
     import numpy as np
 

@@ -67,6 +67,11 @@ STEADY_REQUESTS_PER_USER = 4
 DEFAULT_STEP_OVERHEAD = Path(__file__).resolve().parents[1] / "profiles" / "silicon_step_overhead.yaml"
 
 
+def default_requests_per_user(arrivals: str) -> int:
+    """A benchmark's requests per user (``"benchmark"``) or a simulated loop's length."""
+    return BENCHMARK_REQUESTS_PER_USER if arrivals == "benchmark" else STEADY_REQUESTS_PER_USER
+
+
 @dataclass(frozen=True)
 class StepOverhead:
     """Engine-step time a kernel database does not measure (s).
@@ -358,7 +363,7 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
     if arrivals not in ARRIVALS:
         raise ValueError(f"arrivals must be one of {ARRIVALS}, not {arrivals!r}")
     if requests_per_user is None:
-        requests_per_user = BENCHMARK_REQUESTS_PER_USER if arrivals == "benchmark" else STEADY_REQUESTS_PER_USER
+        requests_per_user = default_requests_per_user(arrivals)
     tp = int(row["tp_size"])
     users = int(row["batch_size"])
     isl, osl = int(row["isl"]), int(row["osl"])

@@ -125,11 +125,10 @@ def run(args: argparse.Namespace) -> int:
 
     from calibrate.kernels import cross_validate_kernels
     from replay.silicon import (
-        BENCHMARK_REQUESTS_PER_USER,
         DEFAULT_STEP_OVERHEAD,
-        STEADY_REQUESTS_PER_USER,
         KernelVersions,
         StepOverhead,
+        default_requests_per_user,
         fit_step_overhead,
         predict_silicon,
     )
@@ -139,12 +138,14 @@ def run(args: argparse.Namespace) -> int:
     if args.requests_per_user is not None and args.requests_per_user < 1:
         raise TraceError(args.silicon, "--requests-per-user must be at least 1")
     if args.requests_per_user is None:
-        args.requests_per_user = (BENCHMARK_REQUESTS_PER_USER if args.arrivals == "benchmark"
-                                  else STEADY_REQUESTS_PER_USER)
+        args.requests_per_user = default_requests_per_user(args.arrivals)
     if not args.models.is_dir():
         raise TraceError(args.models, "models folder not found")
     if bool(args.fit_step_overhead) != bool(args.fit_model):
         raise TraceError(args.silicon, "--fit-step-overhead and --fit-model go together")
+    if args.fit_step_overhead and (args.step_overhead or args.no_step_overhead):
+        raise TraceError(args.silicon, "--fit-step-overhead fits its own overhead: drop --step-overhead "
+                                       "and --no-step-overhead")
     overhead, overhead_source = None, "none"
     if args.fit_step_overhead is None and not args.no_step_overhead:
         path = args.step_overhead or DEFAULT_STEP_OVERHEAD
