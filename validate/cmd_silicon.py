@@ -106,15 +106,19 @@ def _plot(df, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
     for ax, metric in zip(axes, ("ttft", "tpot")):
         x, y = df[f"{metric}_ms"], df[f"pred_{metric}_ms"]
-        ax.loglog(x, y, "o", ms=4, alpha=0.7)
+        for model, part in df.groupby("model", sort=True):
+            ax.loglog(part[f"{metric}_ms"], part[f"pred_{metric}_ms"], "o", ms=4, alpha=0.7, label=str(model))
         lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
         ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="k", alpha=0.08, lw=0,
+                        label="±10 %")
         ax.set_xlabel(f"measured {metric.upper()} (ms)")
         ax.set_ylabel(f"predicted {metric.upper()} (ms)")
         ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
