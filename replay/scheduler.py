@@ -36,11 +36,9 @@ class StepPlan:
         Tokens of the step (the sum over ``items``).
     preempted : int
         Running requests preempted while building the step.
-    sampled : list of (Request, int)
-        Each request that samples a token and that token's 1-based index; filled
-        when the plan is applied.
     first, last : list of Request
-        The sampled requests whose token is their first, their last (output length).
+        The requests that sample their first, their last (output length) token;
+        filled when the plan is applied.
     prefills, n_decode, kv_decode_sum, kv_decode_max, kv_decode_min, kv_tokens
         Cost-model inputs, filled when the plan is applied: prefill chunks
         ``[(tokens, kv_before)]``, the decode count, the sum, max and min of their
@@ -48,12 +46,11 @@ class StepPlan:
     """
 
     # a plain slotted class: one is built per simulated step
-    __slots__ = ("items", "num_tokens", "preempted", "sampled", "first", "last", "prefills", "n_decode",
+    __slots__ = ("items", "num_tokens", "preempted", "first", "last", "prefills", "n_decode",
                  "kv_decode_sum", "kv_decode_max", "kv_decode_min", "kv_tokens")
 
     def __init__(self) -> None:
         self.items: list[tuple[Request, int]] = []
-        self.sampled: list[tuple[Request, int]] = []
         self.first: list[Request] = []
         self.last: list[Request] = []
         self.prefills: list[tuple[int, int]] = []
@@ -111,7 +108,7 @@ def _build(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now: f
     budget = cfg.max_num_batched_tokens
     block = kv.block_size
     add_item = plan.items.append
-    add_prefill, add_sampled = plan.prefills.append, plan.sampled.append
+    add_prefill = plan.prefills.append
     add_first, add_last = plan.first.append, plan.last.append
     decode_kv: list[int] = []  # KV lengths of the decodes (their count, sum, max and min)
     add_decode = decode_kv.append
@@ -159,7 +156,6 @@ def _build(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now: f
                 generated += 1
                 req.num_generated = generated
                 req.num_tokens = num_tokens + 1
-                add_sampled((req, generated))
                 if generated == 1:
                     add_first(req)
                 if generated == output_len:
@@ -213,7 +209,7 @@ def _advance(plan: StepPlan, start: int, kv: KVCache) -> None:
     block = kv.block_size
     n_dec, kv_sum, kv_max, kv_tok = plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max, plan.kv_tokens
     kv_min = plan.kv_decode_min if n_dec else _NO_MIN
-    add_prefill, add_sampled = plan.prefills.append, plan.sampled.append
+    add_prefill = plan.prefills.append
     for req, n in plan.items[start:] if start else plan.items:
         computed = req.num_computed + n
         req.num_computed = computed
@@ -232,7 +228,6 @@ def _advance(plan: StepPlan, start: int, kv: KVCache) -> None:
         if computed >= req.num_tokens:
             req.num_generated += 1
             req.num_tokens += 1
-            add_sampled((req, req.num_generated))
             if req.num_generated == 1:
                 plan.first.append(req)
             if req.num_generated == req.output_len:
