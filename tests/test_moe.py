@@ -100,3 +100,37 @@ def test_replayed_makespan_matches_the_measured_run_duration(shared_data, tmp_pa
     measured = t["finished_at"] - t["started_at"]
     simulated = json.loads((tmp_path / "summary.json").read_text())["simulated_s"]
     assert abs(simulated - measured) / measured < 0.10
+
+
+def test_validate_reproduces_its_own_replay_of_the_moe_run(shared_data, tmp_path):
+    """The shared MoE run (DP 2 with expert parallelism) ships no per-request timings.
+    Written out as a vLLM run, the replay's own output must come back from `mist
+    validate` with zero error: the run reader, the request matching, the engine settings
+    of meta.json and the DP/EP replay agree end to end."""
+    import pandas as pd
+
+    bundle, model, workload = RUNS["Qwen3-30B-A3B-Instruct-2507"]
+    run_dir = shared_data / "vllm-runs" / "RTXPRO6000" / "Qwen3-30B-A3B-Instruct-2507"
+    trace = shared_data / "workloads" / f"sharegpt-{workload}-300-sps10.jsonl"
+    args = ["--profiles", str(shared_data / "profiles/llmservingsim/RTXPRO6000" / bundle / "bf16"),
+            "--model", str(shared_data / "models/llmservingsim" / f"{model}.json")]
+    assert main(["replay", "--trace", str(trace), *args, "--engine", str(run_dir / "meta.json"),
+                 "--out", str(tmp_path / "replay")]) == 0
+    sim = pd.read_parquet(tmp_path / "replay" / "simulated.requests.parquet")
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("meta.json", "cluster.json"):
+        (run / name).write_text((run_dir / name).read_text())
+    epoch, mono = 1.777e9, 4.0e5  # the two clocks a vLLM run records
+    with open(run / "requests.jsonl", "w") as f:
+        for r in sim.itertuples():
+            f.write(json.dumps({"request_id": f"bench-{r.request_id}", "input_toks": int(r.input_tokens),
+                                "output_toks": int(r.output_tokens), "arrival_time": epoch + r.arrival_s,
+                                "queued_ts": mono + r.queued_s, "scheduled_ts": mono + r.scheduled_s,
+                                "first_token_ts": mono + r.first_token_s, "last_token_ts": mono + r.finished_s})
+                    + "\n")
+    out = tmp_path / "v.json"
+    assert main(["validate", "--run", str(run), *args, "--workload", str(trace), "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    for metric in ("ttft", "tpot", "e2e"):
+        assert summary["metrics"][metric]["mape"] == pytest.approx(0.0, abs=1e-6), metric
