@@ -72,6 +72,9 @@ def main() -> int:
                 ape = (g[f"pred_{metric}_ms"] / g[f"{metric}_ms"] - 1).abs() * 100
                 parts.append(f"{metric.upper()} MAPE {ape.mean():.1f} / median {ape.median():.1f}")
             role = " [step overhead fitted here]" if model == fitted_on else ""
+            rng = s["by_model"].get(model, {}).get("ttft_protocol_range") or {}
+            if rng.get("position"):
+                parts.append(f"TTFT in range {rng['inside_pct']:.0f} %, position {rng['position']['median']:.2f}")
             print(f"  {model} ({len(g)} rows){role}: " + "; ".join(parts))
         print(f"  kernel sources: {s['kernel_sources']}")
         decomposition(rows[rows["pred_ttft_ms"].notna()])

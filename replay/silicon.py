@@ -264,12 +264,17 @@ class Unmodelled(Exception):
 
 @dataclass(frozen=True)
 class Prediction:
+    """One row's prediction (ms). ``ttft_lockstep_ms`` (benchmark means only): the
+    TTFT if the clients never fell out of step after the first wave — the other end
+    of the range the benchmark's unrecorded client jitter spans."""
+
     ttft_ms: float
     tpot_ms: float
     requests: int
     measured: int
     preemptions: int
     num_gpu_blocks: int
+    ttft_lockstep_ms: float | None = None
 
 
 def skip_reason(row: pd.Series, index: dict, kernels: KernelSet) -> str | None:
@@ -393,12 +398,13 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
         raise Unmodelled("KV cache cannot hold one request")
     loop_len = STEADY_REQUESTS_PER_USER if arrivals == "benchmark" else requests_per_user
     exclude_warmup = exclude_warmup or arrivals == "benchmark"
-    _, s = run_closed_loop(cfg, cost, users, isl, osl, loop_len, exclude_warmup=exclude_warmup)
+    _, locked = run_closed_loop(cfg, cost, users, isl, osl, loop_len, exclude_warmup=exclude_warmup)
     if arrivals == "burst":
+        s = locked
         return Prediction(s.ttft_s * 1e3, s.tpot_s * 1e3, s.requests, s.measured, s.preemptions, cfg.num_gpu_blocks)
     # steady state: users' requests spread over one request lifetime (the burst
     # run's mean end-to-end latency), as jitter spreads a real loop
-    _, s = run_closed_loop(cfg, cost, users, isl, osl, loop_len, stagger_s=s.e2e_s,
+    _, s = run_closed_loop(cfg, cost, users, isl, osl, loop_len, stagger_s=locked.e2e_s,
                            exclude_warmup=exclude_warmup)
     if arrivals == "staggered":
         return Prediction(s.ttft_s * 1e3, s.tpot_s * 1e3, s.requests, s.measured, s.preemptions, cfg.num_gpu_blocks)
@@ -406,8 +412,29 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
     w = requests_per_user
     ttft = (first.ttft_s + (w - 1) * s.ttft_s) / w
     tpot = (first.tpot_s + (w - 1) * s.tpot_s) / w
+    lockstep = (first.ttft_s + (w - 1) * locked.ttft_s) / w
     return Prediction(ttft * 1e3, tpot * 1e3, s.requests + first.requests, s.measured + first.measured,
-                      s.preemptions + first.preemptions, cfg.num_gpu_blocks)
+                      s.preemptions + first.preemptions, cfg.num_gpu_blocks, lockstep * 1e3)
+
+
+def protocol_range(rows: pd.DataFrame, slack: float = 0.05) -> dict:
+    """Where measured TTFTs sit between the two ends of the benchmark's unknown client
+    jitter: the predicted mean with clients de-synchronised after the first wave
+    (``pred_ttft_ms``, position 0) and with clients kept in lock-step
+    (``pred_ttft_lockstep_ms``, position 1). ``inside_pct``: rows within the range
+    widened by ``slack``; ``position``: median and P10/P90 of each row's position.
+    A description of the measurements, not a fit: nothing here feeds a prediction."""
+    lo, hi = rows["pred_ttft_ms"].to_numpy(float), rows["pred_ttft_lockstep_ms"].to_numpy(float)
+    meas = rows["ttft_ms"].to_numpy(float)
+    inside = (meas >= lo * (1 - slack)) & (meas <= hi * (1 + slack))
+    span = np.where(hi > lo, hi - lo, np.nan)
+    pos = (meas - lo) / span
+    pos = pos[np.isfinite(pos)]
+    out = {"rows": int(len(rows)), "inside_pct": round(float(inside.mean() * 100), 1) if len(rows) else None}
+    if len(pos):
+        out["position"] = {k: round(float(np.percentile(pos, q)), 3) for k, q in (("p10", 10), ("median", 50),
+                                                                                  ("p90", 90))}
+    return out
 
 
 def predict_silicon(rows: pd.DataFrame, kernels: KernelSet | KernelVersions, models_dir,
@@ -443,6 +470,8 @@ def predict_silicon(rows: pd.DataFrame, kernels: KernelSet | KernelVersions, mod
             else:
                 rec.update(pred_ttft_ms=p.ttft_ms, pred_tpot_ms=p.tpot_ms, gemm_dtype=measured_dtype(gemm_dtype(row, model), kernels),
                            num_gpu_blocks=p.num_gpu_blocks, preemptions=p.preemptions)
+                if p.ttft_lockstep_ms is not None:
+                    rec["pred_ttft_lockstep_ms"] = p.ttft_lockstep_ms
         if reason is not None:
             skipped[reason] = skipped.get(reason, 0) + 1
             rec["skipped"] = reason
@@ -455,9 +484,12 @@ def predict_silicon(rows: pd.DataFrame, kernels: KernelSet | KernelVersions, mod
     summary = {"rows": {"total": len(rows), "predicted": len(ok), "skipped": dict(sorted(skipped.items()))}}
     for metric in ("ttft", "tpot"):
         summary[metric] = ape_summary(ok[f"pred_{metric}_ms"], ok[f"{metric}_ms"], digits=3)
+    if "pred_ttft_lockstep_ms" in ok:
+        summary["ttft_protocol_range"] = protocol_range(ok)
     summary["by_model"] = {
         str(model): {"rows": int(len(part)),
-                     **{m: ape_summary(part[f"pred_{m}_ms"], part[f"{m}_ms"], digits=3) for m in ("ttft", "tpot")}}
+                     **{m: ape_summary(part[f"pred_{m}_ms"], part[f"{m}_ms"], digits=3) for m in ("ttft", "tpot")},
+                     **({"ttft_protocol_range": protocol_range(part)} if "pred_ttft_lockstep_ms" in part else {})}
         for model, part in sorted(ok.groupby("model"), key=lambda kv: str(kv[0]))}
     return df, summary
 

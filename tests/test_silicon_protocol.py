@@ -105,6 +105,31 @@ def test_benchmark_mean_is_the_first_wave_blended_with_the_steady_state(llama_ro
     assert ten.tpot_ms == pytest.approx((one.tpot_ms + 9 * steady.tpot_ms) / 10)
 
 
+def test_lockstep_end_of_the_protocol_range(llama_rows):
+    # clients kept in lock-step queue their prompts behind each other every wave, so
+    # the lock-step mean is the larger; a one-wave benchmark has no range at all
+    from replay.silicon import predict_row
+
+    rows, model, kernels = llama_rows
+    row, cache = rows.iloc[-1], {}
+    ten = predict_row(row, model, kernels, 10, cache, "benchmark")
+    assert ten.ttft_lockstep_ms > 1.5 * ten.ttft_ms
+    one = predict_row(row, model, kernels, 1, cache, "benchmark")
+    assert one.ttft_lockstep_ms == pytest.approx(one.ttft_ms)
+    assert predict_row(row, model, kernels, None, cache, "staggered").ttft_lockstep_ms is None
+
+
+def test_protocol_range_places_measurements_between_the_two_ends():
+    from replay.silicon import protocol_range
+
+    rows = pd.DataFrame({"pred_ttft_ms": [100.0, 100.0, 100.0, 100.0],
+                         "pred_ttft_lockstep_ms": [300.0, 300.0, 300.0, 300.0],
+                         "ttft_ms": [100.0, 200.0, 300.0, 400.0]})
+    r = protocol_range(rows)
+    assert r["rows"] == 4 and r["inside_pct"] == 75.0
+    assert r["position"]["median"] == pytest.approx(0.75)  # positions 0, 0.5, 1, 1.5
+
+
 def test_benchmark_means_follow_measured_ttft_growth_with_concurrency(llama_rows):
     # measured TTFT of Llama-3.1-70B fp8 TP 8, 1k/1k grows 2.6x from 4 to 64 users;
     # the steady state alone cannot show that, the benchmark's whole-run mean does
