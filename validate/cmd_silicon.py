@@ -140,7 +140,6 @@ def run(args: argparse.Namespace) -> int:
         fit_step_overhead,
         predict_silicon,
     )
-    from traces.readers.aiconfigurator import read_kernel_db
     from traces.readers.silicon import read_silicon
 
     if args.requests_per_user is not None and args.requests_per_user < 1:
@@ -167,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         raise TraceError(args.silicon, f"no {args.system}/{args.backend} rows of --fit-model {args.fit_model!r}")
     sheet, sheet_source = _datasheet(args.kernels, args.system)
     kernels = KernelVersions(args.kernels, sheet, hardware=args.system, framework=args.backend)
-    profile = read_kernel_db(args.kernels, hardware=args.system, framework=args.backend)
+    profile = kernels.for_version(None).profile  # the newest tables (the set unversioned rows read)
 
     def predict(step_overhead, what):
         return predict_silicon(rows, kernels, args.models, args.requests_per_user,
