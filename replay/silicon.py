@@ -183,17 +183,35 @@ def measured_dtype(dtype: str, kernels: KernelSet) -> str:
     return dtype
 
 
-def gemm_dtype(row: pd.Series, model: ModelConfig) -> str:
-    """GEMM dtype of a row's dense layers: a block-scaled fp8 checkpoint's own kind; bf16
-    for an MXFP4 checkpoint (gpt-oss quantises only its experts); else the row's
-    quantisation mode, else the checkpoint's (bf16)."""
-    if model.quantization == "fp8_block":
-        return "fp8_block"
-    if model.quantization == "mxfp4":
-        return "bfloat16"
-    mode = row.get("gemm_quant_mode")
+def _row_mode(row: pd.Series, column: str) -> str | None:
+    mode = row.get(column)
     if isinstance(mode, str) and mode:
         return {"bf16": "bfloat16", "float16": "bfloat16"}.get(mode, mode)
+    return None
+
+
+def _four_bit(mode: str | None) -> bool:
+    """Whether a quantisation mode stores weights in fewer bits than fp8 (unknown
+    names are not: they reach :func:`skip_reason` as unmeasured GEMM dtypes)."""
+    try:
+        return mode is not None and dtype_bytes(mode) < 1
+    except ValueError:
+        return False
+
+
+def gemm_dtype(row: pd.Series, model: ModelConfig) -> str:
+    """GEMM dtype of a row's dense layers: bf16 for an MXFP4 checkpoint (gpt-oss
+    quantises only its experts, and its rows call that "nvfp4"); a block-scaled fp8
+    checkpoint's own kind unless the row ran a 4-bit re-quantisation of it (MiniMax-M2.5
+    "nvfp4" rows on Blackwell); else the row's quantisation mode, else the
+    checkpoint's (bf16)."""
+    if model.quantization == "mxfp4":
+        return "bfloat16"
+    mode = _row_mode(row, "gemm_quant_mode")
+    if model.quantization == "fp8_block":
+        return mode if _four_bit(mode) else "fp8_block"
+    if mode is not None:
+        return mode
     prec = row.get("precision")
     if isinstance(prec, str) and prec and prec not in ("bf16", "bfloat16", "fp16", "float16"):
         return prec
@@ -203,9 +221,15 @@ def gemm_dtype(row: pd.Series, model: ModelConfig) -> str:
 
 
 def moe_dtype(row: pd.Series, model: ModelConfig) -> str:
-    """Weight format of a row's experts: MXFP4 for an MXFP4 checkpoint, else the
-    dense layers' (:func:`gemm_dtype`)."""
-    return "mxfp4" if model.quantization == "mxfp4" else gemm_dtype(row, model)
+    """Weight format of a row's experts: MXFP4 for an MXFP4 checkpoint; else the row's
+    ``moe_quant_mode`` when it names a 4-bit format (the experts of a re-quantised
+    checkpoint), else the dense layers' (:func:`gemm_dtype`)."""
+    if model.quantization == "mxfp4":
+        return "mxfp4"
+    mode = _row_mode(row, "moe_quant_mode")
+    if _four_bit(mode):
+        return mode
+    return gemm_dtype(row, model)
 
 
 class KernelVersions:

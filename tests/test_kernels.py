@@ -230,6 +230,22 @@ def test_gemm_dtype_of_rows_and_checkpoints(shared_data):
     assert gemm_dtype(pd.Series({"gemm_quant_mode": float("nan"), "precision": float("nan")}), dense) == "bfloat16"
 
 
+def test_rows_of_a_four_bit_requantised_fp8_checkpoint(shared_data):
+    # MiniMax-M2.5 ships block-scaled fp8; its Blackwell "nvfp4" rows ran an NVFP4
+    # re-quantisation, so both its GEMMs and its experts are 4-bit there
+    from profiles.model import load_model_config
+    from replay.silicon import gemm_dtype, moe_dtype
+
+    model = load_model_config(shared_data / "models" / "MiniMaxAI--MiniMax-M2.5_config.json")
+    assert model.quantization == "fp8_block"
+    fp4 = pd.Series({"gemm_quant_mode": "nvfp4", "moe_quant_mode": "nvfp4"})
+    fp8 = pd.Series({"gemm_quant_mode": "fp8", "moe_quant_mode": "fp8"})
+    assert (gemm_dtype(fp4, model), moe_dtype(fp4, model)) == ("nvfp4", "nvfp4")
+    assert (gemm_dtype(fp8, model), moe_dtype(fp8, model)) == ("fp8_block", "fp8_block")
+    odd = pd.Series({"gemm_quant_mode": "w4a8_mystery", "moe_quant_mode": "w4a8_mystery"})
+    assert gemm_dtype(odd, model) == "fp8_block"  # unknown names are not read as 4-bit
+
+
 def test_ingest_reads_a_kernel_database_folder(shared_data, tmp_path):
     from traces.formats import detect_format, read_profile
 
@@ -258,6 +274,9 @@ def test_kernel_db_prefers_the_serving_engine_and_its_nearest_version(tmp_path):
     assert lat(framework="vllm") == [2e-3]  # newest of the engine's own tables
     assert lat(version="1.0.0", framework="trtllm") == [3e-3]
     assert lat(framework="sglang") == [3e-3]  # engine not measured: newest of any
+    # a nightly build is newer than every release; a "v" prefix is only a prefix
+    assert lat(version="nightly-5b8c30d62b754b57", framework="vllm") == [2e-3]
+    assert lat(version="v0.13.0", framework="vllm") == [1e-3]
 
     # each silicon row reads the tables nearest its own engine version
     from replay.silicon import KernelVersions

@@ -60,7 +60,14 @@ ELEMENT_BYTES = {"half": 2, "bfloat16": 2, "float16": 2, "fp16": 2, "bf16": 2, "
 
 
 def _version_key(version: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else 0 for p in re.split(r"[.\-+]", str(version)))
+    text = str(version).strip().lower().removeprefix("v")
+    return tuple(int(p) if p.isdigit() else 0 for p in re.split(r"[.\-+]", text))
+
+
+def _unnumbered(version: str) -> bool:
+    """A build named without a release number ("nightly-5b8c30d", "main", "latest"):
+    newer than every release, so it reads the newest tables."""
+    return not re.match(r"\d", str(version).strip().lower().removeprefix("v"))
 
 
 def available(system_dir) -> dict[str, list[tuple[str, str, Path]]]:
@@ -81,8 +88,8 @@ def available(system_dir) -> dict[str, list[tuple[str, str, Path]]]:
 
 def pick_version(choices: list[tuple[str, str, Path]], version: str | None):
     """The table whose framework version is nearest ``version`` (ties: the newer); the
-    newest when ``version`` is None."""
-    if version is None:
+    newest when ``version`` is None or names no release (a nightly build)."""
+    if version is None or _unnumbered(version):
         return choices[-1]
     want = _version_key(version)
 
