@@ -2,7 +2,8 @@
 
     python bench/silicon.py                        # every system with both kernels and rows
     python bench/silicon.py --arrivals staggered   # the steady state alone
-    python bench/silicon.py --no-step-overhead     # kernels alone
+    python bench/silicon.py --no-step-overhead     # without the fitted step overhead
+    python bench/silicon.py --no-moe-efficiency    # MoE layers from the GEMM table alone
 
 Prints, per system: rows predicted/skipped, TTFT and TPOT MAPE / median APE / bias
 (%), the same per model (marking the model the step overhead was fitted on: the
@@ -32,6 +33,7 @@ def main() -> int:
     parser.add_argument("--arrivals", default="benchmark", choices=("benchmark", "staggered", "burst"))
     parser.add_argument("--backend", default="vllm")
     parser.add_argument("--no-step-overhead", action="store_true")
+    parser.add_argument("--no-moe-efficiency", action="store_true")
     args = parser.parse_args()
     if not SILICON.is_file():
         print(f"shared data not found at {SHARED}", file=sys.stderr)
@@ -51,7 +53,8 @@ def main() -> int:
                             "--kernels", str(folder), "--models", str(SHARED / "models"),
                             "--system", folder.name, "--backend", args.backend, "--arrivals", args.arrivals,
                             "--json", str(out), "--out", tmp]
-                           + (["--no-step-overhead"] if args.no_step_overhead else []),
+                           + (["--no-step-overhead"] if args.no_step_overhead else [])
+                           + (["--no-moe-efficiency"] if args.no_moe_efficiency else []),
                            check=True, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
             wall = time.perf_counter() - t0
@@ -66,6 +69,10 @@ def main() -> int:
             o = s["step_overhead"]
             print(f"  step overhead {o['per_step_ms']:.3f} ms + {o['per_sequence_us']:.1f} us/sequence, "
                   f"fitted on {fitted_on}")
+        if s.get("moe_efficiency"):
+            m = s["moe_efficiency"]
+            print("  fused-MoE efficiency " + ", ".join(f"{d} {v:.2f}" for d, v in m["efficiency"].items())
+                  + f" of peak, fitted on published kernel times ({m['fitted_on'].get('source', '?')})")
         for model, g in rows[rows["pred_ttft_ms"].notna()].groupby("model"):
             parts = []
             for metric in ("ttft", "tpot"):

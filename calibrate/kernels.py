@@ -180,7 +180,9 @@ class Datasheet:
         return self.mem_latency_s + np.asarray(nbytes, dtype=float) / (self.mem_bw_bytes_s * self.mem_efficiency)
 
 
-def _base_dtype(dtype: str) -> str:
+def base_dtype(dtype: str) -> str:
+    """The datasheet peak a dtype's tensor cores run at: ``"fp8"`` for every fp8 variant
+    (``fp8_block``), ``"bfloat16"`` for 16-bit floats, else the name itself."""
     return "fp8" if str(dtype).startswith("fp8") else "bfloat16" if dtype in ("bf16", "bfloat16", "float16", "fp16") else str(dtype)
 
 
@@ -254,7 +256,7 @@ class KernelSet:
             if frame is not None:
                 big = frame[(frame["m"] >= 4096) & (frame["n"] >= 4096) & (frame["k"] >= 4096)]
                 for dtype, part in big.groupby("dtype"):
-                    peak = self.sheet.peak_flops.get(_base_dtype(dtype))
+                    peak = self.sheet.peak_flops.get(base_dtype(dtype))
                     if peak:
                         achieved = 2.0 * part["m"] * part["n"] * part["k"] / part["latency_s"]
                         eff.append(np.clip(achieved / peak, 0.05, 1.0))
@@ -264,7 +266,7 @@ class KernelSet:
     def _gemm_roofline(self, m, n, k, dtype) -> np.ndarray:
         """A GEMM the database did not measure: datasheet peak of its dtype times the
         efficiency the device's measured GEMMs reach, or memory time if longer."""
-        base = _base_dtype(dtype)
+        base = base_dtype(dtype)
         peak = self.sheet.peak_flops.get(base) or self.sheet.peak_flops["bfloat16"]
         width = {"fp8": 1.0, "fp4": 0.5, "int8": 1.0}.get(base, 2.0)
         flops = 2.0 * m * n * k

@@ -58,7 +58,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from calibrate.kernels import KernelSet
+from calibrate.kernels import KernelSet, base_dtype
 from profiles.model import ModelConfig, dtype_bytes
 from traces.schema import OPERATOR_PROFILE, from_columns
 
@@ -121,7 +121,7 @@ def decode_attention(ks: KernelSet, n, kv, shape: tuple, kv_dtype: str) -> np.nd
 
 
 def moe_layer(ks: KernelSet, model: ModelConfig, tp: int, ep: int, gemm_dtype: str,
-              tokens, hit) -> np.ndarray:
+              tokens, hit, efficiency: dict | None = None) -> np.ndarray:
     """One MoE layer's time (s) on one rank: ``tokens`` (per EP rank) and ``hit`` experts.
 
     ``ep`` is 1 (experts TP-sharded) or ``tp`` (experts spread whole over the TP ranks).
@@ -129,6 +129,12 @@ def moe_layer(ks: KernelSet, model: ModelConfig, tp: int, ep: int, gemm_dtype: s
     GEMM table for (gpt-oss's MXFP4 on Hopper) runs weight-only, as vLLM's Marlin and
     Triton MoE kernels do there: its weights are streamed at 4 bits and dequantised,
     the multiplications run in bf16 (the bf16 GEMM table gives the compute).
+
+    ``efficiency``: ``{compute dtype: share of the datasheet peak}`` the device's
+    fused-MoE kernel reaches (:mod:`replay.fused_moe`). Where given for the compute
+    dtype, the experts' multiplications take at least their FLOPs at that rate: a
+    grouped kernel over many small per-expert blocks is slower than one dense GEMM over
+    all token-expert pairs, which is what the GEMM table alone would assume.
     """
     tokens, hit = np.broadcast_arrays(np.asarray(tokens, dtype=float), np.asarray(hit, dtype=float))
     shape = tokens.shape
@@ -142,10 +148,16 @@ def moe_layer(ks: KernelSet, model: ModelConfig, tp: int, ep: int, gemm_dtype: s
     if gemm_dtype in WEIGHT_ONLY_4BIT and gemm_dtype not in ks.gemm_dtypes():
         compute_dtype = "bfloat16"
     a = ACT_BYTES
+    rate = None
+    if efficiency and efficiency.get(base_dtype(compute_dtype)):
+        peak = ks.sheet.peak_flops.get(base_dtype(compute_dtype))
+        rate = None if not peak else efficiency[base_dtype(compute_dtype)] * peak
     out = ks.gemm(np.maximum(step_tokens, 1.0), E, hid, "bfloat16")  # router, unquantised
     out = out + ks.elementwise(step_tokens * E * 4 * 2)  # scores, top-k
     for n, k in ((2 * width if model.mlp_matrices == 3 else width, hid), (hid, width)):
         compute = ks.gemm(pairs, n, k, compute_dtype)
+        if rate is not None:
+            compute = np.maximum(compute, 2.0 * pairs * n * k / rate)
         stream = ks.elementwise(np.maximum(h, 1.0) * n * k * w + pairs * (n + k) * a)
         out = out + np.maximum(compute, stream)
     out = out + ks.elementwise(pairs * 3 * width * a)  # activation
@@ -161,13 +173,14 @@ def moe_layer(ks: KernelSet, model: ModelConfig, tp: int, ep: int, gemm_dtype: s
 def kernel_operator_profile(ks: KernelSet, model: ModelConfig, tp: int, gemm_dtype: str = "bfloat16",
                             kv_dtype: str = "bfloat16", budget: int = 8192, max_seqs: int = 256,
                             max_len: int = 32768, expert_parallel: int = 1,
-                            moe_dtype: str | None = None) -> pa.Table:
+                            moe_dtype: str | None = None, moe_efficiency: dict | None = None) -> pa.Table:
     """Per-layer operator rows (``operator_profile``, degree ``tp``) composed from kernels.
 
     ``expert_parallel``: 1, or ``tp`` when a MoE model's experts are spread over the
     TP ranks (vLLM ``enable_expert_parallel`` without data parallelism).
     ``moe_dtype``: the experts' weight format when it differs from the other GEMMs'
     (gpt-oss: MXFP4 experts, bf16 attention).
+    ``moe_efficiency``: the fused-MoE kernel's rate per compute dtype (:func:`moe_layer`).
     Sliding-window layers (``model.num_sliding_layers``) attend over the window only;
     the one attention table is the mean over the model's layers.
     """
@@ -201,8 +214,8 @@ def kernel_operator_profile(ks: KernelSet, model: ModelConfig, tp: int, gemm_dty
         local = model.num_experts // expert_parallel
         hits = np.array(sorted(set(range(1, min(local, 16) + 1)) | set(_geometric(16, local, 1.25))), dtype=float)
         tt, hh = np.meshgrid(token_grid(-(-budget // expert_parallel)), hits, indexing="ij")
-        add("moe", moe_layer(ks, model, tp, expert_parallel, moe_dtype or gemm_dtype, tt, hh), tokens=tt,
-            activated_experts=hh)
+        add("moe", moe_layer(ks, model, tp, expert_parallel, moe_dtype or gemm_dtype, tt, hh, moe_efficiency),
+            tokens=tt, activated_experts=hh)
     add("layernorm", ks.elementwise(T * hid * a * 2), tokens=T)
     add("rotary_emb", ks.elementwise(T * (h_tp + kv_tp) * d * a * 2), tokens=T)
     if model.qk_norm:

@@ -373,7 +373,7 @@ def kv_blocks_for(model: ModelConfig, sheet: Datasheet, tp: int, dtype: str, exp
 
 def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests_per_user: int | None = None,
                 cache: dict | None = None, arrivals: str = "benchmark", exclude_warmup: bool = True,
-                overhead: StepOverhead | None = None) -> Prediction:
+                overhead: StepOverhead | None = None, moe_efficiency: dict | None = None) -> Prediction:
     """Closed-loop prediction of one row (times in ms).
 
     ``arrivals``:
@@ -388,6 +388,9 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
 
     For the last two, ``requests_per_user`` (default 4) is the simulated loop's
     length and ``exclude_warmup=False`` averages over all of it.
+
+    ``moe_efficiency``: the device's fused-MoE rate per compute dtype
+    (:mod:`replay.fused_moe`); None composes MoE layers from the GEMM table alone.
     """
     if arrivals not in ARRIVALS:
         raise ValueError(f"arrivals must be one of {ARRIVALS}, not {arrivals!r}")
@@ -405,12 +408,14 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
     cfg = EngineConfig(max_num_seqs=max(max_seqs, users), max_num_batched_tokens=budget,
                        block_size=BLOCK_SIZE, num_gpu_blocks=kv_blocks_for(model, kernels.sheet, tp, dt, md),
                        tensor_parallel=tp, expert_parallel=ep > 1, async_scheduling=True)
-    key = (id(kernels), model.name, tp, ep, dt, md, cfg.max_num_seqs)
+    moe_eff = moe_efficiency if model.is_moe() else None
+    key = (id(kernels), model.name, tp, ep, dt, md, cfg.max_num_seqs, tuple(sorted((moe_eff or {}).items())))
     cost = None if cache is None else cache.get(key)
     if cost is None:
         max_len = max(1 << 15, isl + osl)
         table = kernel_operator_profile(kernels, model, tp, dt, "bfloat16", cfg.max_num_batched_tokens,
-                                        cfg.max_num_seqs, max_len, expert_parallel=ep, moe_dtype=md)
+                                        cfg.max_num_seqs, max_len, expert_parallel=ep, moe_dtype=md,
+                                        moe_efficiency=moe_eff)
         models = fit_operators(table, tp)
         cost = build_step_cost(models, model, cfg, kernels.sheet.link_bw_bytes_s,
                                all_reduce=lambda b: kernels.all_reduce(b, tp))
@@ -463,12 +468,13 @@ def protocol_range(rows: pd.DataFrame, slack: float = 0.05) -> dict:
 
 def predict_silicon(rows: pd.DataFrame, kernels: KernelSet | KernelVersions, models_dir,
                     requests_per_user: int | None = None, progress=None, arrivals: str = "benchmark",
-                    exclude_warmup: bool = True,
-                    overhead: StepOverhead | None = None) -> tuple[pd.DataFrame, dict]:
+                    exclude_warmup: bool = True, overhead: StepOverhead | None = None,
+                    moe_efficiency: dict | None = None) -> tuple[pd.DataFrame, dict]:
     """Predict every row; return per-row results and the summary JSON object.
 
     ``kernels``: one set for every row, or :class:`KernelVersions` so that each row
-    reads the tables of its own engine version.
+    reads the tables of its own engine version. ``overhead`` and ``moe_efficiency``:
+    see :func:`predict_row`.
     """
     index = model_index(models_dir)
     cache: dict = {}
@@ -488,7 +494,8 @@ def predict_silicon(rows: pd.DataFrame, kernels: KernelSet | KernelVersions, mod
         if reason is None:
             model = load_model_config(find_model(index, row["model_path"]))
             try:
-                p = predict_row(row, model, kernels, requests_per_user, cache, arrivals, exclude_warmup, overhead)
+                p = predict_row(row, model, kernels, requests_per_user, cache, arrivals, exclude_warmup, overhead,
+                                moe_efficiency)
             except Unmodelled as exc:
                 reason = str(exc)
             else:

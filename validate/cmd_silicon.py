@@ -27,6 +27,14 @@ collection of rows and validated on the others:
 overhead, fits ``per_step + per_sequence x sequences`` to the TPOT of that model's
 rows, writes it to OUT and reports every row predicted with it.
 
+MoE layers: a kernel database has no MoE kernel, and a dense GEMM over all
+token-expert pairs is far faster than vLLM's fused-MoE kernel at prefill sizes. The
+fused-MoE rate shipped in ``profiles/fused_moe_efficiency.yaml`` (share of the
+datasheet peak per compute dtype, H100 only: it applies when its system is
+``--system``) corrects that; ``--fit-moe-efficiency OUT --moe-measurements FILE``
+fits it on published kernel times (no silicon row is used), writes OUT and predicts
+with it; ``--moe-efficiency FILE`` / ``--no-moe-efficiency`` choose another or none.
+
 Writes JSON ``{"rows": {"total", "predicted", "skipped": {reason: count}},
 "ttft": E, "tpot": E, ...}`` with ``E = {"mape", "median_ape", "p90_ape", "bias"}``
 in percent, plus the same per model (``by_model``), where the kernel latencies came
@@ -83,6 +91,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "every row predicted with it")
     p.add_argument("--fit-model", help="model_path of the rows the overhead is fitted on "
                                        "(e.g. meta-llama/Llama-3.1-70B)")
+    p.add_argument("--moe-efficiency", type=Path, default=None,
+                   help="YAML of the fused-MoE kernel's rate on a system (default: "
+                        "profiles/fused_moe_efficiency.yaml; applied only when fitted for --system)")
+    p.add_argument("--no-moe-efficiency", action="store_true",
+                   help="compose MoE layers from the GEMM table alone")
+    p.add_argument("--fit-moe-efficiency", type=Path, metavar="OUT",
+                   help="fit the fused-MoE rate on the published kernel times of --moe-measurements "
+                        "with this system's GEMM tables, write it here and predict with it")
+    p.add_argument("--moe-measurements", type=Path,
+                   help="YAML of published fused-MoE kernel times (e.g. profiles/fused_moe_measurements.yaml)")
 
 
 def _datasheet(kernels: Path, system: str):
@@ -132,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from calibrate.kernels import cross_validate_kernels
+    from replay import fused_moe
     from replay.silicon import (
         DEFAULT_STEP_OVERHEAD,
         KernelVersions,
@@ -158,6 +177,11 @@ def run(args: argparse.Namespace) -> int:
         path = args.step_overhead or DEFAULT_STEP_OVERHEAD
         if args.step_overhead is not None or path.is_file():
             overhead, overhead_source = StepOverhead.load(path), str(path)
+    if bool(args.fit_moe_efficiency) != bool(args.moe_measurements):
+        raise TraceError(args.silicon, "--fit-moe-efficiency and --moe-measurements go together")
+    if args.fit_moe_efficiency and (args.moe_efficiency or args.no_moe_efficiency):
+        raise TraceError(args.silicon, "--fit-moe-efficiency fits its own rate: drop --moe-efficiency "
+                                       "and --no-moe-efficiency")
     rows = read_silicon(args.silicon)
     rows = rows[(rows["system"] == args.system) & (rows["backend"] == args.backend)]
     if not len(rows):
@@ -166,14 +190,32 @@ def run(args: argparse.Namespace) -> int:
         raise TraceError(args.silicon, f"no {args.system}/{args.backend} rows of --fit-model {args.fit_model!r}")
     sheet, sheet_source = _datasheet(args.kernels, args.system)
     kernels = KernelVersions(args.kernels, sheet, hardware=args.system, framework=args.backend)
-    profile = kernels.for_version(None).profile  # the newest tables (the set unversioned rows read)
+    newest = kernels.for_version(None)  # the newest tables (the set unversioned rows read)
+    profile = newest.profile
+    moe_eff, moe_source = None, "none"
+    if args.fit_moe_efficiency is not None:
+        system, source, series = fused_moe.read_measurements(args.moe_measurements)
+        if system != args.system:
+            raise TraceError(args.moe_measurements, f"measured on {system!r}, not on --system {args.system!r}")
+        moe_eff = fused_moe.fit_efficiency(newest, system, source, series, {
+            "measurements": args.moe_measurements.name, "gemm_table": kernels.gemm_table(None)})
+        moe_eff.save(args.fit_moe_efficiency)
+        moe_source = f"fitted here, written to {args.fit_moe_efficiency}"
+        print("fused-MoE efficiency fitted on published kernel times: " + ", ".join(
+            f"{d} {v:.2f} of peak" for d, v in sorted(moe_eff.efficiency.items())))
+    elif not args.no_moe_efficiency:
+        path = args.moe_efficiency or fused_moe.DEFAULT_EFFICIENCY
+        if args.moe_efficiency is not None or path.is_file():
+            moe_eff = fused_moe.for_system(path, args.system)
+            moe_source = str(path) if moe_eff is not None else f"none ({path} is for another system)"
+    moe_rates = None if moe_eff is None else moe_eff.efficiency
 
     def predict(step_overhead, what):
         return predict_silicon(rows, kernels, args.models, args.requests_per_user,
                                progress=lambda it, total: tqdm(it, total=total, desc=what, file=sys.stderr,
                                                                disable=None),
                                arrivals=args.arrivals, exclude_warmup=not args.include_warmup,
-                               overhead=step_overhead)
+                               overhead=step_overhead, moe_efficiency=moe_rates)
 
     if args.fit_step_overhead is not None:
         bare, _ = predict(None, "rows (no overhead)")
@@ -191,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
     summary["kernel_cv"] = {f"{r.kernel}/{r.variant}": {"mape": round(r.mape, 2), "median_ape": round(r.median_ape, 2),
                                                         "held_out": int(r.held_out)} for r in cv.itertuples()}
     summary["step_overhead"] = None if overhead is None else dict(overhead.to_dict(), source=overhead_source)
+    summary["moe_efficiency"] = None if moe_eff is None else dict(moe_eff.to_dict(), source=moe_source)
     summary["settings"] = {"system": args.system, "backend": args.backend,
                            "kernel_tables": "nearest each row's backend_version (rows without one: the "
                                             "newest); kernel_cv on the newest",
@@ -214,6 +257,8 @@ def run(args: argparse.Namespace) -> int:
     if overhead is not None:
         print(f"  step overhead: {overhead.per_step_s * 1e3:.3f} ms + {overhead.per_sequence_s * 1e6:.1f} us/sequence "
               f"(fitted on {overhead.fitted_on.get('model', '?')}; {overhead_source})")
+    rates = ", ".join(f"{d} {v:.2f} of peak" for d, v in sorted((moe_rates or {}).items()))
+    print(f"  fused-MoE efficiency: {rates} ({moe_source})" if rates else f"  fused-MoE efficiency: {moe_source}")
     print("  kernel latencies by source: " + "; ".join(
         f"{fam} " + ", ".join(f"{s} {c}" for s, c in srcs.items()) for fam, srcs in summary["kernel_sources"].items()))
     if args.json:

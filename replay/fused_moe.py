@@ -1,0 +1,209 @@
+"""How fast a device's fused-MoE kernel multiplies, fitted on published kernel benchmarks.
+
+A kernel database times dense GEMMs; it has no MoE kernel. Composing a MoE layer from
+it (:func:`replay.kernel_cost.moe_layer`) prices the experts' multiplications as one
+dense GEMM over all token-expert pairs. vLLM's fused-MoE kernel is a grouped GEMM over
+many small per-expert blocks, and at prefill sizes it is far slower than that: the
+published ``benchmark_moe.py`` times of the kernel on H100 are 1.7-3.2x the dense-GEMM
+composition at 1024-4096 tokens (Qwen3-30B-A3B fp8), while decode-sized calls, which
+stream the experts' weights, agree within ~10-30 %.
+
+This module fits, per compute dtype, the share of the datasheet peak the kernel's
+multiplications reach (``efficiency``) so that the composed layer matches those
+published times; :func:`replay.kernel_cost.moe_layer` then gives the multiplications at
+least their FLOPs at that rate. The measurements are an input file with its source
+(``profiles/fused_moe_measurements.yaml``); the fitted file
+(``profiles/fused_moe_efficiency.yaml``) is written by ``mist silicon
+--fit-moe-efficiency`` and applies only to the system it was fitted for. The silicon
+rows are never used in the fit, so MoE rows there are held out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from calibrate.kernels import KernelSet, base_dtype
+from profiles.model import ModelConfig
+from replay.kernel_cost import moe_layer
+from traces.errors import TraceError
+from traces.io import atomic_write_text
+
+#: the efficiency a fit may return: shares of the datasheet peak in steps of 0.01
+GRID = np.round(np.arange(0.01, 1.0 + 1e-9, 0.01), 2)
+#: the fused-MoE efficiency ``mist silicon`` applies unless told otherwise
+DEFAULT_EFFICIENCY = Path(__file__).resolve().parents[1] / "profiles" / "fused_moe_efficiency.yaml"
+SERIES_KEYS = ("label", "dtype", "tp", "hidden_size", "moe_intermediate_size", "num_experts", "top_k",
+               "tokens", "time_us")
+
+
+@dataclass(frozen=True)
+class Series:
+    """Published times (us) of one fused-MoE layer shape at several token counts."""
+
+    label: str
+    dtype: str
+    tp: int
+    hidden_size: int
+    moe_intermediate_size: int
+    num_experts: int
+    top_k: int
+    tokens: tuple
+    time_us: tuple
+
+    def model(self) -> ModelConfig:
+        """A one-layer MoE with this series' shape (what :func:`moe_layer` reads)."""
+        return ModelConfig(name=self.label, architecture="moe", num_layers=1, hidden_size=self.hidden_size,
+                           num_heads=1, num_kv_heads=1, head_dim=self.hidden_size, intermediate_size=0,
+                           vocab_size=1, num_experts=self.num_experts, num_experts_per_tok=self.top_k,
+                           moe_intermediate_size=self.moe_intermediate_size, tie_word_embeddings=False,
+                           torch_dtype="bfloat16", max_position_embeddings=1)
+
+    def composed_us(self, ks: KernelSet, efficiency: dict | None) -> np.ndarray:
+        """The layer composed from ``ks`` at every token count (us); experts hit as
+        uniform random routing hits them, ``E (1 - (1 - k/E)^T)``."""
+        t = np.asarray(self.tokens, dtype=float)
+        hit = self.num_experts * (1.0 - (1.0 - self.top_k / self.num_experts) ** t)
+        return moe_layer(ks, self.model(), self.tp, 1, self.dtype, t, hit, efficiency) * 1e6
+
+
+def _positive_int(path, where, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TraceError(path, f"{where}: expected a positive integer, got {value!r}")
+    return value
+
+
+def read_measurements(path) -> tuple[str, str, list[Series]]:
+    """``(system, source, series)`` of a measurements file (see the shipped one)."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise TraceError(path, f"cannot read fused-MoE measurements: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("series"), list) or not doc["series"]:
+        raise TraceError(path, "expected a mapping with system, source and a non-empty list of series")
+    for key in ("system", "source"):
+        if not isinstance(doc.get(key), str) or not doc[key]:
+            raise TraceError(path, f"{key} must be a non-empty string")
+    out = []
+    for i, s in enumerate(doc["series"]):
+        where = f"series[{i}]"
+        if not isinstance(s, dict) or any(k not in s for k in SERIES_KEYS):
+            raise TraceError(path, f"{where}: needs {', '.join(SERIES_KEYS)}")
+        ints = {k: _positive_int(path, f"{where}.{k}", s[k])
+                for k in ("tp", "hidden_size", "moe_intermediate_size", "num_experts", "top_k")}
+        tokens, times = s["tokens"], s["time_us"]
+        if not isinstance(tokens, list) or not isinstance(times, list) or len(tokens) != len(times) or not tokens:
+            raise TraceError(path, f"{where}: tokens and time_us must be lists of the same, non-zero length")
+        tokens = tuple(_positive_int(path, f"{where}.tokens", t) for t in tokens)
+        for t in times:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+                raise TraceError(path, f"{where}.time_us: expected positive numbers, got {t!r}")
+        if ints["top_k"] > ints["num_experts"] or ints["moe_intermediate_size"] % ints["tp"]:
+            raise TraceError(path, f"{where}: top_k above num_experts, or width not divisible by tp")
+        out.append(Series(str(s["label"]), str(s["dtype"]), tokens=tokens,
+                          time_us=tuple(float(t) for t in times), **ints))
+    return doc["system"], doc["source"], out
+
+
+@dataclass(frozen=True)
+class FusedMoEEfficiency:
+    """Share of the datasheet peak a system's fused-MoE kernel multiplies at, per
+    compute dtype (``"bfloat16"``, ``"fp8"``); ``fitted_on`` says on what."""
+
+    system: str
+    efficiency: dict
+    fitted_on: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"system": self.system, "efficiency": dict(sorted(self.efficiency.items())),
+                "fitted_on": self.fitted_on}
+
+    def save(self, path) -> None:
+        head = ("# Share of the datasheet peak the fused-MoE kernel's multiplications reach, per\n"
+                "# compute dtype, on one system. Written by `mist silicon --fit-moe-efficiency`\n"
+                "# from published kernel benchmarks; see docs/kernels.md.\n")
+        atomic_write_text(path, head + yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path) -> FusedMoEEfficiency:
+        path = Path(path)
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise TraceError(path, f"cannot read fused-MoE efficiency: {exc}") from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("system"), str) \
+                or not isinstance(doc.get("efficiency"), dict) or not doc["efficiency"]:
+            raise TraceError(path, "expected a mapping with system and a non-empty efficiency mapping")
+        eff = {}
+        for dtype, v in doc["efficiency"].items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+                raise TraceError(path, f"efficiency of {dtype!r} must be in (0, 1], got {v!r}")
+            eff[base_dtype(str(dtype))] = float(v)
+        fitted_on = doc.get("fitted_on") or {}
+        if not isinstance(fitted_on, dict):
+            raise TraceError(path, "fitted_on must be a mapping")
+        return cls(doc["system"], eff, fitted_on)
+
+
+class _Memo:
+    """A :class:`KernelSet` whose GEMM and elementwise lookups are remembered: a fit
+    composes the same layers at a hundred efficiencies, and only the rate changes."""
+
+    def __init__(self, ks: KernelSet):
+        self.ks, self.sheet, self._seen = ks, ks.sheet, {}
+
+    def gemm_dtypes(self):
+        return self.ks.gemm_dtypes()
+
+    def _call(self, name, *args):
+        key = (name,) + tuple(np.asarray(a).tobytes() if isinstance(a, np.ndarray) else a for a in args)
+        if key not in self._seen:
+            self._seen[key] = getattr(self.ks, name)(*args)
+        return self._seen[key]
+
+    def gemm(self, m, n, k, dtype):
+        return self._call("gemm", np.asarray(m, dtype=float), n, k, dtype)
+
+    def elementwise(self, nbytes):
+        return self._call("elementwise", np.asarray(nbytes, dtype=float))
+
+
+def _log_errors(series: list[Series], ks: KernelSet, efficiency: dict | None) -> np.ndarray:
+    return np.concatenate([np.log(s.composed_us(ks, efficiency) / np.asarray(s.time_us)) for s in series])
+
+
+def fit_efficiency(ks: KernelSet, system: str, source: str, series: list[Series],
+                   note: dict | None = None) -> FusedMoEEfficiency:
+    """Per compute dtype, the efficiency on :data:`GRID` minimising the mean absolute
+    log error of the composed layer over that dtype's published times (ties: the
+    larger, i.e. the smaller correction). Deterministic."""
+    ks = _Memo(ks)
+    by_dtype: dict[str, list[Series]] = {}
+    for s in series:
+        by_dtype.setdefault(base_dtype(s.dtype), []).append(s)
+    eff, report = {}, {}
+    for dtype, group in sorted(by_dtype.items()):
+        scores = [float(np.mean(np.abs(_log_errors(group, ks, {dtype: float(e)})))) for e in GRID]
+        best = min(range(len(GRID)), key=lambda i: (round(scores[i], 12), -GRID[i]))
+        eff[dtype] = float(GRID[best])
+        before = np.abs(np.expm1(_log_errors(group, ks, None))) * 100
+        after = np.abs(np.expm1(_log_errors(group, ks, {dtype: eff[dtype]}))) * 100
+        report[dtype] = {"series": [s.label for s in group], "points": int(after.size),
+                         "mape_before": round(float(before.mean()), 2),
+                         "mape_after": round(float(after.mean()), 2)}
+    fitted_on = dict(note or {})
+    fitted_on.update(source=source, by_dtype=report,
+                     method="grid of 0.01 over (0, 1], mean |log(composed / published)| per dtype")
+    return FusedMoEEfficiency(system, eff, fitted_on)
+
+
+def for_system(path, system: str) -> FusedMoEEfficiency | None:
+    """The efficiency in ``path`` when it was fitted for ``system``, else None (a
+    kernel's speed on one device says nothing about another's)."""
+    eff = FusedMoEEfficiency.load(path)
+    return eff if eff.system == system else None

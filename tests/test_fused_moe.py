@@ -1,0 +1,110 @@
+"""The fused-MoE rate: a floor on the experts' multiplications, fitted on published kernel times."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import yaml
+
+from calibrate.kernels import Datasheet, KernelSet
+from replay import fused_moe
+from replay.kernel_cost import moe_layer
+from traces.errors import TraceError
+
+REPO = Path(__file__).resolve().parents[1]
+H100 = "profiles/aiconfigurator/h100_sxm"
+
+
+@pytest.fixture
+def toy():
+    # no GEMM measured: GEMMs are the datasheet roofline at the default efficiency
+    sheet = Datasheet(name="toy", mem_bw_bytes_s=1e12, peak_flops={"bfloat16": 1e15, "fp8": 2e15})
+    prof = pa.table({"operator": ["gemm"], "dtype": ["bfloat16"], "m": [64], "n": [64], "k": [64],
+                     "latency_s": [1e-6]})
+    return KernelSet(prof, sheet)
+
+
+SERIES = fused_moe.Series(label="toy fp8", dtype="fp8", tp=1, hidden_size=1024, moe_intermediate_size=2048,
+                          num_experts=8, top_k=2, tokens=(1, 4, 64, 512, 2048, 8192),
+                          time_us=(1.0,) * 6)
+
+
+def test_the_rate_slows_prefill_only_and_is_bounded_by_its_flops(toy):
+    model = SERIES.model()
+    flops_per_pair = 2 * (2 * 2048 * 1024 + 1024 * 2048)  # gate/up then down
+
+    def layer(tokens, eff):
+        return moe_layer(toy, model, 1, 1, "fp8", np.array([float(tokens)]), np.array([8.0]), eff)[0]
+
+    # one token: streaming the experts' weights dominates; the rate changes nothing
+    assert layer(1, {"fp8": 0.1}) == layer(1, None)
+    # 8192 tokens: at least the pairs' FLOPs at 10 % of the fp8 peak, and no more than that on top
+    floor = 8192 * 2 * flops_per_pair / (0.1 * 2e15)
+    slow, fast = layer(8192, {"fp8": 0.1}), layer(8192, None)
+    assert floor <= slow <= fast + floor
+    assert slow > 1.5 * fast
+    assert layer(8192, {"fp8": 0.05}) > slow  # a slower kernel, a longer layer
+    assert layer(8192, {"bfloat16": 0.1}) == fast  # a rate for another dtype does not apply
+
+
+def test_fit_recovers_a_planted_efficiency(toy):
+    planted = {"fp8": 0.05}
+    truth = replace(SERIES, time_us=tuple(SERIES.composed_us(toy, planted).tolist()))
+    fit = fused_moe.fit_efficiency(toy, "toy", "made up here", [truth])
+    assert fit.efficiency == planted
+    assert fit.fitted_on["by_dtype"]["fp8"]["mape_after"] == pytest.approx(0.0, abs=1e-9)
+    assert fit.fitted_on["by_dtype"]["fp8"]["mape_before"] > 5
+
+
+def test_efficiency_file_round_trip_and_system_match(tmp_path):
+    eff = fused_moe.FusedMoEEfficiency("h100_sxm", {"fp8": 0.09, "bfloat16": 0.52}, {"source": "x"})
+    path = tmp_path / "eff.yaml"
+    eff.save(path)
+    assert fused_moe.FusedMoEEfficiency.load(path) == eff
+    assert fused_moe.for_system(path, "h100_sxm") == eff
+    assert fused_moe.for_system(path, "b200_sxm") is None  # one device's kernel says nothing of another's
+    path.write_text(yaml.safe_dump({"system": "h100_sxm", "efficiency": {"fp8": 1.5}}))
+    with pytest.raises(TraceError, match="efficiency of 'fp8' must be in"):
+        fused_moe.FusedMoEEfficiency.load(path)
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda d: d.pop("system"), "system must be a non-empty string"),
+    (lambda d: d["series"][0].pop("top_k"), r"series\[0\]: needs"),
+    (lambda d: d["series"][0]["time_us"].pop(), "same, non-zero length"),
+    (lambda d: d["series"][0]["time_us"].__setitem__(0, -3.0), "expected positive numbers"),
+    (lambda d: d["series"][0].__setitem__("tp", 5), "not divisible by tp"),
+])
+def test_measurement_reader_rejects_bad_input(tmp_path, change, reason):
+    doc = yaml.safe_load((REPO / "profiles" / "fused_moe_measurements.yaml").read_text())
+    change(doc)
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(TraceError, match=reason) as err:
+        fused_moe.read_measurements(path)
+    assert str(path) in str(err.value)
+
+
+def test_shipped_efficiency_is_the_fit_of_the_shipped_measurements(shared_data):
+    # profiles/fused_moe_efficiency.yaml was written by `mist silicon --fit-moe-efficiency`
+    # (README); refitting on the same published times and H100 tables gives the same rates
+    from replay.silicon import KernelVersions
+    from validate.cmd_silicon import _datasheet
+
+    sheet, _ = _datasheet(shared_data / H100, "h100_sxm")
+    ks = KernelVersions(shared_data / H100, sheet, hardware="h100_sxm", framework="vllm").for_version(None)
+    system, source, series = fused_moe.read_measurements(REPO / "profiles" / "fused_moe_measurements.yaml")
+    fit = fused_moe.fit_efficiency(ks, system, source, series)
+    shipped = fused_moe.FusedMoEEfficiency.load(fused_moe.DEFAULT_EFFICIENCY)
+    assert shipped.system == system == "h100_sxm"
+    assert shipped.efficiency == fit.efficiency
+    # the published kernel times are matched better with the rate than without, per dtype
+    for dtype, part in fit.fitted_on["by_dtype"].items():
+        assert part["mape_after"] < part["mape_before"], dtype
+    # and the published fp8 kernel at 4096 tokens is over 2.5x the dense-GEMM composition
+    qwen = next(s for s in series if s.dtype == "fp8")
+    assert qwen.time_us[-1] / qwen.composed_us(ks, None)[-1] > 2.5
