@@ -159,6 +159,9 @@ class Datasheet:
     link_bw_bytes_s: float = 450e9
     link_latency_s: float = 1e-5
     memory_bytes: float = 80 * 2**30
+    #: CUDA compute capability as major*10 + minor (90 Hopper, 100 Blackwell): the
+    #: kernels an engine picks follow it; None when the datasheet does not say
+    sm_version: int | None = None
 
     @classmethod
     def from_aiconfigurator(cls, name: str, system: dict) -> Datasheet:
@@ -173,7 +176,8 @@ class Datasheet:
                    mem_latency_s=float(gpu.get("mem_empirical_constant_latency", 3e-6)),
                    link_bw_bytes_s=float(node.get("intra_node_bw", 450e9)),
                    link_latency_s=float(node.get("p2p_latency", 1e-5)),
-                   memory_bytes=float(gpu.get("mem_capacity", 80 * 2**30)))
+                   memory_bytes=float(gpu.get("mem_capacity", 80 * 2**30)),
+                   sm_version=int(gpu["sm_version"]) if str(gpu.get("sm_version", "")).isdigit() else None)
 
     def memory_s(self, nbytes) -> np.ndarray:
         """Time of a memory-bound kernel moving ``nbytes``."""

@@ -14,8 +14,10 @@ published times; :func:`replay.kernel_cost.moe_layer` then gives the multiplicat
 least their FLOPs at that rate. The measurements are an input file with its source
 (``profiles/fused_moe_measurements.yaml``); the fitted file
 (``profiles/fused_moe_efficiency.yaml``) is written by ``mist silicon
---fit-moe-efficiency`` and applies only to the system it was fitted for. The silicon
-rows are never used in the fit, so MoE rows there are held out.
+--fit-moe-efficiency`` and applies to the system it was fitted for and to systems of
+the same compute capability (``sm_version`` of the aiconfigurator datasheet: vLLM
+picks its MoE kernels by it, so an H200 runs the H100's); other devices get none. The
+silicon rows are never used in the fit, so MoE rows there are held out.
 """
 
 from __future__ import annotations
@@ -118,10 +120,15 @@ class FusedMoEEfficiency:
     system: str
     efficiency: dict
     fitted_on: dict = field(default_factory=dict)
+    sm_version: int | None = None
 
     def to_dict(self) -> dict:
-        return {"system": self.system, "efficiency": dict(sorted(self.efficiency.items())),
-                "fitted_on": self.fitted_on}
+        return {"system": self.system, "sm_version": self.sm_version,
+                "efficiency": dict(sorted(self.efficiency.items())), "fitted_on": self.fitted_on}
+
+    def applies_to(self, system: str, sm_version: int | None) -> bool:
+        """Fitted for ``system``, or for a device of the same compute capability."""
+        return self.system == system or (self.sm_version is not None and self.sm_version == sm_version)
 
     def save(self, path) -> None:
         head = ("# Share of the datasheet peak the fused-MoE kernel's multiplications reach, per\n"
@@ -147,7 +154,10 @@ class FusedMoEEfficiency:
         fitted_on = doc.get("fitted_on") or {}
         if not isinstance(fitted_on, dict):
             raise TraceError(path, "fitted_on must be a mapping")
-        return cls(doc["system"], eff, fitted_on)
+        sm = doc.get("sm_version")
+        if sm is not None and (isinstance(sm, bool) or not isinstance(sm, int) or sm < 1):
+            raise TraceError(path, f"sm_version must be a positive integer or null, got {sm!r}")
+        return cls(doc["system"], eff, fitted_on, sm)
 
 
 class _Memo:
@@ -199,11 +209,12 @@ def fit_efficiency(ks: KernelSet, system: str, source: str, series: list[Series]
     fitted_on = dict(note or {})
     fitted_on.update(source=source, by_dtype=report,
                      method="grid of 0.01 over (0, 1], mean |log(composed / published)| per dtype")
-    return FusedMoEEfficiency(system, eff, fitted_on)
+    return FusedMoEEfficiency(system, eff, fitted_on, ks.sheet.sm_version)
 
 
-def for_system(path, system: str) -> FusedMoEEfficiency | None:
-    """The efficiency in ``path`` when it was fitted for ``system``, else None (a
-    kernel's speed on one device says nothing about another's)."""
+def for_system(path, system: str, sm_version: int | None = None) -> FusedMoEEfficiency | None:
+    """The efficiency in ``path`` when it applies to ``system`` (fitted for it, or for a
+    device of the same ``sm_version``), else None: a kernel's speed on one architecture
+    says nothing about another's, whose engine runs other kernels."""
     eff = FusedMoEEfficiency.load(path)
-    return eff if eff.system == system else None
+    return eff if eff.applies_to(system, sm_version) else None

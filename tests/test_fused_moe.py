@@ -108,3 +108,24 @@ def test_shipped_efficiency_is_the_fit_of_the_shipped_measurements(shared_data):
     # and the published fp8 kernel at 4096 tokens is over 2.5x the dense-GEMM composition
     qwen = next(s for s in series if s.dtype == "fp8")
     assert qwen.time_us[-1] / qwen.composed_us(ks, None)[-1] > 2.5
+
+
+def test_rate_carries_to_devices_of_the_same_compute_capability(tmp_path):
+    # vLLM picks its MoE kernels by compute capability: an H200 runs the H100's
+    eff = fused_moe.FusedMoEEfficiency("h100_sxm", {"fp8": 0.09}, {}, sm_version=90)
+    path = tmp_path / "eff.yaml"
+    eff.save(path)
+    assert fused_moe.for_system(path, "h200_sxm", 90) == eff
+    assert fused_moe.for_system(path, "b200_sxm", 100) is None
+    assert fused_moe.for_system(path, "b200_sxm", None) is None
+    assert fused_moe.for_system(path, "h100_sxm", None) == eff
+    unknown = fused_moe.FusedMoEEfficiency("h100_sxm", {"fp8": 0.09})  # no capability recorded
+    unknown.save(path)
+    assert fused_moe.for_system(path, "h200_sxm", 90) is None
+
+
+def test_datasheet_reads_the_compute_capability():
+    sheet = Datasheet.from_aiconfigurator("x", {"gpu": {"mem_bw": 1e12, "bfloat16_tc_flops": 1e15,
+                                                        "sm_version": 90}})
+    assert sheet.sm_version == 90
+    assert Datasheet.from_aiconfigurator("x", {"gpu": {"mem_bw": 1e12}}).sm_version is None

@@ -30,10 +30,11 @@ rows, writes it to OUT and reports every row predicted with it.
 MoE layers: a kernel database has no MoE kernel, and a dense GEMM over all
 token-expert pairs is far faster than vLLM's fused-MoE kernel at prefill sizes. The
 fused-MoE rate shipped in ``profiles/fused_moe_efficiency.yaml`` (share of the
-datasheet peak per compute dtype, H100 only: it applies when its system is
-``--system``) corrects that; ``--fit-moe-efficiency OUT --moe-measurements FILE``
-fits it on published kernel times (no silicon row is used), writes OUT and predicts
-with it; ``--moe-efficiency FILE`` / ``--no-moe-efficiency`` choose another or none.
+datasheet peak per compute dtype, fitted for H100; it applies to h100_sxm and to
+devices of the same compute capability, e.g. H200) corrects that.
+``--fit-moe-efficiency OUT --moe-measurements FILE`` fits it on published kernel times
+(no silicon row is used), writes OUT and predicts with it; ``--moe-efficiency FILE``
+and ``--no-moe-efficiency`` choose another or none.
 
 Writes JSON ``{"rows": {"total", "predicted", "skipped": {reason: count}},
 "ttft": E, "tpot": E, ...}`` with ``E = {"mape", "median_ape", "p90_ape", "bias"}``
@@ -93,7 +94,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                        "(e.g. meta-llama/Llama-3.1-70B)")
     p.add_argument("--moe-efficiency", type=Path, default=None,
                    help="YAML of the fused-MoE kernel's rate on a system (default: "
-                        "profiles/fused_moe_efficiency.yaml; applied only when fitted for --system)")
+                        "profiles/fused_moe_efficiency.yaml; applied when fitted for --system or "
+                        "a device of the same compute capability)")
     p.add_argument("--no-moe-efficiency", action="store_true",
                    help="compose MoE layers from the GEMM table alone")
     p.add_argument("--fit-moe-efficiency", type=Path, metavar="OUT",
@@ -149,7 +151,7 @@ def _plot(df, path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from calibrate.kernels import cross_validate_kernels
+    from calibrate.kernels import KernelSet, cross_validate_kernels
     from replay import fused_moe
     from replay.silicon import (
         DEFAULT_STEP_OVERHEAD,
@@ -190,14 +192,14 @@ def run(args: argparse.Namespace) -> int:
         raise TraceError(args.silicon, f"no {args.system}/{args.backend} rows of --fit-model {args.fit_model!r}")
     sheet, sheet_source = _datasheet(args.kernels, args.system)
     kernels = KernelVersions(args.kernels, sheet, hardware=args.system, framework=args.backend)
-    newest = kernels.for_version(None)  # the newest tables (the set unversioned rows read)
-    profile = newest.profile
+    profile = kernels.for_version(None).profile  # the newest tables (the set unversioned rows read)
     moe_eff, moe_source = None, "none"
     if args.fit_moe_efficiency is not None:
         system, source, series = fused_moe.read_measurements(args.moe_measurements)
         if system != args.system:
             raise TraceError(args.moe_measurements, f"measured on {system!r}, not on --system {args.system!r}")
-        moe_eff = fused_moe.fit_efficiency(newest, system, source, series, {
+        # a set of its own, so the fit's lookups stay out of the rows' kernel_sources
+        moe_eff = fused_moe.fit_efficiency(KernelSet(profile, sheet), system, source, series, {
             "measurements": args.moe_measurements.name, "gemm_table": kernels.gemm_table(None)})
         moe_eff.save(args.fit_moe_efficiency)
         moe_source = f"fitted here, written to {args.fit_moe_efficiency}"
@@ -206,8 +208,13 @@ def run(args: argparse.Namespace) -> int:
     elif not args.no_moe_efficiency:
         path = args.moe_efficiency or fused_moe.DEFAULT_EFFICIENCY
         if args.moe_efficiency is not None or path.is_file():
-            moe_eff = fused_moe.for_system(path, args.system)
-            moe_source = str(path) if moe_eff is not None else f"none ({path} is for another system)"
+            moe_eff = fused_moe.for_system(path, args.system, sheet.sm_version)
+            if moe_eff is None:
+                moe_source = f"none ({path} is for another kind of device)"
+            elif moe_eff.system == args.system:
+                moe_source = str(path)
+            else:
+                moe_source = f"{path}, fitted on {moe_eff.system}: same compute capability (SM {sheet.sm_version})"
     moe_rates = None if moe_eff is None else moe_eff.efficiency
 
     def predict(step_overhead, what):
