@@ -288,4 +288,22 @@ def get_hardware(name: str, catalog: dict[str, Hardware] | None = None) -> Hardw
     for hw in catalog.values():
         if key in {_norm(n) for n in (hw.name, hw.full_name, *hw.aliases) if n}:
             return hw
+    # then without vendor and generic words ("Nvidia H200 GPU" is the H200's "NVIDIA
+    # H200"), when exactly one device answers to it
+    core = _core(name)
+    found = [hw for hw in catalog.values()
+             if core and core in {_core(n) for n in (hw.name, hw.full_name, *hw.aliases) if n}]
+    if len(found) == 1:
+        return found[0]
     raise KeyError(f"unknown hardware {name!r}; known: {', '.join(catalog)}")
+
+
+#: words a benchmark's hardware name may add around a device's own name
+GENERIC_WORDS = frozenset({"nvidia", "amd", "intel", "habana", "gpu", "gpus", "accelerator", "instinct",
+                           "tesla", "the"})
+
+
+def _core(name: str) -> str:
+    """A device name without vendor and generic words, normalised as :func:`_norm`."""
+    words = re.split(r"[\s_\-./()]+", str(name).casefold())
+    return "".join(w for w in words if w and w not in GENERIC_WORDS)

@@ -96,6 +96,21 @@ def test_unknown_name_lists_known():
         get_hardware("TPU v9")
 
 
+def test_benchmark_style_names_resolve_without_vendor_words(tmp_path):
+    # LLM-Inference-Bench writes "<Vendor> <part> GPU"; an accelerator it has not shared
+    # yet still finds its datasheet when exactly one device answers to the part's name
+    assert get_hardware("Nvidia H200 GPU").name == "H200"
+    assert get_hardware("Nvidia L40S GPU").name == "L40S"
+    assert get_hardware("AMD Instinct MI300X").name == "MI300X"
+    for name in ("NVIDIA GPU", "AMD MI999X GPU"):
+        with pytest.raises(KeyError):
+            get_hardware(name)
+    # two devices answering to the same part name: no guess
+    path = _write_catalog(tmp_path, lambda d: d["L40S"].update(aliases=["l40s", "AMD H200"]))
+    with pytest.raises(KeyError):
+        get_hardware("Nvidia H200 GPU", load_catalog(path))
+
+
 def test_rtxpro6000_matches_cluster_json(shared_data):
     hw = get_hardware("RTXPRO6000")
     clusters = sorted((shared_data / "vllm-runs/RTXPRO6000").glob("*/cluster.json"))
