@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from calibrate.kernels import KernelSet, base_dtype
 from profiles.model import ModelConfig
 from replay.kernel_cost import moe_layer
 from traces.errors import TraceError
-from traces.io import atomic_write_text
+from traces.io import read_yaml_object, write_yaml
 
 #: the efficiency a fit may return: shares of the datasheet peak in steps of 0.01
 GRID = np.round(np.arange(0.01, 1.0 + 1e-9, 0.01), 2)
@@ -82,11 +81,8 @@ def _positive_int(path, where, value) -> int:
 def read_measurements(path) -> tuple[str, str, list[Series]]:
     """``(system, source, series)`` of a measurements file (see the shipped one)."""
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise TraceError(path, f"cannot read fused-MoE measurements: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("series"), list) or not doc["series"]:
+    doc = read_yaml_object(path, "fused-MoE measurements")
+    if not isinstance(doc.get("series"), list) or not doc["series"]:
         raise TraceError(path, "expected a mapping with system, source and a non-empty list of series")
     for key in ("system", "source"):
         if not isinstance(doc.get(key), str) or not doc[key]:
@@ -131,20 +127,16 @@ class FusedMoEEfficiency:
         return self.system == system or (self.sm_version is not None and self.sm_version == sm_version)
 
     def save(self, path) -> None:
-        head = ("# Share of the datasheet peak the fused-MoE kernel's multiplications reach, per\n"
-                "# compute dtype, on one system. Written by `mist silicon --fit-moe-efficiency`\n"
-                "# from published kernel benchmarks; see docs/kernels.md.\n")
-        atomic_write_text(path, head + yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_yaml(path, "Share of the datasheet peak the fused-MoE kernel's multiplications reach, per\n"
+                         "compute dtype, on one system. Written by `mist silicon --fit-moe-efficiency`\n"
+                         "from published kernel benchmarks; see docs/kernels.md.", self.to_dict())
 
     @classmethod
     def load(cls, path) -> FusedMoEEfficiency:
         path = Path(path)
-        try:
-            doc = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise TraceError(path, f"cannot read fused-MoE efficiency: {exc}") from exc
-        if not isinstance(doc, dict) or not isinstance(doc.get("system"), str) \
-                or not isinstance(doc.get("efficiency"), dict) or not doc["efficiency"]:
+        doc = read_yaml_object(path, "fused-MoE efficiency")
+        if not isinstance(doc.get("system"), str) or not isinstance(doc.get("efficiency"), dict) \
+                or not doc["efficiency"]:
             raise TraceError(path, "expected a mapping with system and a non-empty efficiency mapping")
         eff = {}
         for dtype, v in doc["efficiency"].items():

@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from calibrate.calibration import ape_summary, fit_operators
 from calibrate.kernels import Datasheet, KernelSet
@@ -50,7 +49,7 @@ from replay.config import EngineConfig
 from replay.cost import StepCost
 from replay.kernel_cost import kernel_operator_profile
 from traces.errors import TraceError
-from traces.io import atomic_write_text
+from traces.io import read_yaml_object, write_yaml
 from traces.readers.aiconfigurator import picked_tables, read_kernel_db
 
 GPU_MEMORY_UTILIZATION = 0.9
@@ -96,20 +95,13 @@ class StepOverhead:
                 "per_sequence_us": round(self.per_sequence_s * 1e6, 6), "fitted_on": self.fitted_on}
 
     def save(self, path) -> None:
-        head = ("# Engine-step time the kernel database does not measure, added to every\n"
-                "# composed step of S sequences: per_step_ms + per_sequence_us * S.\n"
-                "# Written by `mist silicon --fit-step-overhead`; see docs/kernels.md.\n")
-        atomic_write_text(path, head + yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_yaml(path, "Engine-step time the kernel database does not measure, added to every\n"
+                         "composed step of S sequences: per_step_ms + per_sequence_us * S.\n"
+                         "Written by `mist silicon --fit-step-overhead`; see docs/kernels.md.", self.to_dict())
 
     @classmethod
     def load(cls, path) -> StepOverhead:
-        path = Path(path)
-        try:
-            doc = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise TraceError(path, f"cannot read step overhead: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise TraceError(path, "expected a mapping with per_step_ms and per_sequence_us")
+        doc = read_yaml_object(path, "step overhead (per_step_ms, per_sequence_us)")
         values = []
         for key in ("per_step_ms", "per_sequence_us"):
             v = doc.get(key)

@@ -1,4 +1,4 @@
-"""Parquet I/O with atomic writes (write to a temporary file, then rename)."""
+"""Parquet, JSON and YAML I/O with atomic writes (write to a temporary file, then rename)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
 from traces.errors import TraceError
 from traces.schema import SCHEMAS
@@ -64,6 +65,35 @@ def read_json_object(path) -> dict:
     if not isinstance(obj, dict):
         raise TraceError(path, f"expected a JSON object, found {type(obj).__name__}")
     return obj
+
+
+def write_yaml(path, header: str, doc: dict) -> None:
+    """Atomically write ``doc`` as YAML in its own key order, after the comment lines
+    of ``header`` (each prefixed ``# ``)."""
+    head = "".join(f"# {line}\n" for line in header.splitlines())
+    atomic_write_text(path, head + yaml.safe_dump(doc, sort_keys=False))
+
+
+def read_yaml_object(path, what: str) -> dict:
+    """Parse a YAML file that must hold one mapping; ``what`` names it in errors.
+
+    Raises
+    ------
+    TraceError
+        Unreadable file, malformed YAML (with its line), or a non-mapping top level.
+    """
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise TraceError(path, f"cannot read {what}: not valid YAML ({exc})",
+                         mark.line + 1 if mark else None) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TraceError(path, f"cannot read {what}: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise TraceError(path, f"cannot read {what}: expected a mapping, found {type(doc).__name__}")
+    return doc
 
 
 def read_table(path, expect: str | None = None, columns=None) -> pa.Table:
