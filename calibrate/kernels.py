@@ -186,8 +186,14 @@ class Datasheet:
 
 def base_dtype(dtype: str) -> str:
     """The datasheet peak a dtype's tensor cores run at: ``"fp8"`` for every fp8 variant
-    (``fp8_block``), ``"bfloat16"`` for 16-bit floats, else the name itself."""
-    return "fp8" if str(dtype).startswith("fp8") else "bfloat16" if dtype in ("bf16", "bfloat16", "float16", "fp16") else str(dtype)
+    (``fp8_block``), ``"fp4"`` for the 4-bit float formats (``nvfp4``, ``mxfp4``),
+    ``"bfloat16"`` for 16-bit floats, else the name itself."""
+    name = str(dtype)
+    if name.startswith("fp8"):
+        return "fp8"
+    if name in ("bf16", "bfloat16", "float16", "fp16"):
+        return "bfloat16"
+    return "fp4" if name in ("fp4", "nvfp4", "mxfp4") else name
 
 
 @dataclass

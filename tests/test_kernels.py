@@ -301,6 +301,20 @@ def test_gemm_roofline_uses_the_efficiency_of_measured_gemms():
     assert ks.gemm_efficiency() == pytest.approx(0.5)
     t = ks.gemm([16384.0], 16384, 16384, "fp8")[0]  # fp8 not measured: its peak x 0.5
     assert t == pytest.approx(2 * 16384.0**3 / (2e15 * 0.5))
+
+
+def test_four_bit_float_gemms_run_at_the_fp4_peak():
+    # a Blackwell datasheet's fp4_tc_flops is the peak of nvfp4/mxfp4 GEMMs no table measured
+    from calibrate.kernels import base_dtype
+
+    assert [base_dtype(d) for d in ("nvfp4", "mxfp4", "fp8_block", "bf16", "int4_wo")] == \
+        ["fp4", "fp4", "fp8", "bfloat16", "int4_wo"]
+    sheet = Datasheet(name="toy", mem_bw_bytes_s=1e12, peak_flops={"bfloat16": 1e15, "fp4": 4e15})
+    prof = pa.table({"operator": ["gemm"], "dtype": ["bfloat16"], "m": [8192], "n": [8192], "k": [8192],
+                     "latency_s": [2 * 8192.0**3 / 0.5e15]})
+    ks = KernelSet(prof, sheet)
+    t = ks.gemm([16384.0], 16384, 16384, "nvfp4")[0]
+    assert t == pytest.approx(2 * 16384.0**3 / (4e15 * 0.5))
     assert ks.tally()["gemm"] == {"roofline": 1}
 
 
