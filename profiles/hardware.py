@@ -81,6 +81,8 @@ class Hardware:
         ``"datasheet"`` and ``"price"``: where the figures come from.
     full_name, aliases, interconnect : str, tuple of str, str
         Marketing name, other names :func:`get_hardware` accepts, link name.
+    architecture : str
+        As the catalog states it, e.g. ``"Hopper (GH100, sm_90)"``.
     """
 
     name: str
@@ -96,6 +98,13 @@ class Hardware:
     full_name: str = ""
     aliases: tuple[str, ...] = field(default=())
     interconnect: str = ""
+    architecture: str = ""
+
+    @property
+    def sm_version(self) -> int | None:
+        """CUDA compute capability (major*10 + minor) when the architecture names one."""
+        m = re.search(r"\bsm_(\d+)", self.architecture)
+        return int(m.group(1)) if m else None
 
     def peak(self, dtype: str) -> float:
         """Dense peak FLOP/s for ``dtype`` (``"bfloat16"``, ``"bf16"``, ``"auto"`` …).
@@ -213,6 +222,7 @@ def _parse_device(dev: str, entry, path) -> Hardware:
         full_name=str(entry.get("full_name") or ""),
         aliases=tuple(a.strip() for a in aliases),
         interconnect=link_name,
+        architecture=str(entry.get("architecture") or ""),
     )
 
 

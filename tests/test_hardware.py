@@ -192,3 +192,10 @@ def test_bad_yaml_and_missing_devices(tmp_path):
     empty.write_text("gpus: {}\n")
     with pytest.raises(TraceError, match="devices"):
         load_catalog(empty)
+
+
+def test_compute_capability_from_the_architecture():
+    # what decides which kernels vLLM runs (an H200 runs the H100's)
+    assert get_hardware("h200_sxm").sm_version == get_hardware("h100_sxm").sm_version == 90
+    assert get_hardware("b200_sxm").sm_version == 100
+    assert get_hardware("mi300x").sm_version is None  # no CUDA compute capability

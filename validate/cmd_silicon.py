@@ -120,8 +120,8 @@ def _datasheet(kernels: Path, system: str):
                                   f"nor a catalogued device named {system!r}") from None
     flops = {("bfloat16" if k == "bf16" else k): v for k, v in hw.peak_flops.items()}
     return Datasheet(name=system, mem_bw_bytes_s=hw.memory_bw_bytes_s, peak_flops=flops,
-                     link_bw_bytes_s=hw.interconnect_bw_bytes_s or 64e9,
-                     memory_bytes=hw.memory_bytes), f"hardware catalog: {hw.name}"
+                     link_bw_bytes_s=hw.interconnect_bw_bytes_s or 64e9, memory_bytes=hw.memory_bytes,
+                     sm_version=hw.sm_version), f"hardware catalog: {hw.name}"
 
 
 def _plot(df, path: Path) -> None:
