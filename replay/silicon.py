@@ -293,8 +293,20 @@ class Prediction:
     ttft_lockstep_ms: float | None = None
 
 
-def skip_reason(row: pd.Series, index: dict, kernels: KernelSet) -> str | None:
-    """Why a row cannot be modelled, or None."""
+def _config(index: dict, model_path: str, configs: dict | None = None) -> ModelConfig | None:
+    """A row's model config (None when the folder has none); ``configs`` caches them."""
+    if configs is not None and model_path in configs:
+        return configs[model_path]
+    path = find_model(index, model_path)
+    model = None if path is None else load_model_config(path)
+    if configs is not None:
+        configs[model_path] = model
+    return model
+
+
+def skip_reason(row: pd.Series, index: dict, kernels: KernelSet, configs: dict | None = None) -> str | None:
+    """Why a row cannot be modelled, or None (``configs``: a cache of model configs
+    by ``model_path``, shared with the caller so each is read once)."""
     if row["mode"] != "agg":
         return f"mode {row['mode']} (only aggregated serving is modelled)"
     for col in ("batch_size", "tp_size"):
@@ -304,10 +316,9 @@ def skip_reason(row: pd.Series, index: dict, kernels: KernelSet) -> str | None:
         return "pipeline parallel > 1"
     if np.isfinite(row.get("attention_dp_size", np.nan)) and row["attention_dp_size"] > 1:
         return "attention data parallel"
-    path = find_model(index, row["model_path"])
-    if path is None:
+    model = _config(index, row["model_path"], configs)
+    if model is None:
         return "no model config"
-    model = load_model_config(path)
     if model.kv_lora_rank:
         return "multi-head latent attention"
     dt = measured_dtype(gemm_dtype(row, model), kernels)
@@ -469,6 +480,7 @@ def predict_silicon(rows: pd.DataFrame, kernels: KernelSet | KernelVersions, mod
     see :func:`predict_row`.
     """
     index = model_index(models_dir)
+    configs: dict = {}
     cache: dict = {}
     out = []
     skipped: dict[str, int] = {}
@@ -482,9 +494,9 @@ def predict_silicon(rows: pd.DataFrame, kernels: KernelSet | KernelVersions, mod
             version = row_version(row)
             kernels = versions.for_version(version)
             rec["kernel_tables"] = versions.gemm_table(version)
-        reason = skip_reason(row, index, kernels)
+        reason = skip_reason(row, index, kernels, configs)
         if reason is None:
-            model = load_model_config(find_model(index, row["model_path"]))
+            model = configs[row["model_path"]]
             try:
                 p = predict_row(row, model, kernels, requests_per_user, cache, arrivals, exclude_warmup, overhead,
                                 moe_efficiency)
