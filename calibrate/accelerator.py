@@ -48,6 +48,10 @@ def _lookup(names, fn) -> list:
     return [cache[n] for n in names]
 
 
+class NoDatasheet(ValueError):
+    """The target accelerator has no entry in the hardware catalog."""
+
+
 def _norm(name: str) -> str:
     return str(name).strip().casefold()
 
@@ -229,6 +233,10 @@ def leave_one_accelerator_out(table: pd.DataFrame, target: str, k: int, seed: in
     terms, y = terms_df[list(TERMS)].to_numpy(float), table["latency_s"].to_numpy(float)
     tmask = target_mask(table, device, target, catalog)
     tdev = sorted(set(device[tmask]) - {d for d in device[tmask] if d.startswith("?")})
+    if not tdev:
+        names = ", ".join(sorted(set(table["hardware"][tmask])))
+        raise NoDatasheet(f"no datasheet for {names}: the hardware catalog has no such device "
+                          f"(known: {', '.join(load_catalog() if catalog is None else catalog)})")
     same = np.isin(device, tdev) & ~tmask
     train = ~tmask & ~same & (skip.to_numpy() == "")
     prior, fits = training_prior(terms[train], y[train], table["hardware"].to_numpy()[train],

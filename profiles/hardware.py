@@ -237,7 +237,7 @@ def _check_names(catalog: dict[str, Hardware], path) -> None:
                 )
 
 
-def load_catalog(path=None) -> dict[str, Hardware]:
+def load_catalog(path=None, extra=()) -> dict[str, Hardware]:
     """Read and validate a hardware catalog.
 
     Parameters
@@ -245,6 +245,9 @@ def load_catalog(path=None) -> dict[str, Hardware]:
     path : str or Path, optional
         YAML file with a top-level ``devices:`` mapping; default the packaged
         ``profiles/hardware.yaml``.
+    extra : iterable of str or Path, optional
+        More catalogs in the same format (a user's own devices), read in order: an
+        entry whose key is already known replaces that device, any other is added.
 
     Returns
     -------
@@ -258,6 +261,14 @@ def load_catalog(path=None) -> dict[str, Hardware]:
         unknown fields or dtypes, a price without ``price_source``, clashing aliases.
     """
     path = Path(path) if path is not None else DEFAULT_CATALOG
+    catalog = _read_catalog(path)
+    for more in extra:
+        catalog.update(_read_catalog(Path(more)))
+        _check_names(catalog, more)
+    return catalog
+
+
+def _read_catalog(path: Path) -> dict[str, Hardware]:
     try:
         doc = yaml.safe_load(path.read_text())
     except OSError as exc:

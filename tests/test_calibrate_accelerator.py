@@ -19,6 +19,7 @@ from calibrate.batch_physics import (
     TERMS,
     batch_terms,
 )
+from profiles.hardware import load_catalog
 from traces.readers.llm_inference_bench import read_llm_inference_bench
 from validate.cli import main
 from validate.cmd_calibrate_accelerator import SAMPLINGS
@@ -182,12 +183,38 @@ def test_default_fits_exactly_k_target_rows_of_all_frameworks_and_never_predicts
     assert each["sampling"] == "per-framework" and each["points_used"] == 20 and each["points"] == 10
 
 
-def test_a_target_without_datasheet_is_skipped():
+H100_AS_TPU = """\
+devices:
+  TPU_V9:
+    full_name: TPU v9
+    vendor: Example
+    kind: asic
+    peak_tflops: {bf16: 989.4, fp16: 989.4, fp8: 1978.9}
+    memory_gib: 80
+    memory_bw_gbps: 3350
+    interconnect: {name: NVLink 4 (18 links), bw_gbps_per_direction: 450}
+    source: the H100 SXM5 80GB entry's figures, copied for this test
+"""
+
+
+def test_a_target_without_datasheet_is_refused_with_its_name_until_one_is_given(tmp_path):
     table = _two_accelerators()
-    unknown = pd.concat([table, table.assign(hardware="TPU v9")], ignore_index=True)
-    report, rows = leave_one_accelerator_out(unknown, "TPU v9", k=10)
-    assert report["rows_predicted"] == 0 and report["median_ape"] is None
-    assert report["skipped"] == {NO_DATASHEET: len(rows)} and report["device"] is None
+    unknown = pd.concat([table[table["hardware"] != "Nvidia H100 GPU"],
+                         table[table["hardware"] == "Nvidia H100 GPU"].assign(hardware="TPU v9")],
+                        ignore_index=True)
+    with pytest.raises(accelerator.NoDatasheet, match="TPU v9"):
+        leave_one_accelerator_out(unknown, "TPU v9", k=10)
+    # a user's catalog entry with the H100's figures makes "TPU v9" the H100: same result
+    user = tmp_path / "mine.yaml"
+    user.write_text(H100_AS_TPU)
+    catalog = load_catalog(extra=[user])
+    assert set(load_catalog()) < set(catalog)
+    report, rows = leave_one_accelerator_out(unknown, "TPU v9", k=10, seed=3, catalog=catalog)
+    h100, h100_rows = leave_one_accelerator_out(table, "Nvidia H100 GPU", k=10, seed=3)
+    assert report["device"] == "TPU_V9" and report["skipped"] == {} and report["rows_predicted"] > 0
+    for key in ("rows_predicted", "mape", "median_ape", "p90_ape"):
+        assert report[key] == h100[key], key
+    assert np.array_equal(rows["predicted_s"].to_numpy(), h100_rows["predicted_s"].to_numpy(), equal_nan=True)
 
 
 def test_command_writes_the_contract_keys(tmp_path):
@@ -212,6 +239,15 @@ def test_command_writes_the_contract_keys(tmp_path):
     assert main([*argv, "--points-per-framework"]) == 0
     assert json.loads(out.read_text())["sampling"] == "per-framework"
     assert main([*argv[:-2], "--json", str(tmp_path / "x.json"), "--target", "TPU v9"]) == 2
+    # an accelerator the catalog lacks: refused, nothing written, until --hardware gives its figures
+    tpu = tmp_path / "tpu.csv"
+    pd.read_csv(csv).replace({"Hardware": {"Nvidia H100 GPU": "TPU v9"}}).to_csv(tpu, index=False)
+    cmd = ["calibrate-accelerator", "--bench", str(tpu), "--target", "TPU v9", "--points", "10",
+           "--json", str(tmp_path / "tpu.json")]
+    assert main(cmd) == 2 and not (tmp_path / "tpu.json").exists()
+    (tmp_path / "mine.yaml").write_text(H100_AS_TPU)
+    assert main([*cmd, "--hardware", str(tmp_path / "mine.yaml")]) == 0
+    assert json.loads((tmp_path / "tpu.json").read_text())["rows_predicted"] == 44
 
 
 def test_real_leave_one_out_from_k_rows_in_all_meets_the_vllm_bar(shared_data):

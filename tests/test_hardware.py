@@ -199,3 +199,21 @@ def test_compute_capability_from_the_architecture():
     assert get_hardware("h200_sxm").sm_version == get_hardware("h100_sxm").sm_version == 90
     assert get_hardware("b200_sxm").sm_version == 100
     assert get_hardware("mi300x").sm_version is None  # no CUDA compute capability
+
+
+def test_a_users_catalog_adds_devices_and_replaces_known_ones(tmp_path):
+    base = yaml.safe_load(DEFAULT_CATALOG.read_text())["devices"]
+    h100 = dict(base["H100_SXM"], memory_bw_gbps=3000, source="a user's own measurement")
+    new = {"kind": "asic", "vendor": "Example", "peak_tflops": {"bf16": 100}, "memory_gb": 32,
+           "memory_bw_gbps": 1000, "source": "made up for this test", "aliases": ["X1 accelerator"]}
+    user = tmp_path / "mine.yaml"
+    user.write_text(yaml.safe_dump({"devices": {"H100_SXM": h100, "X1": new}}))
+    catalog = load_catalog(extra=[user])
+    assert list(catalog)[: len(base)] == list(base) and list(catalog)[-1] == "X1"
+    assert get_hardware("Nvidia H100 GPU", catalog).memory_bw_bytes_s == 3000e9
+    assert get_hardware("x1 accelerator", catalog).memory_bytes == 32e9
+    assert load_catalog()["H100_SXM"].memory_bw_bytes_s == 3350e9  # the packaged file is untouched
+    clash = tmp_path / "clash.yaml"
+    clash.write_text(yaml.safe_dump({"devices": {"X2": dict(new, aliases=["H100 SXM"])}}))
+    with pytest.raises(TraceError, match="clash.yaml.*already belongs to 'H100_SXM'"):
+        load_catalog(extra=[clash])

@@ -174,3 +174,22 @@ def test_silicon_command_fits_an_overhead_and_reports_it(shared_data, tmp_path):
     # the two fitting flags go together; a model with no rows is refused
     assert main(base + ["--fit-model", "meta-llama/Llama-3.1-70B"]) == 2
     assert main(base + ["--fit-step-overhead", str(fitted), "--fit-model", "nobody/none"]) == 2
+
+
+def test_datasheet_of_an_uncatalogued_system_comes_from_the_users_catalog(tmp_path):
+    import yaml
+
+    from validate.cmd_silicon import _datasheet
+
+    kernels = tmp_path / "x1_sxm"  # a kernel folder with no x1_sxm.yaml beside it
+    kernels.mkdir()
+    with pytest.raises(TraceError, match="--hardware FILE"):
+        _datasheet(kernels, "x1_sxm")
+    user = tmp_path / "mine.yaml"
+    user.write_text(yaml.safe_dump({"devices": {"X1_SXM": {
+        "kind": "gpu", "vendor": "Example", "peak_tflops": {"bf16": 500, "fp8": 1000}, "memory_gb": 96,
+        "memory_bw_gbps": 4000, "interconnect": {"name": "link", "bw_gbps_per_direction": 400},
+        "source": "made up for this test"}}}))
+    sheet, source = _datasheet(kernels, "x1_sxm", [user])
+    assert source == "hardware catalog: X1_SXM"
+    assert (sheet.mem_bw_bytes_s, sheet.peak_flops["bfloat16"], sheet.link_bw_bytes_s) == (4000e9, 500e12, 400e9)

@@ -2,7 +2,8 @@
 
 Reads offline batch benchmarks (LLM-Inference-Bench ``All_results.csv``,
 ``TP_PP_Results.csv`` or ``all_results_TTFT_ITL.csv``) and treats accelerator NAME as
-new: the other accelerators' rows and the datasheets (``profiles/hardware.yaml``) give a
+new: the other accelerators' rows and the datasheets (``profiles/hardware.yaml``, plus
+any ``--hardware FILE`` of your own) give a
 prior over a physical batch-latency model (prompt FLOPs and memory traffic under a
 roofline, per-pass and per-sequence overheads, tensor-parallel all-reduces, KV-cache
 capacity); K randomly drawn rows of NAME calibrate it; every other row of NAME is
@@ -67,6 +68,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    const="per-framework", help="same as --sampling per-framework")
     p.add_argument("--models", type=Path, metavar="DIR",
                    help="folder of Hugging Face config.json files (<org>--<name>_config.json) for models the catalogue lacks")
+    p.add_argument("--hardware", type=Path, action="append", default=[], metavar="FILE",
+                   help="extra hardware catalog (YAML 'devices:' entries in the format of "
+                        "profiles/hardware.yaml, each figure with its source) for an accelerator "
+                        "the packaged catalog lacks or whose figures you know better; repeatable")
     p.add_argument("--rows", type=Path, metavar="FILE", help="also write the target's rows with predictions (CSV)")
 
 
@@ -97,7 +102,8 @@ def summary(report: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from calibrate.accelerator import leave_one_accelerator_out
+    from calibrate.accelerator import NoDatasheet, leave_one_accelerator_out
+    from profiles.hardware import load_catalog
     from traces.errors import TraceError
     from traces.io import atomic_write_json, atomic_write_text
     from traces.readers.llm_inference_bench import read_llm_inference_bench
@@ -105,10 +111,14 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     table = pd.concat([read_llm_inference_bench(p).to_pandas() for p in args.bench],
                       ignore_index=True)
+    catalog = load_catalog(extra=args.hardware)
     try:
         report, rows = leave_one_accelerator_out(table, args.target, args.points, args.seed,
-                                                 sampling=args.sampling,
+                                                 sampling=args.sampling, catalog=catalog,
                                                  configs_dir=args.models)
+    except NoDatasheet as exc:
+        raise TraceError(args.bench[0], f"{exc}; give its datasheet figures with --hardware FILE "
+                                        "(format: profiles/hardware.yaml)") from exc
     except ValueError as exc:
         raise TraceError(args.bench[0], str(exc)) from exc
     report["bench"] = [str(p) for p in args.bench]

@@ -101,23 +101,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fit-moe-efficiency", type=Path, metavar="OUT",
                    help="fit the fused-MoE rate on the published kernel times of --moe-measurements "
                         "with this system's GEMM tables, write it here and predict with it")
+    p.add_argument("--hardware", type=Path, action="append", default=[], metavar="FILE",
+                   help="extra hardware catalog (format of profiles/hardware.yaml) for the datasheet "
+                        "of a system whose kernel folder has no <system>.yaml beside it; repeatable")
     p.add_argument("--moe-measurements", type=Path,
                    help="YAML of published fused-MoE kernel times (e.g. profiles/fused_moe_measurements.yaml)")
 
 
-def _datasheet(kernels: Path, system: str):
+def _datasheet(kernels: Path, system: str, extra: list | tuple = ()):
     from calibrate.kernels import Datasheet
-    from profiles.hardware import get_hardware
+    from profiles.hardware import get_hardware, load_catalog
     from traces.readers.aiconfigurator import read_system_yaml
 
     sheet = read_system_yaml(kernels)
     if sheet is not None:
         return Datasheet.from_aiconfigurator(system, sheet), f"{kernels.name}.yaml beside the kernels"
     try:
-        hw = get_hardware(system)
+        hw = get_hardware(system, load_catalog(extra=extra))
     except KeyError:
         raise TraceError(kernels, f"no datasheet: neither {kernels.name}.yaml beside the folder "
-                                  f"nor a catalogued device named {system!r}") from None
+                                  f"nor a catalogued device named {system!r} (give one with "
+                                  "--hardware FILE)") from None
     flops = {("bfloat16" if k == "bf16" else k): v for k, v in hw.peak_flops.items()}
     return Datasheet(name=system, mem_bw_bytes_s=hw.memory_bw_bytes_s, peak_flops=flops,
                      link_bw_bytes_s=hw.interconnect_bw_bytes_s or 64e9, memory_bytes=hw.memory_bytes,
@@ -190,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         raise TraceError(args.silicon, f"no rows for system {args.system!r} and backend {args.backend!r}")
     if args.fit_model and not (rows["model_path"] == args.fit_model).any():
         raise TraceError(args.silicon, f"no {args.system}/{args.backend} rows of --fit-model {args.fit_model!r}")
-    sheet, sheet_source = _datasheet(args.kernels, args.system)
+    sheet, sheet_source = _datasheet(args.kernels, args.system, args.hardware)
     kernels = KernelVersions(args.kernels, sheet, hardware=args.system, framework=args.backend)
     profile = kernels.for_version(None).profile  # the newest tables (the set unversioned rows read)
     moe_eff, moe_source = None, "none"
