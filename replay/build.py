@@ -20,7 +20,7 @@ from replay.config import EngineConfig
 from replay.cost import StepCost
 from replay.request import Request
 from replay.skew import SkewAlpha
-from traces.errors import TraceError
+from traces.errors import ReplayError, TraceError
 
 # Memory vLLM keeps outside weights and KV (activations of a max-size step, CUDA
 # graphs, NCCL/cuBLAS workspaces): a rule-of-thumb figure, bytes per GPU.
@@ -172,6 +172,18 @@ def _version_at_least(version: str, major: int, minor: int) -> bool:
     return tuple(parts) >= (major, minor)
 
 
+#: first vLLM release that schedules asynchronously unless told not to (vllm-project/vllm
+#: pull request 27614, "[Core] Enable async scheduling by default", landed after 0.13.0
+#: was cut; until then ``--async-scheduling`` was opt-in)
+ASYNC_DEFAULT_SINCE = (0, 14)
+
+
+def async_by_default(version) -> bool:
+    """Whether vLLM ``version`` schedules asynchronously by default (True for a version
+    that names no release, e.g. a nightly build)."""
+    return _version_at_least(str(version or "").strip().removeprefix("v"), *ASYNC_DEFAULT_SINCE)
+
+
 def engine_config(meta: dict, model: ModelConfig, memory_bytes=None, bundle_meta: dict | None = None,
                   **overrides) -> EngineConfig:
     """Engine settings of a run, most trusted source first.
@@ -180,7 +192,7 @@ def engine_config(meta: dict, model: ModelConfig, memory_bytes=None, bundle_meta
        writes it: block size, real KV block count, async scheduling …);
     2. ``meta["engine_kwargs"]``: what the engine was asked for;
     3. vLLM defaults: block size from the profile's engine or 16 (GPU), prefix caching
-       and chunked prefill on (v1), async scheduling on from vLLM 0.12, KV blocks
+       and chunked prefill on (v1), async scheduling on from vLLM 0.14, KV blocks
        sized from memory (``memory_bytes``: a number or a zero-argument callable,
        only evaluated when the run does not say).
     """
@@ -195,7 +207,7 @@ def engine_config(meta: dict, model: ModelConfig, memory_bytes=None, bundle_meta
         util = float(kw.get("gpu_memory_utilization") or eff.get("gpu_memory_utilization") or 0.9)
         memory = memory_bytes() if callable(memory_bytes) else memory_bytes
         if memory is None:
-            raise ValueError("KV capacity unknown: the run gives no num_gpu_blocks and no device memory")
+            raise ReplayError("KV capacity unknown: the run gives no num_gpu_blocks and no device memory")
         blocks = kv_blocks(model, memory, util, tp, block)
     settings = dict(
         max_num_seqs=int(kw.get("max_num_seqs") or 256),
@@ -206,7 +218,7 @@ def engine_config(meta: dict, model: ModelConfig, memory_bytes=None, bundle_meta
         expert_parallel=bool(kw.get("enable_expert_parallel", False)),
         enable_prefix_caching=bool(kw.get("enable_prefix_caching", True)),
         enable_chunked_prefill=bool(kw.get("enable_chunked_prefill", True)),
-        async_scheduling=bool(kw.get("async_scheduling", _version_at_least(version, 0, 12))),
+        async_scheduling=bool(kw.get("async_scheduling", async_by_default(version))),
         num_gpu_blocks=int(blocks),
     )
     settings.update(overrides)

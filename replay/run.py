@@ -22,8 +22,10 @@ from replay.build import (
 from replay.config import EngineConfig
 from replay.cost import StepCost
 from replay.host import host_model, residual_summary
+from replay.request import Request
 from replay.simulate import replay_requests
 from replay.skew import skew_from_bundle
+from traces.errors import ReplayError
 from traces.schema import REQUESTS, STEPS, from_columns
 
 
@@ -64,7 +66,8 @@ def device_memory(cluster: dict | None, hardware: Hardware | None) -> float:
     except (KeyError, IndexError, TypeError):
         pass
     if hardware is None:
-        raise ValueError("device memory unknown: give a cluster.json or a catalogued hardware name")
+        raise ReplayError("device memory unknown: the run has no cluster.json with npu_mem.mem_size and the "
+                          "bundle's hardware is not in the catalog (give --hardware NAME)")
     return hardware.memory_bytes
 
 
@@ -107,12 +110,60 @@ def prepare(meta: dict, bundle: Bundle, model: ModelConfig, hardware: Hardware |
     return cfg, cost, notes
 
 
+def _model_key(name: str) -> str:
+    """``org/Name`` and ``org--Name_config`` as one comparable key."""
+    stem = str(name).replace("--", "/").rsplit("/", 1)[-1].removesuffix("_config")
+    return "".join(ch for ch in stem.casefold() if ch.isalnum())
+
+
+def input_warnings(requests: pa.Table, model: ModelConfig, run_model: str | None = None) -> list[str]:
+    """What about the inputs deserves a warning (the replay still runs): requests longer
+    than the model's context, and a run recorded with another model than ``model``."""
+    out = []
+    need = (requests.column("input_tokens").to_numpy(zero_copy_only=False).astype(float)
+            + requests.column("output_tokens").to_numpy(zero_copy_only=False).astype(float))
+    longer = int((need > model.max_position_embeddings).sum())
+    if longer:
+        out.append(f"{longer} request(s) are longer than {model.name}'s context ({model.max_position_embeddings} "
+                   "tokens): vLLM refuses them unless max_model_len is raised; they are replayed anyway")
+    if run_model and _model_key(run_model) != _model_key(model.name):
+        out.append(f"the run was recorded with {run_model}, the model config is {model.name}")
+    return out
+
+
+def check_capacity(reqs: list[Request], cfg: EngineConfig) -> None:
+    """Raise ReplayError unless every request's prompt and output fit in one replica's KV cache."""
+    capacity = cfg.num_gpu_blocks * cfg.block_size
+    if capacity < 1:
+        raise ReplayError("the engine has no KV cache (0 blocks): the model's weights leave no room in "
+                          "the device memory; give a run with more memory, a higher tensor parallelism "
+                          "or num_gpu_blocks in its engine settings")
+    over = [r for r in reqs if r.prompt_len + r.output_len > capacity]
+    if over:
+        worst = max(over, key=lambda r: r.prompt_len + r.output_len)
+        raise ReplayError(f"{len(over)} request(s) need more KV cache than the engine holds ({capacity} tokens; "
+                          f"{worst.request_id} needs {worst.prompt_len + worst.output_len}): vLLM would refuse "
+                          "them; drop them from the trace or give more device memory")
+
+
 def simulate(requests: pa.Table, cfg: EngineConfig, cost: StepCost, arrival: str = "engine"):
-    """Replay ``requests``; return (simulated requests table, steps table, wall seconds)."""
+    """Replay ``requests``; return (simulated requests table, steps table, wall seconds).
+
+    Raises
+    ------
+    ReplayError
+        When the engine has no KV cache, a request needs more KV cache than the engine
+        has (vLLM refuses such a request), or a request never finished.
+    """
     reqs = requests_from_table(requests, arrival)
+    check_capacity(reqs, cfg)
     t0 = time.perf_counter()
     rep = replay_requests(reqs, cfg, cost)
     wall = time.perf_counter() - t0
+    stuck = [r for r in reqs if r.finished_s is None]
+    if stuck:
+        raise ReplayError(f"the simulation stalled: {len(stuck)} of {len(reqs)} requests never finished "
+                          f"(first: {stuck[0].request_id}); please report this with the inputs")
     by_index = sorted(reqs, key=lambda r: r.index)
     src = requests.select(["request_id", "arrival_s", "input_tokens", "output_tokens"]).to_pydict()
     cols = dict(src)

@@ -43,7 +43,7 @@ import pandas as pd
 from calibrate.calibration import ape_summary, fit_operators
 from calibrate.kernels import Datasheet, KernelSet
 from profiles.model import ModelConfig, dtype_bytes, load_model_config
-from replay.build import NON_KV_RESERVE_BYTES, build_step_cost
+from replay.build import NON_KV_RESERVE_BYTES, async_by_default, build_step_cost
 from replay.closed_loop import run_closed_loop
 from replay.config import EngineConfig
 from replay.cost import StepCost
@@ -410,7 +410,8 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
         raise Unmodelled(MOE_LAYOUT)
     cfg = EngineConfig(max_num_seqs=max(max_seqs, users), max_num_batched_tokens=budget,
                        block_size=BLOCK_SIZE, num_gpu_blocks=kv_blocks_for(model, kernels.sheet, tp, dt, md),
-                       tensor_parallel=tp, expert_parallel=ep > 1, async_scheduling=True)
+                       tensor_parallel=tp, expert_parallel=ep > 1,
+                       async_scheduling=async_by_default(row_version(row)))
     moe_eff = moe_efficiency if model.is_moe() else None
     key = (id(kernels), model.name, tp, ep, dt, md, cfg.max_num_seqs, tuple(sorted((moe_eff or {}).items())))
     cost = None if cache is None else cache.get(key)

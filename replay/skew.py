@@ -15,7 +15,10 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass
 
+import pandas as pd
+
 from profiles.bundle import Bundle
+from traces.errors import TraceError
 
 
 @dataclass(frozen=True)
@@ -57,11 +60,22 @@ def skew_from_bundle(bundle: Bundle, tp: int, buckets: bool = True) -> SkewAlpha
     entry = per_tp.get(tp) or per_tp.get(str(tp)) or {}
     default = float(entry.get("alpha_default") or 0.0)
     axes = fit.get("bucket_axes") or {}
-    if not buckets or (tp, "skew_fit") not in bundle.tables or not axes:
+    if not buckets:
         return SkewAlpha(default, {})
+    where = bundle.root / f"tp{tp}" / "skew_fit.csv"
+    if (tp, "skew_fit") not in bundle.tables or not axes:
+        raise TraceError(where, "per-bucket skew asked for (--skew buckets), but the bundle has no "
+                                "skew_fit.csv at this degree or no skew_fit.bucket_axes in meta.yaml")
     df = bundle.tables[(tp, "skew_fit")]
-    table = {(int(r.pc), r.n_label, r.skew_rate_label, r.kv_big_label, r.kp_label): float(r.alpha)
-             for r in df.itertuples(index=False)}
+    missing = [c for c in ("pc", "n_label", "skew_rate_label", "kv_big_label", "kp_label", "alpha") if c not in df]
+    if missing:
+        raise TraceError(where, f"missing columns {missing}")
+    alpha = pd.to_numeric(df["alpha"], errors="coerce")
+    bad = alpha.isna().to_numpy().nonzero()[0]
+    if len(bad):
+        raise TraceError(where, f"alpha must be a number, got {df['alpha'].iloc[bad[0]]!r}", line=int(bad[0]) + 2)
+    table = {(int(r.pc), r.n_label, r.skew_rate_label, r.kv_big_label, r.kp_label): float(a)
+             for r, a in zip(df.itertuples(index=False), alpha, strict=True)}
     return SkewAlpha(
         default, table,
         n_bins=tuple(axes["n_bins"]), n_labels=tuple(axes["n_labels"]),

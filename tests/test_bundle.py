@@ -101,3 +101,17 @@ def test_check_profile_names_the_missing_operator(tmp_path, shared_data):
         check_profile(models, llama, 1, "fake-bundle")
     models_full = fit_operators(to_operator_profile(read_bundle(_bundle(tmp_path / "full"))), 1)
     check_profile(models_full, llama, 1, "fake-bundle")  # nothing missing: no error
+
+
+@pytest.mark.parametrize("version, expected", [
+    ("0.11.2", False), ("0.12.0", False), ("0.13.0", False),  # --async-scheduling was opt-in
+    ("0.14.0", True), ("v0.18.0", True), ("0.19.0", True), ("nightly-5b8c30d", True), ("", True),
+])
+def test_async_scheduling_follows_the_engine_versions_default(shared_data, version, expected):
+    from replay.build import engine_config
+
+    model = load_model_config(shared_data / "models/llmservingsim/meta-llama/Llama-3.1-8B.json")
+    meta = {"vllm_version": version, "engine_kwargs": {"num_gpu_blocks": 1000}}
+    assert engine_config(meta, model).async_scheduling is expected
+    meta["engine_kwargs"]["async_scheduling"] = not expected  # what the run was asked for wins
+    assert engine_config(meta, model).async_scheduling is (not expected)

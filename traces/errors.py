@@ -22,3 +22,8 @@ class TraceError(ValueError):
         self.reason = reason
         where = self.path if line is None else f"{self.path}:{line}"
         super().__init__(f"{where}: {reason}")
+
+
+class ReplayError(ValueError):
+    """A replay that cannot run as configured (no room for a KV cache, a request larger
+    than the cache, a simulation that stalled); the message says what to change."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -13,6 +14,21 @@ import yaml
 
 from traces.errors import TraceError
 from traces.schema import SCHEMAS
+
+
+def check_output(path, folder: bool) -> None:
+    """Raise TraceError now, before any work, if ``path`` cannot become the output file
+    (``folder=False``) or folder (``folder=True``) it is meant to be: a folder where a
+    file goes or the reverse, or a file where a parent folder would have to be."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise TraceError(path, f"exists and is {'a file' if folder else 'a folder'}; "
+                               f"an output {'folder' if folder else 'file'} is needed here")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise TraceError(path, f"cannot be created: {parent} is a file, not a folder")
+            break
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
@@ -35,9 +51,21 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _finite(obj):
+    """``obj`` with every NaN or infinite float replaced by None (JSON null)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path, obj) -> None:
-    """Atomically write ``obj`` as indented, key-sorted JSON (byte-stable)."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Atomically write ``obj`` as indented, key-sorted JSON (byte-stable). NaN and
+    infinities are written as null: strict JSON has no such numbers."""
+    atomic_write_text(path, json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def write_table(table: pa.Table, path) -> None:

@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from traces.errors import TraceError
+from traces.errors import ReplayError, TraceError
 
 COMMANDS = {
     "ingest": "validate.cmd_ingest",
@@ -47,13 +47,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: argument -> whether it names an output folder (True) or file (False); checked before a
+#: command runs, so a bad output path fails at once and nothing is half-written
+OUTPUTS = {"out": True, "json": False, "rows": False, "fit_step_overhead": False, "fit_moe_efficiency": False}
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    from traces.io import check_output
+
+    for name, folder in OUTPUTS.items():
+        path = getattr(args, name, None)
+        if path is not None:  # (`mist ingest --out FILE.parquet` gathers profiles in one file)
+            check_output(path, folder and path.suffix != ".parquet")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mist`` console script."""
     args = build_parser().parse_args(argv)
     try:
+        _check_outputs(args)
         return int(args._run(args) or 0)
-    except TraceError as exc:
+    except (TraceError, ReplayError) as exc:
         print(f"mist {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an output path that cannot be written (a file where a folder goes …)
+        where = exc.filename if exc.filename is not None else ""
+        print(f"mist {args.command}: error: {where}: cannot write: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

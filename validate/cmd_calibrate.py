@@ -26,6 +26,8 @@ import io
 import sys
 from pathlib import Path
 
+from validate.argtypes import seed
+
 HELP = "fit and cross-validate per-operator latency models from a profile bundle"
 
 
@@ -41,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="artifact folder (grids.parquet, report.json, report.md, cv.png)")
     p.add_argument("--tp", type=int, nargs="+", help="tensor-parallel degrees to fit (default: all in the bundle)")
     p.add_argument("--folds", type=_folds, default=5, help="cross-validation folds (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fold shuffle (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the fold shuffle (default 0)")
 
 
 def _pct(x: float | None) -> str:
@@ -131,4 +133,9 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_bytes(out / "cv.png", png)
     print(markdown, end="")
     print(f"artifact: {out}")
+    for tp, entry in report["tp"].items():
+        if entry["missing_required"]:
+            print(f"mist calibrate: warning: tp={tp} lacks operator(s) {', '.join(entry['missing_required'])} "
+                  "that a dense decoder needs; `mist replay` and `mist validate` will refuse this bundle",
+                  file=sys.stderr)
     return 0

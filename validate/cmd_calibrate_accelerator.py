@@ -39,6 +39,8 @@ import argparse
 import time
 from pathlib import Path
 
+from validate.argtypes import seed
+
 SAMPLINGS = ("stratified", "random", "per-framework")  # calibrate.accelerator.SAMPLINGS
 HELP = "calibrate a new accelerator from K benchmark rows and predict the rest"
 
@@ -57,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='accelerator to treat as new: a Hardware value ("Nvidia H100 GPU") or catalogue name/alias (h100_sxm)')
     p.add_argument("--points", required=True, type=_positive, metavar="K",
                    help="calibration rows of NAME drawn at random, in all (see --points-per-framework)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the draw (default 0)")
     p.add_argument("--json", required=True, type=Path, metavar="FILE", help="where to write the report")
     p.add_argument("--sampling", choices=SAMPLINGS, default="stratified",
                    help="how the K rows are drawn: stratified (default: random within each "

@@ -45,7 +45,9 @@ def _percentiles(x: np.ndarray) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from replay.run import load_deployment, prepare, simulate
+    import sys
+
+    from replay.run import input_warnings, load_deployment, prepare, simulate
     from traces.derive import latencies
     from traces.formats import read_trace
     from traces.readers.vllm_run import read_run_meta
@@ -54,11 +56,14 @@ def run(args: argparse.Namespace) -> int:
     meta = read_run_meta(args.engine.parent) if args.engine.name == "meta.json" else read_run_meta(args.engine)
     bundle, model, hardware = load_deployment(args.profiles, args.model, args.hardware)
     cfg, cost, _ = prepare(meta, bundle, model, hardware)
+    for text in input_warnings(trace.requests, model):
+        print(f"mist replay: warning: {text}", file=sys.stderr)
     sim, steps, wall = simulate(trace.requests, cfg, cost, arrival="client")
     lat = latencies(sim.to_pandas())
     span = float(np.nanmax(sim.column("finished_s").to_numpy(zero_copy_only=False)))
     summary = {
         "requests": sim.num_rows, "steps": steps.num_rows, "simulated_s": round(span, 3),
+        "rows_read": trace.rows_read, "skipped": dict(trace.skipped),
         "replay_wall_s": round(wall, 4), "requests_per_wall_s": round(sim.num_rows / wall, 1),
         "latency_s": {m: {k: round(v, 6) for k, v in _percentiles(lat[m].to_numpy(float)).items()}
                       for m in ("ttft", "tpot", "e2e")},
@@ -66,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     write_table(sim, args.out / "simulated.requests.parquet")
     write_table(steps, args.out / "simulated.steps.parquet")
     atomic_write_json(args.out / "summary.json", summary)
-    print(f"{args.trace}: {sim.num_rows} requests, {steps.num_rows} steps, {span:.1f} s simulated "
+    skipped = "".join(f"; skipped {n}: {reason}" for reason, n in trace.skipped.items())
+    print(f"{args.trace}: {sim.num_rows} requests{skipped}, {steps.num_rows} steps, {span:.1f} s simulated "
           f"in {wall:.2f} s wall ({sim.num_rows / wall:.0f} requests/s)")
     for m, p in summary["latency_s"].items():
         print(f"  {m:5s} " + "  ".join(f"{k} {v:.4f}" for k, v in p.items()))

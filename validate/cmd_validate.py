@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from traces.errors import TraceError
 from traces.io import atomic_write_json, write_table
 
 HELP = "replay a recorded run and report simulated-vs-measured errors"
@@ -56,13 +57,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching in the replay")
 
 
+#: the columns of a run's ``timeseries.csv`` the report plots (1 s ticks of the engine)
+TIMESERIES_COLUMNS = ("t", "running", "waiting")
+
+
 def _timeseries(meta: dict, requests_meta: dict) -> pd.DataFrame | None:
     """The run's 1 s ticks, shifted onto the requests' time origin (first arrival)."""
     path = meta.get("timeseries_path")
     origin = requests_meta.get(b"mist.origin_epoch_s")
     if not path or not Path(path).is_file():
         return None
-    ts = pd.read_csv(path)
+    try:
+        ts = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise TraceError(path, f"not a readable CSV ({str(exc).strip().splitlines()[-1]})") from exc
+    missing = [c for c in TIMESERIES_COLUMNS if c not in ts.columns]
+    if missing:
+        raise TraceError(path, f"missing columns {missing}")
+    for col in TIMESERIES_COLUMNS:
+        values = pd.to_numeric(ts[col], errors="coerce")
+        bad = values.isna().to_numpy().nonzero()[0]
+        if len(bad):
+            raise TraceError(path, f"{col} must be a number, got {ts[col].iloc[bad[0]]!r}", line=int(bad[0]) + 2)
+        ts[col] = values
     if origin is not None and meta.get("started_at"):
         start = datetime.fromisoformat(str(meta["started_at"]).replace("Z", "+00:00")).timestamp()
         ts["t"] = ts["t"] + (start - float(origin))
@@ -71,7 +88,7 @@ def _timeseries(meta: dict, requests_meta: dict) -> pd.DataFrame | None:
 
 def run(args: argparse.Namespace) -> int:
     from profiles.probe import drift_ratio
-    from replay.run import load_deployment, prepare, simulate
+    from replay.run import input_warnings, load_deployment, prepare, simulate
     from traces.readers.vllm_run import attach_workload, read_vllm_run
     from validate.align import align
     from validate.attribution import attribute
@@ -87,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"prompt token ids from {workload}")
     if workload:
         requests = attach_workload(requests, workload)
+    timeseries = _timeseries(measured.meta, requests.schema.metadata or {})  # read it all before writing
     bundle, model, hardware = load_deployment(args.profiles, args.model, args.hardware)
     overrides = {}
     if args.no_async_scheduling:
@@ -95,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["enable_prefix_caching"] = False
     cfg, cost, notes = prepare(measured.meta, bundle, model, hardware,
                                skew_buckets=args.skew == "buckets", **overrides)
+    for text in input_warnings(requests, model, measured.meta.get("model")):
+        print(f"mist validate: warning: {text}", file=sys.stderr)
     if args.skew == "off":
         cost = replace(cost, skew=None, skew_alpha=0.0)
     ratio = drift_ratio([measured.meta.get("speed_probe"), measured.meta.get("speed_probe_end")],
@@ -143,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         intro = ("Error of each request split at the instant it was first scheduled: "
                  "queueing (waiting for admission) versus its own service (prefill and decode steps).\n\n")
         path = write_report(args.out, aligned, metrics, steps=steps.to_pandas(),
-                            timeseries=_timeseries(measured.meta, requests.schema.metadata or {}),
+                            timeseries=timeseries,
                             title=f"mist validate: {args.run.name}", notes=lines,
                             sections=[("Error attribution", intro + attribution_md(attribute(aligned)))])
         print(f"report: {path}")

@@ -30,6 +30,7 @@ No row is ever skipped: a measured run is taken whole or not at all.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,37 @@ REQUIRED = ("request_id", "input_toks", "output_toks", "arrival_time") + tuple(
     k for k, _ in TIMELINE
 )
 ENGINE_KEYS = ("max_num_seqs", "max_num_batched_tokens")
+
+
+#: engine settings that, when a run gives them, must be positive integers
+POSITIVE_IF_GIVEN = ("tensor_parallel_size", "data_parallel_size", "block_size", "num_gpu_blocks",
+                     "num_gpu_blocks_override")
+
+
+def _positive_number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _check_cluster(path: Path, cluster: dict) -> None:
+    """The figures the replay reads from ``cluster.json``: positive numbers where given."""
+    if "link_bw" in cluster and not _positive_number(cluster["link_bw"]):
+        raise TraceError(path, f"link_bw must be a positive number (GB/s), got {cluster['link_bw']!r}")
+    if cluster.get("link_latency") is not None and not (
+            _positive_number(cluster["link_latency"]) or cluster["link_latency"] == 0):
+        raise TraceError(path, f"link_latency must be a number >= 0 (ns), got {cluster['link_latency']!r}")
+    nodes = cluster.get("nodes") if isinstance(cluster.get("nodes"), list) else []
+    for i, node in enumerate(nodes):
+        instances = node.get("instances") if isinstance(node, dict) else None
+        for j, inst in enumerate(instances if isinstance(instances, list) else []):
+            mem = inst.get("npu_mem") if isinstance(inst, dict) else None
+            if not isinstance(mem, dict):
+                continue
+            where = f"nodes[{i}].instances[{j}].npu_mem"
+            if "mem_size" in mem and not _positive_number(mem["mem_size"]):
+                raise TraceError(path, f"{where}.mem_size must be a positive number (GB), got {mem['mem_size']!r}")
+            util = mem.get("mem_util")
+            if util is not None and not (_positive_number(util) and util <= 1):
+                raise TraceError(path, f"{where}.mem_util must be in (0, 1], got {util!r}")
 
 
 def run_dir(path) -> Path:
@@ -79,11 +111,19 @@ def read_run_meta(directory) -> dict:
     engine = meta.get("engine_kwargs")
     if not isinstance(engine, dict):
         raise TraceError(meta_path, "missing key 'engine_kwargs' (an object of engine settings)")
-    missing = [k for k in ENGINE_KEYS if not isinstance(engine.get(k), int)]
+    missing = [k for k in ENGINE_KEYS if not isinstance(engine.get(k), int) or isinstance(engine.get(k), bool)]
     if missing:
         raise TraceError(meta_path, f"engine_kwargs lacks integer {missing}")
+    for key in (*ENGINE_KEYS, *POSITIVE_IF_GIVEN):
+        value = engine.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise TraceError(meta_path, f"engine_kwargs.{key} must be a positive integer, got {value!r}")
+    util = engine.get("gpu_memory_utilization")
+    if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1):
+        raise TraceError(meta_path, f"engine_kwargs.gpu_memory_utilization must be in (0, 1], got {util!r}")
     if (directory / "cluster.json").is_file():
         meta["cluster"] = read_json_object(directory / "cluster.json")
+        _check_cluster(directory / "cluster.json", meta["cluster"])
     if (directory / "timeseries.csv").is_file():
         meta["timeseries_path"] = str(directory / "timeseries.csv")
     return meta

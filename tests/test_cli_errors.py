@@ -1,0 +1,126 @@
+"""Bad inputs and impossible settings end in one clear line and exit 2, with nothing
+written: output paths that cannot be created, engines without room for a KV cache,
+requests larger than the cache, a malformed throughput log, a missing skew table."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from traces.io import atomic_write_json
+from validate.cli import main
+
+LLAMA = "profiles/llmservingsim/RTXPRO6000/meta-llama/Llama-3.1-8B/bf16"
+LLAMA_JSON = "models/llmservingsim/meta-llama/Llama-3.1-8B.json"
+RUN = "vllm-runs/RTXPRO6000/Llama-3.1-8B"
+
+
+def _workload(path, rows) -> None:
+    with open(path, "w") as f:
+        for i, (inp, out) in enumerate(rows):
+            f.write(json.dumps({"input_toks": inp, "output_toks": out, "arrival_time_ns": i * 10**8}) + "\n")
+
+
+def _replay(shared, trace, out, model=LLAMA_JSON, engine=None):
+    return ["replay", "--trace", str(trace), "--profiles", str(shared / LLAMA), "--model", str(shared / model),
+            "--engine", str(engine or shared / RUN / "meta.json"), "--out", str(out)]
+
+
+def test_an_output_path_that_cannot_be_created_fails_before_any_work(shared_data, tmp_path, capsys):
+    trace = tmp_path / "w.jsonl"
+    _workload(trace, [(100, 10)])
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert main(_replay(shared_data, trace, blocker / "sub")) == 2
+    assert "a_file is a file, not a folder" in capsys.readouterr().err
+    assert main(_replay(shared_data, trace, blocker)) == 2
+    assert "exists and is a file" in capsys.readouterr().err
+    assert blocker.read_text() == "x"
+
+
+def test_an_engine_without_room_for_a_kv_cache_is_refused(shared_data, tmp_path, capsys):
+    trace = tmp_path / "w.jsonl"
+    _workload(trace, [(100, 10)])
+    # Llama-3.1-70B's bf16 weights (141 GB) do not fit in the run's 96 GB
+    argv = _replay(shared_data, trace, tmp_path / "out", model="models/llmservingsim/meta-llama/Llama-3.1-70B.json")
+    assert main(argv) == 2
+    assert "no KV cache" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_request_larger_than_the_kv_cache_is_named(shared_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    meta = json.loads((shared_data / RUN / "meta.json").read_text())
+    meta["engine_kwargs"]["num_gpu_blocks"] = 100  # 1600 tokens of KV cache
+    (run / "meta.json").write_text(json.dumps(meta))
+    trace = tmp_path / "w.jsonl"
+    _workload(trace, [(100, 10), (1500, 200), (50, 5)])
+    assert main(_replay(shared_data, trace, tmp_path / "out", engine=run / "meta.json")) == 2
+    err = capsys.readouterr().err
+    assert "1 request(s) need more KV cache than the engine holds (1600 tokens" in err and "needs 1700" in err
+    _workload(trace, [(100, 10), (1000, 200), (50, 5)])
+    assert main(_replay(shared_data, trace, tmp_path / "out", engine=run / "meta.json")) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["requests"] == summary["rows_read"] == 3 and summary["skipped"] == {}
+
+
+def test_impossible_engine_and_cluster_figures_name_the_file(shared_data, tmp_path, capsys):
+    trace = tmp_path / "w.jsonl"
+    _workload(trace, [(100, 10)])
+    run = tmp_path / "run"
+    run.mkdir()
+    for bad_meta, bad_cluster, expected in [
+        ({"max_num_batched_tokens": -1}, None, "engine_kwargs.max_num_batched_tokens must be a positive integer"),
+        ({"max_num_seqs": 0}, None, "engine_kwargs.max_num_seqs must be a positive integer"),
+        ({}, {"mem_size": -96}, "npu_mem.mem_size must be a positive number"),
+        ({}, {"mem_size": "96GB"}, "npu_mem.mem_size must be a positive number"),
+    ]:
+        meta = json.loads((shared_data / RUN / "meta.json").read_text())
+        meta["engine_kwargs"].update(bad_meta)
+        (run / "meta.json").write_text(json.dumps(meta))
+        cluster = json.loads((shared_data / RUN / "cluster.json").read_text())
+        cluster["nodes"][0]["instances"][0]["npu_mem"].update(bad_cluster or {})
+        (run / "cluster.json").write_text(json.dumps(cluster))
+        assert main(_replay(shared_data, trace, tmp_path / "out", engine=run / "meta.json")) == 2
+        err = capsys.readouterr().err
+        assert expected in err and str(run) in err, err
+
+
+def test_validate_reads_every_input_before_writing_anything(shared_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(shared_data / RUN, run)
+    (run / "timeseries.csv").write_text("t,running\n1,x\n")
+    out, summary = tmp_path / "out", tmp_path / "v.json"
+    argv = ["validate", "--run", str(run), "--profiles", str(shared_data / LLAMA), "--model",
+            str(shared_data / LLAMA_JSON), "--json", str(summary), "--out", str(out)]
+    assert main(argv) == 2
+    assert "timeseries.csv: missing columns ['waiting']" in capsys.readouterr().err
+    assert not out.exists() and not summary.exists()
+    (run / "timeseries.csv").write_text("t,running,waiting\n1,3,x\n")
+    assert main(argv) == 2
+    assert "timeseries.csv:2: waiting must be a number, got 'x'" in capsys.readouterr().err
+
+
+def test_per_bucket_skew_asked_for_without_its_table_is_an_error(shared_data, tmp_path, capsys):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(shared_data / LLAMA, bundle)
+    (bundle / "tp1" / "skew_fit.csv").unlink()
+    argv = ["validate", "--run", str(shared_data / RUN), "--profiles", str(bundle), "--model",
+            str(shared_data / LLAMA_JSON), "--skew", "buckets"]
+    assert main(argv) == 2
+    assert "skew_fit.csv: per-bucket skew asked for" in capsys.readouterr().err
+
+
+def test_json_outputs_write_nan_as_null(tmp_path):
+    path = tmp_path / "x.json"
+    atomic_write_json(path, {"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": -float("inf")}})
+    assert json.loads(path.read_text()) == {"a": None, "b": [1.5, None], "c": {"d": None}}
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "x"])
+def test_seeds_numpy_cannot_take_are_usage_errors(seed, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", "--profiles", "p", "--out", "o", "--seed", seed])
+    assert exc.value.code == 2 and "a seed is an integer" in capsys.readouterr().err
