@@ -291,11 +291,17 @@ def _int_fields(cfg: dict, path: Path) -> dict[str, int]:
                 raise TraceError(path, f"missing {field!r} (tried keys {FIELD_ALIASES[field]})")
             value = 0
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise TraceError(path, f"{field!r} must be a non-negative integer, got {value!r}")
+            raise TraceError(path, f"{FIELD_ALIASES[field][0]!r} must be a non-negative integer, got {value!r}")
         out[field] = value
     for field in _REQUIRED:
         if out[field] == 0:
-            raise TraceError(path, f"{field!r} must be positive")
+            raise TraceError(path, f"{FIELD_ALIASES[field][0]!r} must be positive")
+    kv_key = next((k for k in FIELD_ALIASES["num_kv_heads"] if k in cfg), None)
+    if kv_key is not None and out["num_kv_heads"] == 0:
+        raise TraceError(path, f"{kv_key!r} must be positive (omit it for multi-head attention)")
+    if out["num_kv_heads"] and out["num_heads"] % out["num_kv_heads"]:
+        raise TraceError(path, f"{out['num_heads']} attention heads cannot be shared by "
+                               f"{out['num_kv_heads']} key/value heads ({kv_key!r} must divide the heads)")
     return out
 
 

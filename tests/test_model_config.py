@@ -108,6 +108,16 @@ def test_name_falls_back_to_file_stem(tmp_path):
     assert cfg.torch_dtype == "auto" and cfg.tie_word_embeddings is False
 
 
+@pytest.mark.parametrize("kv, message", [(0, "must be positive"), (3, "cannot be shared by 3 key/value heads")])
+def test_impossible_key_value_heads_name_the_key(tmp_path, kv, message):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps({"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+                                "num_key_value_heads": kv, "vocab_size": 100, "intermediate_size": 128}))
+    with pytest.raises(TraceError, match=message) as info:
+        load_model_config(path)
+    assert "num_key_value_heads" in str(info.value) and info.value.path == str(path)
+
+
 def test_missing_hidden_size_names_file_and_key(tmp_path, shared_data):
     raw = json.loads(_find(shared_data, "meta-llama--Meta-Llama-3.1-8B_config.json").read_text())
     del raw["hidden_size"]
