@@ -124,3 +124,60 @@ def test_seeds_numpy_cannot_take_are_usage_errors(seed, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["calibrate", "--profiles", "p", "--out", "o", "--seed", seed])
     assert exc.value.code == 2 and "a seed is an integer" in capsys.readouterr().err
+
+
+SILICON_HEADER = ("system,backend,backend_version,model_path,mode,isl,osl,batch_size,tp_size,"
+                  "silicon_ttft_ms,silicon_tpot_ms\n")
+
+
+@pytest.mark.parametrize("row, message", [
+    ("h100_sxm,vllm,0.19.0,m,agg,0,128,8,2,100,10", "isl must be a whole number of at least 1"),
+    ("h100_sxm,vllm,0.19.0,m,agg,128,128,4.5,2,100,10", "batch_size must be a whole number"),
+    ("h100_sxm,vllm,0.19.0,m,agg,128,128,8,2,inf,10", "silicon_ttft_ms must be a positive finite number"),
+    ("h100_sxm,vllm,0.19.0,m,agg,,128,8,2,100,10", "isl is empty"),
+])
+def test_silicon_rows_of_the_chosen_system_are_checked_and_others_are_not(tmp_path, row, message):
+    from traces.errors import TraceError
+    from traces.readers.silicon import read_silicon
+
+    path = tmp_path / "s.csv"
+    other = "b200_sxm,vllm,0.19.0,m,agg,-5,x,0,0,-1,-1\n"  # junk in another system's row
+    path.write_text(SILICON_HEADER + other + row + "\n")
+    with pytest.raises(TraceError, match=message) as info:
+        read_silicon(path, "h100_sxm", "vllm")
+    assert info.value.line == 3
+    good = SILICON_HEADER + other + " h100_sxm ,vllm,0.19.0,m,agg,128,128,8,2,100,10\n"
+    path.write_text(good)
+    rows = read_silicon(path, "H100_SXM", "vllm")
+    assert list(rows.index) == [1] and rows["system"].iloc[0] == "h100_sxm"
+
+
+def test_an_empty_or_folder_silicon_path_is_named(tmp_path):
+    from traces.errors import TraceError
+    from traces.readers.silicon import read_silicon
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(TraceError, match="empty file"):
+        read_silicon(empty)
+    with pytest.raises(TraceError, match="is a folder"):
+        read_silicon(tmp_path)
+
+
+def test_a_version_newer_than_every_table_reads_the_newest():
+    from traces.readers.aiconfigurator import pick_version
+
+    tables = [("vllm", "0.14.0", None), ("vllm", "0.19.0", None)]
+    picked = {v: pick_version(tables, v)[1] for v in ("0.11.2", "0.16.0", "0.18.0", "1.0.0", "9.9.9", "nightly")}
+    assert picked == {"0.11.2": "0.14.0", "0.16.0": "0.14.0", "0.18.0": "0.19.0", "1.0.0": "0.19.0",
+                      "9.9.9": "0.19.0", "nightly": "0.19.0"}
+
+
+def test_calibrate_accelerator_refuses_a_file_twice_and_a_k_that_leaves_nothing(shared_data, tmp_path, capsys):
+    bench = str(shared_data / "benchmarks/llm-inference-bench/All_results.csv")
+    out = tmp_path / "r.json"
+    base = ["calibrate-accelerator", "--target", "Nvidia GH200 GPU", "--json", str(out)]
+    assert main([*base, "--bench", bench, bench, "--points", "10"]) == 2
+    assert "given twice in --bench" in capsys.readouterr().err
+    assert main([*base, "--bench", bench, "--points", "5000"]) == 2
+    assert "left to predict with --points 5000" in capsys.readouterr().err and not out.exists()

@@ -111,6 +111,15 @@ def run(args: argparse.Namespace) -> int:
     from traces.readers.llm_inference_bench import read_llm_inference_bench
 
     start = time.perf_counter()
+    seen: dict = {}
+    for path in args.bench:
+        key = path.resolve()
+        if key in seen:
+            raise TraceError(path, f"given twice in --bench (as {seen[key]}): its rows would be both "
+                                   "calibration points and predictions")
+        seen[key] = path
+    if args.models is not None and not args.models.is_dir():
+        raise TraceError(args.models, "--models folder not found")
     table = pd.concat([read_llm_inference_bench(p).to_pandas() for p in args.bench],
                       ignore_index=True)
     catalog = load_catalog(extra=args.hardware)
@@ -123,6 +132,10 @@ def run(args: argparse.Namespace) -> int:
                                         "(format: profiles/hardware.yaml)") from exc
     except ValueError as exc:
         raise TraceError(args.bench[0], str(exc)) from exc
+    if not report["rows_predicted"]:
+        why = "; ".join(f"{n} {reason}" for reason, n in report["skipped"].items())
+        raise TraceError(args.bench[0], f"no row of {args.target!r} left to predict with --points "
+                                        f"{args.points} (skipped: {why})")
     report["bench"] = [str(p) for p in args.bench]
     rows_csv = rows.to_csv(index=False) if args.rows else None
     atomic_write_json(args.json, report)

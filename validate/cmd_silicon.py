@@ -156,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from calibrate.kernels import KernelSet, cross_validate_kernels
+    from profiles.hardware import load_catalog
     from replay import fused_moe
     from replay.silicon import (
         DEFAULT_STEP_OVERHEAD,
@@ -188,8 +189,12 @@ def run(args: argparse.Namespace) -> int:
     if args.fit_moe_efficiency and (args.moe_efficiency or args.no_moe_efficiency):
         raise TraceError(args.silicon, "--fit-moe-efficiency fits its own rate: drop --moe-efficiency "
                                        "and --no-moe-efficiency")
-    rows = read_silicon(args.silicon)
-    rows = rows[(rows["system"] == args.system) & (rows["backend"] == args.backend)]
+    if args.hardware:
+        load_catalog(extra=args.hardware)  # a bad file is an error even when the kernels bring a datasheet
+    if args.kernels.name.casefold() != args.system.casefold():
+        print(f"mist silicon: warning: the kernel folder {args.kernels.name!r} is named for another system "
+              f"than --system {args.system!r}; its tables and datasheet are used for every row", file=sys.stderr)
+    rows = read_silicon(args.silicon, args.system, args.backend)
     if not len(rows):
         raise TraceError(args.silicon, f"no rows for system {args.system!r} and backend {args.backend!r}")
     if args.fit_model and not (rows["model_path"] == args.fit_model).any():
@@ -280,8 +285,15 @@ def run(args: argparse.Namespace) -> int:
         df.to_csv(tmp, index=False)
         tmp.replace(args.out / "predictions.csv")
         ok = df[df["pred_ttft_ms"].notna()]
+        written = ["predictions.csv"]
         if len(ok):
             _plot(ok, args.out / "scatter.png")
+            written.append("scatter.png")
+        else:  # no stale plot of an earlier run left to be mistaken for this one's
+            (args.out / "scatter.png").unlink(missing_ok=True)
         cv.round(3).to_csv(args.out / "kernel_cv.csv", index=False)
-        print(f"wrote {args.out}/predictions.csv, scatter.png, kernel_cv.csv")
+        print(f"wrote {args.out}/" + ", ".join([*written, "kernel_cv.csv"]))
+    if not summary["rows"]["predicted"]:
+        print(f"mist silicon: warning: no row was predicted (skipped: {summary['rows']['skipped']})",
+              file=sys.stderr)
     return 0

@@ -86,21 +86,22 @@ def available(system_dir) -> dict[str, list[tuple[str, str, Path]]]:
     return found
 
 
+def _release_number(key: tuple) -> float:
+    """A version key as one number on the release line (major, minor, patch weighted)."""
+    parts = (key + (0, 0, 0))[:3]
+    return parts[0] * 1e6 + parts[1] * 1e3 + parts[2]
+
+
 def pick_version(choices: list[tuple[str, str, Path]], version: str | None):
-    """The table whose framework version is nearest ``version`` (ties: the newer); the
-    newest when ``version`` is None or names no release (a nightly build)."""
+    """The table whose framework version is nearest ``version`` on the release line
+    (ties: the newer): a version newer than every table reads the newest, one older
+    than every table the oldest; the newest too when ``version`` is None or names no
+    release (a nightly build). ``choices`` are oldest first."""
     if version is None or _unnumbered(version):
         return choices[-1]
-    want = _version_key(version)
-
-    def distance(choice):
-        have = _version_key(choice[1])
-        width = max(len(want), len(have))
-        a = want + (0,) * (width - len(want))
-        b = have + (0,) * (width - len(have))
-        return tuple(abs(x - y) for x, y in zip(a, b)), tuple(-x for x in b)
-
-    return min(choices, key=distance)
+    want = _release_number(_version_key(version))
+    return min(choices, key=lambda c: (abs(_release_number(_version_key(c[1])) - want),
+                                       -_release_number(_version_key(c[1]))))
 
 
 def _read(path: Path, required: tuple[str, ...]) -> pd.DataFrame:

@@ -19,30 +19,51 @@ import pandas as pd
 
 from traces.errors import TraceError
 
-REQUIRED = ("system", "backend", "model_path", "mode", "isl", "osl", "silicon_ttft_ms", "silicon_tpot_ms")
+REQUIRED = ("system", "backend", "model_path", "mode", "isl", "osl", "batch_size", "tp_size",
+            "silicon_ttft_ms", "silicon_tpot_ms")
+#: counts: whole numbers where given (``batch_size`` may be empty: a disaggregated row)
+COUNTS = ("isl", "osl", "batch_size", "tp_size", "pp_size", "attention_dp_size", "moe_tp_size", "moe_ep_size")
 NUMERIC = ("isl", "osl", "batch_size", "tp_size", "pp_size", "attention_dp_size", "moe_tp_size",
            "moe_ep_size", "silicon_ttft_ms", "silicon_tpot_ms")
 
 
-def read_silicon(path) -> pd.DataFrame:
+def read_silicon(path, system: str | None = None, backend: str | None = None) -> pd.DataFrame:
     """Rows of a silicon CSV with numeric columns as floats (NaN where empty).
+
+    ``system`` / ``backend`` keep only those rows (names compared without case or
+    surrounding spaces) before the values are checked, so a bad cell in another
+    system's row does not stop a run. The index keeps each row's position in the file
+    (line = index + 2).
 
     Raises
     ------
     TraceError
-        Missing file or columns, or a non-numeric value where a number belongs
-        (with its line number; line 1 is the header).
+        Missing file or columns, or in a kept row: a non-numeric value where a number
+        belongs, a latency that is not a positive finite number, a count (isl, osl,
+        concurrency, parallel sizes) that is not a whole number (with its line number;
+        line 1 is the header).
     """
     path = Path(path)
+    if path.is_dir():
+        raise TraceError(path, "is a folder; a silicon CSV file is needed")
     if not path.is_file():
         raise TraceError(path, "file not found")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise TraceError(path, "empty file (expected a header line and rows)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise TraceError(path, f"not a readable CSV file ({exc})") from exc
+        raise TraceError(path, f"not a readable CSV file ({str(exc).strip().splitlines()[-1]})") from exc
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise TraceError(path, f"missing columns {missing}", line=1)
+    for col in ("system", "backend", "backend_version", "model_path", "mode"):
+        if col in df.columns:
+            df[col] = df[col].str.strip()
+    if system is not None:
+        df = df[df["system"].str.casefold() == system.strip().casefold()]
+    if backend is not None:
+        df = df[df["backend"].str.casefold() == backend.strip().casefold()]
     for col in NUMERIC:
         if col not in df.columns:
             df[col] = ""
@@ -50,11 +71,26 @@ def read_silicon(path) -> pd.DataFrame:
         num = pd.to_numeric(raw.where(raw != "", None), errors="coerce")
         bad = np.flatnonzero(num.isna().to_numpy() & (raw != "").to_numpy())
         if len(bad):
-            raise TraceError(path, f"column {col!r} holds {raw.iloc[bad[0]]!r}, not a number", line=int(bad[0]) + 2)
+            raise TraceError(path, f"column {col!r} holds {raw.iloc[bad[0]]!r}, not a number",
+                             line=int(df.index[bad[0]]) + 2)
         df[col] = num.astype(float)
     for col in ("silicon_ttft_ms", "silicon_tpot_ms"):
-        bad = np.flatnonzero(~(df[col] > 0).to_numpy())
+        values = df[col].to_numpy()
+        bad = np.flatnonzero(~((values > 0) & np.isfinite(values)))
         if len(bad):
-            raise TraceError(path, f"{col} must be a positive number of ms", line=int(bad[0]) + 2)
+            raise TraceError(path, f"{col} must be a positive finite number of ms, got {float(values[bad[0]])}",
+                             line=int(df.index[bad[0]]) + 2)
+    for col in COUNTS:
+        values = df[col].to_numpy()
+        least = 1 if col in ("isl", "osl", "batch_size", "tp_size") else 0  # 0: "not used" in some rows
+        bad = np.flatnonzero(~np.isnan(values) & ((values < least) | (values != np.floor(values))
+                                                  | ~np.isfinite(values)))
+        if len(bad):
+            raise TraceError(path, f"{col} must be a whole number of at least {least}, got {float(values[bad[0]])}",
+                             line=int(df.index[bad[0]]) + 2)
+    for col in ("isl", "osl"):
+        bad = np.flatnonzero(np.isnan(df[col].to_numpy()))
+        if len(bad):
+            raise TraceError(path, f"{col} is empty", line=int(df.index[bad[0]]) + 2)
     df.attrs["source"] = str(path)
     return df
