@@ -81,7 +81,9 @@ def load_deployment(profiles_dir, model_json, hardware_name: str | None = None):
     model = load_model_config(model_json)
     try:
         hardware = get_hardware(hardware_name or bundle.hardware)
-    except KeyError:
+    except KeyError as exc:
+        if hardware_name:  # asked for by name: a typo must not pass silently
+            raise ReplayError(str(exc).strip("'\"")) from None
         hardware = None
     return bundle, model, hardware
 

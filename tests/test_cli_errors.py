@@ -181,3 +181,13 @@ def test_calibrate_accelerator_refuses_a_file_twice_and_a_k_that_leaves_nothing(
     assert "given twice in --bench" in capsys.readouterr().err
     assert main([*base, "--bench", bench, "--points", "5000"]) == 2
     assert "left to predict with --points 5000" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_unknown_hardware_name_or_a_wrong_engine_file_is_an_error(shared_data, tmp_path, capsys):
+    trace = tmp_path / "w.jsonl"
+    _workload(trace, [(100, 10)])
+    assert main([*_replay(shared_data, trace, tmp_path / "out"), "--hardware", "FOO9000"]) == 2
+    assert "unknown hardware 'FOO9000'" in capsys.readouterr().err
+    wrong = _replay(shared_data, trace, tmp_path / "out", engine=shared_data / RUN / "requests.jsonl")
+    assert main(wrong) == 2 and "--engine takes a run's meta.json" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from traces.errors import TraceError
 from traces.io import atomic_write_json, write_table
 
 HELP = "replay a request stream (no measurements needed) and write simulated tables"
@@ -53,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from traces.readers.vllm_run import read_run_meta
 
     trace = read_trace(args.trace, args.format)
+    if args.engine.is_file() and args.engine.name != "meta.json":
+        raise TraceError(args.engine, "--engine takes a run's meta.json (or the run folder holding it)")
     meta = read_run_meta(args.engine.parent) if args.engine.name == "meta.json" else read_run_meta(args.engine)
     bundle, model, hardware = load_deployment(args.profiles, args.model, args.hardware)
     cfg, cost, _ = prepare(meta, bundle, model, hardware)
