@@ -25,7 +25,7 @@ from replay.host import host_model, residual_summary
 from replay.request import Request
 from replay.simulate import replay_requests
 from replay.skew import skew_from_bundle
-from traces.errors import ReplayError
+from traces.errors import ReplayError, TraceError
 from traces.schema import REQUESTS, STEPS, from_columns
 
 
@@ -93,6 +93,9 @@ def prepare(meta: dict, bundle: Bundle, model: ModelConfig, hardware: Hardware |
     """Engine settings and compiled step cost for a run; plus notes on where figures came from."""
     cluster = meta.get("cluster")
     cfg = engine_config(meta, model, lambda: device_memory(cluster, hardware), bundle.meta, **overrides)
+    if bundle.tp_degrees and cfg.tensor_parallel not in bundle.tp_degrees:
+        raise TraceError(bundle.root, f"no tp{cfg.tensor_parallel}/ folder: the run uses tensor parallelism "
+                                      f"{cfg.tensor_parallel}, the bundle was profiled at {bundle.tp_degrees}")
     models = fit_operators(to_operator_profile(bundle), cfg.tensor_parallel)
     check_profile(models, model, cfg.tensor_parallel, str(bundle.root / f"tp{cfg.tensor_parallel}"))
     link = link_from(cluster, hardware)
