@@ -24,6 +24,7 @@ SWITCHES = {
     "no KV-skew correction": ["--skew", "off"],
     "per-bucket skew alphas": ["--skew", "buckets"],
     "client-side arrivals": ["--arrival", "client"],
+    "stamps step-aligned": ["--arrival", "engine-aligned"],
     "no drift correction": ["--drift", "off"],
 }
 SAMPLE = ["validate", "--run", str(REPO / "traces/samples/cpu-tiny-llama"),

@@ -151,8 +151,15 @@ def check_capacity(reqs: list[Request], cfg: EngineConfig) -> None:
                           "them; drop them from the trace or give more device memory")
 
 
+#: how request arrivals are fed: the real engine's stamp, the stamp aligned to the
+#: nearest replayed step boundary, or the client's send time
+ARRIVALS = ("engine", "engine-aligned", "client")
+
+
 def simulate(requests: pa.Table, cfg: EngineConfig, cost: StepCost, arrival: str = "engine"):
     """Replay ``requests``; return (simulated requests table, steps table, wall seconds).
+
+    ``arrival``: one of :data:`ARRIVALS`.
 
     Raises
     ------
@@ -160,10 +167,12 @@ def simulate(requests: pa.Table, cfg: EngineConfig, cost: StepCost, arrival: str
         When the engine has no KV cache, a request needs more KV cache than the engine
         has (vLLM refuses such a request), or a request never finished.
     """
-    reqs = requests_from_table(requests, arrival)
+    if arrival not in ARRIVALS:
+        raise ValueError(f"arrival must be one of {ARRIVALS}, not {arrival!r}")
+    reqs = requests_from_table(requests, "client" if arrival == "client" else "engine")
     check_capacity(reqs, cfg)
     t0 = time.perf_counter()
-    rep = replay_requests(reqs, cfg, cost)
+    rep = replay_requests(reqs, cfg, cost, align_arrivals=arrival == "engine-aligned")
     wall = time.perf_counter() - t0
     stuck = [r for r in reqs if r.finished_s is None]
     if stuck:
@@ -175,7 +184,7 @@ def simulate(requests: pa.Table, cfg: EngineConfig, cost: StepCost, arrival: str
     cols.update(
         cached_tokens=[r.cached_tokens for r in by_index],
         queued_s=[r.queued_s for r in by_index],
-        scheduled_s=[r.scheduled_s for r in by_index],
+        scheduled_s=[max(r.scheduled_s, r.queued_s) for r in by_index],  # (aligned: planned before its stamp)
         first_token_s=[r.first_token_s for r in by_index],
         finished_s=[r.finished_s for r in by_index],
     )

@@ -68,7 +68,7 @@ ROUTERS = {"round_robin": _round_robin, "least_loaded": _least_loaded}
 class Replay:
     """One replay run: owns its clock, requests, replicas and step log."""
 
-    def __init__(self, requests: list[Request], cfg: EngineConfig, cost: StepCost):
+    def __init__(self, requests: list[Request], cfg: EngineConfig, cost: StepCost, align_arrivals: bool = False):
         self.requests = requests
         self.cfg = cfg
         self.cost = cost
@@ -83,6 +83,11 @@ class Replay:
         self.route = ROUTERS[cfg.router]
         self.steps: list[tuple] = []
         self.next_replica = 0
+        # arrivals stamped at real step boundaries (vLLM's queued_ts): each joins the plan
+        # made at the replayed step boundary nearest its stamp (one group only)
+        self.align = align_arrivals and cfg.async_scheduling and len(self.groups) == 1
+        self.upcoming: list[Request] = []
+        self.next_upcoming = 0
 
     # -- planning -------------------------------------------------------------
     def _plan(self, rep: Replica, now: float) -> StepPlan:
@@ -122,6 +127,8 @@ class Replay:
                 self._log(rep, plan, now, d)
         group.busy = True
         if self.cfg.async_scheduling:
+            if self.align:
+                self._take_early(now, now + d / 2)
             for rep in group.members:
                 rep.pending = self._plan(rep, now)
         return [(now + d, STEP_END, self._on_step_end, group)]
@@ -147,11 +154,28 @@ class Replay:
                       plan.kv_tokens, len(rep.running), len(rep.waiting), kv.num_blocks - len(kv.free), plan.preempted))
         group.busy = True
         if self.cfg.async_scheduling:
+            if self.align:
+                self._take_early(now, now + d / 2)
             rep.pending = self._plan(rep, now)
         return [(now + d, STEP_END, self._on_step_end, group)]
 
+    def _take_early(self, now: float, until: float) -> None:
+        """Queue the requests stamped before ``until`` (the middle of the step starting
+        at ``now``) for the plan made now: nearer this boundary than the next one."""
+        upcoming = self.upcoming
+        while self.next_upcoming < len(upcoming) and upcoming[self.next_upcoming].arrival_s < until:
+            req = upcoming[self.next_upcoming]
+            self.next_upcoming += 1
+            if req.queued_s is None:
+                rep = self.route(self, req)
+                req.replica = rep.index
+                req.queued_s = req.arrival_s
+                rep.waiting.append(req)
+
     # -- events ---------------------------------------------------------------
     def _on_arrival(self, now: float, req: Request):
+        if req.queued_s is not None:  # taken into an earlier plan (aligned arrivals)
+            return []
         rep = self.route(self, req)
         req.replica = rep.index
         req.queued_s = now
@@ -180,6 +204,8 @@ class Replay:
         return self._kick(group, now)
 
     def run(self) -> None:
+        if self.align:
+            self.upcoming = sorted(self.requests, key=lambda r: (r.arrival_s, r.index))
         for req in self.requests:
             self.loop.schedule(req.arrival_s, ARRIVAL, self._on_arrival, req)
         self.loop.run()
@@ -192,8 +218,14 @@ class Replay:
         return {n: np.asarray(c) for n, c in zip(names, cols)}
 
 
-def replay_requests(requests: list[Request], cfg: EngineConfig, cost: StepCost) -> Replay:
-    """Run one replay to completion and return it (requests carry their times)."""
-    rep = Replay(requests, cfg, cost)
+def replay_requests(requests: list[Request], cfg: EngineConfig, cost: StepCost,
+                    align_arrivals: bool = False) -> Replay:
+    """Run one replay to completion and return it (requests carry their times).
+
+    ``align_arrivals``: the arrival times are stamps taken at real step boundaries
+    (vLLM's ``queued_ts``); each request joins the plan made at the replayed step
+    boundary nearest its stamp instead of waiting for the next one (with async
+    scheduling and one engine group; see docs/replay.md)."""
+    rep = Replay(requests, cfg, cost, align_arrivals)
     rep.run()
     return rep

@@ -128,6 +128,22 @@ def test_request_arriving_during_a_step_sync_vs_async():
     assert a.finished_s == pytest.approx(0.614 + 6 * 0.111)
 
 
+def test_arrivals_aligned_to_the_nearest_step_boundary():
+    # vLLM stamps a request between steps, so a stamp is a real step boundary. Aligned,
+    # b stamped at 0.1 -- nearer the start (0) than the end (0.21) of a's prefill step --
+    # joins the plan made at 0: step 2 = a's decode + b's prefill, [0.21, 0.381] (as in
+    # sync), then a decode of 2 (0.122) -> b done at 0.503.
+    reqs = [Request(0, "a", 0.0, 100, 10), Request(1, "b", 0.1, 50, 2)]
+    replay_requests(reqs, _cfg(async_scheduling=True), _cost(), align_arrivals=True)
+    a, b = reqs
+    assert b.first_token_s == pytest.approx(0.381) and b.finished_s == pytest.approx(0.503)
+    assert a.finished_s == pytest.approx(0.503 + 7 * 0.111)
+    # stamped at 0.15, nearer the end: planned at 0.21 as without alignment
+    late = [Request(0, "a", 0.0, 100, 10), Request(1, "b", 0.15, 50, 2)]
+    replay_requests(late, _cfg(async_scheduling=True), _cost(), align_arrivals=True)
+    assert late[1].first_token_s == pytest.approx(0.21 + 0.111 + 0.171)
+
+
 def test_async_single_request_matches_sync():
     # Alone, a request's steps are the same in both modes: only admission timing differs.
     (s,), _ = _run([(0.0, 300, 4)], _cfg(async_scheduling=False))

@@ -44,9 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hardware", help="hardware catalog name (default: the bundle's meta.yaml 'hardware')")
     p.add_argument("--out", type=Path, help="folder for report.md, plots and simulated tables")
     p.add_argument("--json", type=Path, help="write the error summary as JSON here")
-    p.add_argument("--arrival", choices=("engine", "client"), default="engine",
-                   help="feed requests when the real engine received them (engine, default) "
-                   "or when the client sent them (client)")
+    p.add_argument("--arrival", choices=("engine", "engine-aligned", "client"), default="engine",
+                   help="feed requests when the real engine received them (engine, default), at the "
+                   "replayed step boundary nearest that stamp (engine-aligned: vLLM stamps requests "
+                   "between steps; see docs/replay.md) or when the client sent them (client)")
     p.add_argument("--drift", choices=("auto", "off"), default="auto",
                    help="auto (default): when both the run and the profile carry a speed probe, "
                    "rescale the profile by their ratio and report errors with and without")
