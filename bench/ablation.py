@@ -32,11 +32,16 @@ SAMPLE = ["validate", "--run", str(REPO / "traces/samples/cpu-tiny-llama"),
           "--model", str(REPO / "traces/samples/cpu-tiny-llama/model_config.json")]
 
 
-def mape(args: list[str]) -> dict:
+def mape(args: list[str]) -> dict | str:
+    """MAPE (%) per metric, or why the variant does not apply to this run (e.g. a bundle
+    without per-bucket skew tables)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "s.json"
-        subprocess.run([sys.executable, "-m", "validate.cli", *args, "--json", str(out)], check=True,
-                       stdout=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, "-m", "validate.cli", *args, "--json", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode == 2:
+            return done.stderr.strip().splitlines()[-1].split(": ")[-1]
+        done.check_returncode()
         return {m: v["mape"] for m, v in json.loads(out.read_text())["metrics"].items()}
 
 
@@ -48,6 +53,9 @@ def main() -> int:
     for name, base in runs.items():
         for label, extra in SWITCHES.items():
             m = mape(base + extra)
+            if isinstance(m, str):
+                print(f"{name:28s} {label:24s} not applicable: {m}")
+                continue
             print(f"{name:28s} {label:24s} {m['ttft']:7.2f} {m['tpot']:7.2f} {m['e2e']:7.2f}")
     return 0
 
