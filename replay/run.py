@@ -143,11 +143,12 @@ def check_capacity(reqs: list[Request], cfg: EngineConfig) -> None:
         raise ReplayError("the engine has no KV cache (0 blocks): the model's weights leave no room in "
                           "the device memory; give a run with more memory, a higher tensor parallelism "
                           "or num_gpu_blocks in its engine settings")
-    over = [r for r in reqs if r.prompt_len + r.output_len > capacity]
+    # the last sampled token is never fed back, so a request holds prompt + output - 1 tokens of KV
+    over = [r for r in reqs if r.prompt_len + r.output_len - 1 > capacity]
     if over:
         worst = max(over, key=lambda r: r.prompt_len + r.output_len)
         raise ReplayError(f"{len(over)} request(s) need more KV cache than the engine holds ({capacity} tokens; "
-                          f"{worst.request_id} needs {worst.prompt_len + worst.output_len}): vLLM would refuse "
+                          f"{worst.request_id} needs {worst.prompt_len + worst.output_len - 1}): vLLM would refuse "
                           "them; drop them from the trace or give more device memory")
 
 
