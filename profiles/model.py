@@ -280,6 +280,11 @@ def _quant_method(cfg: dict) -> str:
     return method
 
 
+def _key_used(cfg: dict, field: str) -> str:
+    """The key of ``field`` this config gives (its first alias when it gives none)."""
+    return next((k for k in FIELD_ALIASES[field] if cfg.get(k) is not None), FIELD_ALIASES[field][0])
+
+
 def _int_fields(cfg: dict, path: Path) -> dict[str, int]:
     out = {}
     for field in FIELD_ALIASES:
@@ -291,12 +296,12 @@ def _int_fields(cfg: dict, path: Path) -> dict[str, int]:
                 raise TraceError(path, f"missing {field!r} (tried keys {FIELD_ALIASES[field]})")
             value = 0
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise TraceError(path, f"{FIELD_ALIASES[field][0]!r} must be a non-negative integer, got {value!r}")
+            raise TraceError(path, f"{_key_used(cfg, field)!r} must be a non-negative integer, got {value!r}")
         out[field] = value
     for field in _REQUIRED:
         if out[field] == 0:
-            raise TraceError(path, f"{FIELD_ALIASES[field][0]!r} must be positive")
-    kv_key = next((k for k in FIELD_ALIASES["num_kv_heads"] if k in cfg), None)
+            raise TraceError(path, f"{_key_used(cfg, field)!r} must be positive")
+    kv_key = next((k for k in FIELD_ALIASES["num_kv_heads"] if cfg.get(k) is not None), None)
     if kv_key is not None and out["num_kv_heads"] == 0:
         raise TraceError(path, f"{kv_key!r} must be positive (omit it for multi-head attention)")
     if out["num_kv_heads"] and out["num_heads"] % out["num_kv_heads"]:

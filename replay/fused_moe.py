@@ -124,7 +124,7 @@ class FusedMoEEfficiency:
 
     def applies_to(self, system: str, sm_version: int | None) -> bool:
         """Fitted for ``system``, or for a device of the same compute capability."""
-        return self.system == system or (self.sm_version is not None and self.sm_version == sm_version)
+        return self.system.casefold() == str(system).casefold() or (self.sm_version is not None and self.sm_version == sm_version)
 
     def save(self, path) -> None:
         write_yaml(path, "Share of the datasheet peak the fused-MoE kernel's multiplications reach, per\n"

@@ -127,7 +127,7 @@ def input_warnings(requests: pa.Table, model: ModelConfig, run_model: str | None
     out = []
     need = (requests.column("input_tokens").to_numpy(zero_copy_only=False).astype(float)
             + requests.column("output_tokens").to_numpy(zero_copy_only=False).astype(float))
-    longer = int((need > model.max_position_embeddings).sum())
+    longer = int((need > model.max_position_embeddings).sum()) if model.max_position_embeddings else 0
     if longer:
         out.append(f"{longer} request(s) are longer than {model.name}'s context ({model.max_position_embeddings} "
                    "tokens): vLLM refuses them unless max_model_len is raised; they are replayed anyway")
@@ -137,12 +137,19 @@ def input_warnings(requests: pa.Table, model: ModelConfig, run_model: str | None
 
 
 def check_capacity(reqs: list[Request], cfg: EngineConfig) -> None:
-    """Raise ReplayError unless every request's prompt and output fit in one replica's KV cache."""
+    """Raise ReplayError unless every request can run: its prompt and output fit in one
+    replica's KV cache, and (chunked prefill off) its prompt in one step's token budget."""
     capacity = cfg.num_gpu_blocks * cfg.block_size
     if capacity < 1:
         raise ReplayError("the engine has no KV cache (0 blocks): the model's weights leave no room in "
                           "the device memory; give a run with more memory, a higher tensor parallelism "
                           "or num_gpu_blocks in its engine settings")
+    if not cfg.enable_chunked_prefill:
+        long = [r for r in reqs if r.prompt_len > cfg.max_num_batched_tokens]
+        if long:
+            raise ReplayError(f"{len(long)} prompt(s) exceed max_num_batched_tokens ({cfg.max_num_batched_tokens}) "
+                              f"with chunked prefill off (first: {long[0].request_id}, {long[0].prompt_len} "
+                              "tokens): the engine could never schedule them")
     # the last sampled token is never fed back, so a request holds prompt + output - 1 tokens of KV
     over = [r for r in reqs if r.prompt_len + r.output_len - 1 > capacity]
     if over:

@@ -269,6 +269,12 @@ class KernelVersions:
         return {fam: dict(sorted(srcs.items())) for fam, srcs in sorted(out.items())}
 
 
+def _is_vllm(row: pd.Series) -> bool:
+    """Whether the row was served by vLLM (whose async-scheduling default changed in 0.14;
+    SGLang and TensorRT-LLM overlap scheduling by default)."""
+    return str(row.get("backend") or "vllm").strip().casefold() == "vllm"
+
+
 def row_version(row: pd.Series) -> str | None:
     v = row.get("backend_version")
     return str(v) if isinstance(v, str) and v else None
@@ -411,7 +417,7 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
     cfg = EngineConfig(max_num_seqs=max(max_seqs, users), max_num_batched_tokens=budget,
                        block_size=BLOCK_SIZE, num_gpu_blocks=kv_blocks_for(model, kernels.sheet, tp, dt, md),
                        tensor_parallel=tp, expert_parallel=ep > 1,
-                       async_scheduling=async_by_default(row_version(row)))
+                       async_scheduling=async_by_default(row_version(row)) if _is_vllm(row) else True)
     moe_eff = moe_efficiency if model.is_moe() else None
     key = (id(kernels), model.name, tp, ep, dt, md, cfg.max_num_seqs, tuple(sorted((moe_eff or {}).items())))
     cost = None if cache is None else cache.get(key)

@@ -191,3 +191,35 @@ def test_an_unknown_hardware_name_or_a_wrong_engine_file_is_an_error(shared_data
     wrong = _replay(shared_data, trace, tmp_path / "out", engine=shared_data / RUN / "requests.jsonl")
     assert main(wrong) == 2 and "--engine takes a run's meta.json" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_review_regressions_stay_fixed(shared_data, tmp_path, capsys):
+    from profiles.model import load_model_config
+    from replay.config import EngineConfig
+    from replay.request import Request
+    from replay.run import check_capacity
+    from traces.errors import ReplayError
+
+    # a config that publishes "num_key_value_heads": null is multi-head attention
+    cfg = tmp_path / "phi.json"
+    cfg.write_text(json.dumps({"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+                               "num_key_value_heads": None, "vocab_size": 100, "intermediate_size": 128}))
+    assert load_model_config(cfg).num_kv_heads == 4
+    # chunked prefill off: a prompt longer than a step's budget could never be scheduled
+    with pytest.raises(ReplayError, match="exceed max_num_batched_tokens"):
+        check_capacity([Request(0, "r0", 0.0, 600, 4)],
+                       EngineConfig(max_num_batched_tokens=512, enable_chunked_prefill=False, num_gpu_blocks=100))
+    # `mist ingest --out X.PARQUET` may be re-run; other commands' --out stays a folder
+    csv = shared_data / "profiles/splitwise/perf_model.csv"
+    out = tmp_path / "S.PARQUET"
+    assert main(["ingest", str(csv), "--out", str(out)]) == 0 and main(["ingest", str(csv), "--out", str(out)]) == 0
+    trace = tmp_path / "w.jsonl"
+    _workload(trace, [(100, 10)])
+    assert main(_replay(shared_data, trace, tmp_path / "res.parquet")) == 0
+    assert main(_replay(shared_data, trace, tmp_path / "res.parquet")) == 0
+    # validate without --out does not need (or check) the run's throughput log
+    run = tmp_path / "run"
+    shutil.copytree(shared_data / RUN, run)
+    (run / "timeseries.csv").write_text("t,running\n1,3\n")
+    assert main(["validate", "--run", str(run), "--profiles", str(shared_data / LLAMA), "--model",
+                 str(shared_data / LLAMA_JSON), "--json", str(tmp_path / "v.json")]) == 0

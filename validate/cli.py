@@ -57,8 +57,11 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
     for name, folder in OUTPUTS.items():
         path = getattr(args, name, None)
-        if path is not None:  # (`mist ingest --out FILE.parquet` gathers profiles in one file)
-            check_output(path, folder and path.suffix != ".parquet")
+        if path is None:
+            continue
+        if args.command == "ingest" and name == "out" and path.suffix.lower() == ".parquet":
+            folder = False  # `mist ingest --out FILE.parquet` gathers profiles in one file
+        check_output(path, folder)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except (TraceError, ReplayError) as exc:
         print(f"mist {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # an output path that cannot be written (a file where a folder goes …)
-        where = exc.filename if exc.filename is not None else ""
-        print(f"mist {args.command}: error: {where}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+    except OSError as exc:  # a path the system refuses (a full disk, no permission …)
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"mist {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     moe_eff, moe_source = None, "none"
     if args.fit_moe_efficiency is not None:
         system, source, series = fused_moe.read_measurements(args.moe_measurements)
-        if system != args.system:
+        if system.casefold() != args.system.casefold():
             raise TraceError(args.moe_measurements, f"measured on {system!r}, not on --system {args.system!r}")
         # a set of its own, so the fit's lookups stay out of the rows' kernel_sources
         moe_eff = fused_moe.fit_efficiency(KernelSet(profile, sheet), system, source, series, {

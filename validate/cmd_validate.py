@@ -47,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arrival", choices=("engine", "engine-aligned", "client"), default="engine",
                    help="feed requests when the real engine received them (engine, default), at the "
                    "replayed step boundary nearest that stamp (engine-aligned: vLLM stamps requests "
-                   "between steps; see docs/replay.md) or when the client sent them (client)")
+                   "between steps; see docs/replay.md; the same as engine without async scheduling "
+                   "or with several independent data-parallel engines) or when the client sent them (client)")
     p.add_argument("--drift", choices=("auto", "off"), default="auto",
                    help="auto (default): when both the run and the profile carry a speed probe, "
                    "rescale the profile by their ratio and report errors with and without")
@@ -105,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"prompt token ids from {workload}")
     if workload:
         requests = attach_workload(requests, workload)
-    timeseries = _timeseries(measured.meta, requests.schema.metadata or {})  # read it all before writing
+    # the report's queue plot is its only use; read (and check) it before anything is written
+    timeseries = _timeseries(measured.meta, requests.schema.metadata or {}) if args.out else None
     bundle, model, hardware = load_deployment(args.profiles, args.model, args.hardware)
     overrides = {}
     if args.no_async_scheduling:

@@ -65,8 +65,9 @@ def _positive_number(value) -> bool:
 
 def _check_cluster(path: Path, cluster: dict) -> None:
     """The figures the replay reads from ``cluster.json``: positive numbers where given."""
-    if "link_bw" in cluster and not _positive_number(cluster["link_bw"]):
-        raise TraceError(path, f"link_bw must be a positive number (GB/s), got {cluster['link_bw']!r}")
+    link_bw = cluster.get("link_bw")
+    if link_bw not in (None, 0) and not _positive_number(link_bw):  # none or 0: the datasheet's link
+        raise TraceError(path, f"link_bw must be a positive number (GB/s), got {link_bw!r}")
     if cluster.get("link_latency") is not None and not (
             _positive_number(cluster["link_latency"]) or cluster["link_latency"] == 0):
         raise TraceError(path, f"link_latency must be a number >= 0 (ns), got {cluster['link_latency']!r}")
@@ -78,7 +79,7 @@ def _check_cluster(path: Path, cluster: dict) -> None:
             if not isinstance(mem, dict):
                 continue
             where = f"nodes[{i}].instances[{j}].npu_mem"
-            if "mem_size" in mem and not _positive_number(mem["mem_size"]):
+            if mem.get("mem_size") is not None and not _positive_number(mem["mem_size"]):
                 raise TraceError(path, f"{where}.mem_size must be a positive number (GB), got {mem['mem_size']!r}")
             util = mem.get("mem_util")
             if util is not None and not (_positive_number(util) and util <= 1):
