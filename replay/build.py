@@ -196,7 +196,8 @@ def engine_config(meta: dict, model: ModelConfig, memory_bytes=None, bundle_meta
        sized from memory (``memory_bytes``: a number or a zero-argument callable,
        only evaluated when the run does not say).
     """
-    kw = dict(meta.get("engine_kwargs") or {})
+    # a setting given as null is vLLM's default (e.g. async_scheduling: None = "decide"), not off
+    kw = {k: v for k, v in (meta.get("engine_kwargs") or {}).items() if v is not None}
     kw.update({k: v for k, v in (meta.get("engine_effective") or {}).items() if v is not None})
     eff = dict((bundle_meta or {}).get("engine_effective") or {})
     tp = int(kw.get("tensor_parallel_size") or 1)

@@ -115,3 +115,6 @@ def test_async_scheduling_follows_the_engine_versions_default(shared_data, versi
     assert engine_config(meta, model).async_scheduling is expected
     meta["engine_kwargs"]["async_scheduling"] = not expected  # what the run was asked for wins
     assert engine_config(meta, model).async_scheduling is (not expected)
+    meta["engine_kwargs"].update(async_scheduling=None, enable_prefix_caching=None)  # null: the default
+    cfg = engine_config(meta, model)
+    assert cfg.async_scheduling is expected and cfg.enable_prefix_caching is True
