@@ -31,13 +31,16 @@ ALLREDUCE_LATENCY_S = 8e-6
 
 
 def kv_blocks(model: ModelConfig, memory_bytes: float, utilization: float, tp: int,
-              block_size: int, kv_dtype_bytes: float = 2.0) -> int:
+              block_size: int, kv_dtype_bytes: float = 2.0, weight_dtype_bytes: float | None = None) -> int:
     """KV-cache blocks per replica, as vLLM sizes them.
 
     ``memory * utilization - weights/tp - reserve`` per GPU, divided by the per-rank
-    KV bytes of one block (all layers).
+    KV bytes of one block (all layers). Weights at ``weight_dtype_bytes`` per
+    parameter (default: the config's ``torch_dtype``).
     """
-    free = memory_bytes * utilization - model.weight_bytes(dtype_bytes(model.torch_dtype)) / tp
+    if weight_dtype_bytes is None:
+        weight_dtype_bytes = dtype_bytes(model.torch_dtype)
+    free = memory_bytes * utilization - model.weight_bytes(weight_dtype_bytes) / tp
     free -= NON_KV_RESERVE_BYTES
     per_block = model.kv_bytes_per_token(kv_dtype_bytes) / tp * block_size
     return max(0, int(free // per_block))
@@ -184,6 +187,26 @@ def async_by_default(version) -> bool:
     return _version_at_least(str(version or "").strip().removeprefix("v"), *ASYNC_DEFAULT_SINCE)
 
 
+def served_dtype_bytes(model: ModelConfig, dtype=None, kv_cache_dtype=None) -> tuple[float, float]:
+    """Bytes per weight and per KV-cache element as vLLM serves ``model``: ``dtype`` as
+    given, else (``auto``) the config's ``torch_dtype`` with float32 served as 16-bit;
+    the KV cache in that dtype unless ``kv_cache_dtype`` names an 8-bit one (``fp8``,
+    ``fp8_e4m3``, ``fp8_e5m2``)."""
+    weights = None
+    if dtype not in (None, "auto"):
+        try:
+            weights = dtype_bytes(dtype)
+        except ValueError:
+            weights = None
+    if weights is None:
+        try:
+            weights = min(dtype_bytes(model.torch_dtype), 2.0)
+        except ValueError:
+            weights = 2.0
+    kv = 1.0 if str(kv_cache_dtype or "auto").lower().startswith("fp8") else weights
+    return weights, kv
+
+
 def engine_config(meta: dict, model: ModelConfig, memory_bytes=None, bundle_meta: dict | None = None,
                   **overrides) -> EngineConfig:
     """Engine settings of a run, most trusted source first.
@@ -209,7 +232,8 @@ def engine_config(meta: dict, model: ModelConfig, memory_bytes=None, bundle_meta
         memory = memory_bytes() if callable(memory_bytes) else memory_bytes
         if memory is None:
             raise ReplayError("KV capacity unknown: the run gives no num_gpu_blocks and no device memory")
-        blocks = kv_blocks(model, memory, util, tp, block)
+        weights, kv_bytes = served_dtype_bytes(model, kw.get("dtype"), kw.get("kv_cache_dtype"))
+        blocks = kv_blocks(model, memory, util, tp, block, kv_bytes, weights)
     settings = dict(
         max_num_seqs=int(kw.get("max_num_seqs") or 256),
         max_num_batched_tokens=int(kw.get("max_num_batched_tokens") or 2048),

@@ -118,3 +118,21 @@ def test_async_scheduling_follows_the_engine_versions_default(shared_data, versi
     meta["engine_kwargs"].update(async_scheduling=None, enable_prefix_caching=None)  # null: the default
     cfg = engine_config(meta, model)
     assert cfg.async_scheduling is expected and cfg.enable_prefix_caching is True
+
+
+def test_kv_blocks_follow_the_served_dtypes(shared_data):
+    from replay.build import engine_config, served_dtype_bytes
+
+    model = load_model_config(shared_data / "models/llmservingsim/meta-llama/Llama-3.1-8B.json")
+    assert served_dtype_bytes(model) == (2.0, 2.0)
+    assert served_dtype_bytes(model, "float32", "auto") == (4.0, 4.0)  # asked for: served so
+    assert served_dtype_bytes(model, "auto", "fp8_e4m3") == (2.0, 1.0)
+    fp32 = model.__class__(**{**model.__dict__, "torch_dtype": "float32"})
+    assert served_dtype_bytes(fp32) == (2.0, 2.0)  # vLLM serves a float32 checkpoint in 16 bits on GPU
+
+    def blocks(**kw):
+        meta = {"vllm_version": "0.19.0", "engine_kwargs": {"max_num_seqs": 8, "max_num_batched_tokens": 512, **kw}}
+        return engine_config(meta, model, 96e9).num_gpu_blocks
+
+    # the same free memory holds twice as many 8-bit KV blocks (up to flooring)
+    assert abs(blocks(kv_cache_dtype="fp8") - 2 * blocks()) <= 1
