@@ -8,6 +8,7 @@ request timings a replay is validated against.
 from __future__ import annotations
 
 import math
+from contextlib import suppress
 
 import numpy as np
 import pyarrow as pa
@@ -192,17 +193,12 @@ def served_dtype_bytes(model: ModelConfig, dtype=None, kv_cache_dtype=None) -> t
     given, else (``auto``) the config's ``torch_dtype`` with float32 served as 16-bit;
     the KV cache in that dtype unless ``kv_cache_dtype`` names an 8-bit one (``fp8``,
     ``fp8_e4m3``, ``fp8_e5m2``)."""
-    weights = None
+    weights = 2.0  # (an unknown dtype name keeps what is known so far)
+    with suppress(ValueError):
+        weights = min(dtype_bytes(model.torch_dtype), 2.0)
     if dtype not in (None, "auto"):
-        try:
+        with suppress(ValueError):
             weights = dtype_bytes(dtype)
-        except ValueError:
-            weights = None
-    if weights is None:
-        try:
-            weights = min(dtype_bytes(model.torch_dtype), 2.0)
-        except ValueError:
-            weights = 2.0
     kv = 1.0 if str(kv_cache_dtype or "auto").lower().startswith("fp8") else weights
     return weights, kv
 

@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +47,6 @@ def _percentiles(x: np.ndarray) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
     from replay.run import input_warnings, load_deployment, prepare, simulate
     from traces.derive import latencies
     from traces.formats import read_trace

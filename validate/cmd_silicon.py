@@ -113,11 +113,12 @@ def _datasheet(kernels: Path, system: str, extra: list | tuple = ()):
     from profiles.hardware import get_hardware, load_catalog
     from traces.readers.aiconfigurator import read_system_yaml
 
+    catalog = load_catalog(extra=extra) if extra else None  # read (and checked) even when unused
     sheet = read_system_yaml(kernels)
     if sheet is not None:
         return Datasheet.from_aiconfigurator(system, sheet), f"{kernels.name}.yaml beside the kernels"
     try:
-        hw = get_hardware(system, load_catalog(extra=extra))
+        hw = get_hardware(system, catalog)
     except KeyError:
         raise TraceError(kernels, f"no datasheet: neither {kernels.name}.yaml beside the folder "
                                   f"nor a catalogued device named {system!r} (give one with "
@@ -156,7 +157,6 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from calibrate.kernels import KernelSet, cross_validate_kernels
-    from profiles.hardware import load_catalog
     from replay import fused_moe
     from replay.silicon import (
         DEFAULT_STEP_OVERHEAD,
@@ -189,8 +189,6 @@ def run(args: argparse.Namespace) -> int:
     if args.fit_moe_efficiency and (args.moe_efficiency or args.no_moe_efficiency):
         raise TraceError(args.silicon, "--fit-moe-efficiency fits its own rate: drop --moe-efficiency "
                                        "and --no-moe-efficiency")
-    if args.hardware:
-        load_catalog(extra=args.hardware)  # a bad file is an error even when the kernels bring a datasheet
     if args.kernels.name.casefold() != args.system.casefold():
         print(f"mist silicon: warning: the kernel folder {args.kernels.name!r} is named for another system "
               f"than --system {args.system!r}; its tables and datasheet are used for every row", file=sys.stderr)
