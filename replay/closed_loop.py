@@ -100,3 +100,69 @@ def run_closed_loop(cfg: EngineConfig, cost: StepCost, users: int, isl: int, osl
         preemptions=int(sum(r.num_preemptions for r in reqs)),
     )
     return loop, summary
+
+
+def client_lengths(isl: int, osl: int, count: int, ratio: float, seed: int) -> np.ndarray:
+    """Prompt and output lengths of ``count`` requests, in the order a benchmark client
+    sends them: each drawn uniformly from ``[floor(L * ratio), L]`` (vLLM's
+    ``benchmark_serving.py`` random dataset with ``--random-range-ratio``, the form
+    InferenceX runs with 0.8); ``ratio`` 1 gives every request the nominal lengths.
+    Returns an int array of shape (count, 2)."""
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"length ratio must be in (0, 1], not {ratio}")
+    rng = np.random.default_rng(seed)
+    prompts = rng.integers(max(int(isl * ratio), 1), isl + 1, size=count)
+    outputs = rng.integers(max(int(osl * ratio), 1), osl + 1, size=count)
+    return np.stack([prompts, outputs], axis=1)
+
+
+class BenchmarkClient(ClosedLoop):
+    """A fixed-concurrency benchmark client as ``vllm bench serve --max-concurrency N``
+    runs it: a list of requests (``lengths``, in send order) behind a semaphore of
+    ``users`` slots; the first ``users`` are sent at once and each request that ends
+    frees its slot for the next one on the list."""
+
+    def __init__(self, cfg: EngineConfig, cost: StepCost, users: int, lengths: np.ndarray):
+        if len(lengths) < 1:
+            raise ValueError("a benchmark client needs at least one request")
+        self.lengths = np.asarray(lengths, dtype=int)
+        users = min(users, len(self.lengths))
+        super().__init__(cfg, cost, users, int(self.lengths[0, 0]), int(self.lengths[0, 1]), 1)
+
+    def _new(self, user: int, t: float) -> Request:
+        index = len(self.user_of)
+        self.user_of[index] = user
+        isl, osl = self.lengths[index]
+        return Request(index, f"u{user}-{index}", t, int(isl), int(osl))
+
+    def _on_step_end(self, now: float, group):
+        finished = [req for rep in group.members for req in rep.current.last]
+        events = Replay._on_step_end(self, now, group)
+        for req in finished:
+            if len(self.user_of) < len(self.lengths):
+                follow = self._new(self.user_of[req.index], now + self.think_s)
+                self.requests.append(follow)
+                events.append((follow.arrival_s, ARRIVAL, self._on_arrival, follow))
+        return events
+
+
+def run_benchmark_client(cfg: EngineConfig, cost: StepCost, users: int, lengths: np.ndarray) -> LoopSummary:
+    """Run a :class:`BenchmarkClient` to completion and report what the client does:
+    means over every request of TTFT, of TPOT (each request's decode time over its
+    own output tokens less one) and of end-to-end latency."""
+    loop = BenchmarkClient(cfg, cost, users, lengths)
+    loop.run()
+    reqs = loop.requests
+    arrival = np.array([r.arrival_s for r in reqs])
+    ttft = np.array([r.first_token_s for r in reqs], dtype=float) - arrival
+    e2e = np.array([r.finished_s for r in reqs], dtype=float) - arrival
+    outputs = np.array([r.output_len for r in reqs])
+    decoding = outputs > 1
+    tpot = (e2e - ttft)[decoding] / (outputs[decoding] - 1)
+    span = max(r.finished_s for r in reqs) - arrival.min()
+    return LoopSummary(
+        ttft_s=float(ttft.mean()), tpot_s=float(tpot.mean()) if decoding.any() else 0.0, e2e_s=float(e2e.mean()),
+        requests=len(reqs), measured=len(reqs),
+        throughput_tok_s=float(outputs.sum() / span) if span > 0 else 0.0,
+        preemptions=int(sum(r.num_preemptions for r in reqs)),
+    )

@@ -44,7 +44,7 @@ from calibrate.calibration import ape_summary, fit_operators
 from calibrate.kernels import Datasheet, KernelSet
 from profiles.model import ModelConfig, dtype_bytes, load_model_config
 from replay.build import NON_KV_RESERVE_BYTES, async_by_default, build_step_cost
-from replay.closed_loop import run_closed_loop
+from replay.closed_loop import client_lengths, run_benchmark_client, run_closed_loop
 from replay.config import EngineConfig
 from replay.cost import StepCost
 from replay.kernel_cost import kernel_operator_profile
@@ -55,7 +55,7 @@ from traces.readers.aiconfigurator import picked_tables, read_kernel_db
 GPU_MEMORY_UTILIZATION = 0.9
 BLOCK_SIZE = 16
 MOE_LAYOUT = "MoE sharding other than experts TP-sharded or spread over the TP ranks"
-ARRIVALS = ("benchmark", "staggered", "burst")
+ARRIVALS = ("benchmark", "staggered", "burst", "client")
 #: requests per user of the benchmark whose whole-run means a row reports (genai-perf /
 #: aiperf scripts: ``--request-count = 10 x concurrency``)
 BENCHMARK_REQUESTS_PER_USER = 10
@@ -67,8 +67,9 @@ DEFAULT_STEP_OVERHEAD = Path(__file__).resolve().parents[1] / "profiles" / "sili
 
 
 def default_requests_per_user(arrivals: str) -> int:
-    """A benchmark's requests per user (``"benchmark"``) or a simulated loop's length."""
-    return BENCHMARK_REQUESTS_PER_USER if arrivals == "benchmark" else STEADY_REQUESTS_PER_USER
+    """A benchmark's requests per user (``"benchmark"``, ``"client"``) or a simulated
+    loop's length."""
+    return BENCHMARK_REQUESTS_PER_USER if arrivals in ("benchmark", "client") else STEADY_REQUESTS_PER_USER
 
 
 @dataclass(frozen=True)
@@ -382,7 +383,8 @@ def kv_blocks_for(model: ModelConfig, sheet: Datasheet, tp: int, dtype: str, exp
 
 def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests_per_user: int | None = None,
                 cache: dict | None = None, arrivals: str = "benchmark", exclude_warmup: bool = True,
-                overhead: StepOverhead | None = None, moe_efficiency: dict | None = None) -> Prediction:
+                overhead: StepOverhead | None = None, moe_efficiency: dict | None = None,
+                length_ratio: float = 1.0, seed: int = 0) -> Prediction:
     """Closed-loop prediction of one row (times in ms).
 
     ``arrivals``:
@@ -393,7 +395,13 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
     - ``"staggered"``: the steady state alone (first requests spread over one
       request lifetime; the first wave and the cool-down excluded);
     - ``"burst"``: every user's first request at t = 0 and the users kept in
-      lock-step (identical requests finish together), as a deterministic loop does.
+      lock-step (identical requests finish together), as a deterministic loop does;
+    - ``"client"``: the benchmark client itself — ``requests_per_user`` x users
+      requests behind a semaphore of ``users`` slots, the first wave sent at once, each
+      request's prompt and output lengths drawn from ``[floor(L * length_ratio), L]``
+      (seeded by ``seed``; :func:`replay.closed_loop.client_lengths`), means over
+      every request. With ``length_ratio`` 1 the loop stays in lock-step; with lengths
+      that vary (InferenceX runs 0.8) the users fall out of step by themselves.
 
     For the last two, ``requests_per_user`` (default 4) is the simulated loop's
     length and ``exclude_warmup=False`` averages over all of it.
@@ -435,6 +443,10 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
         cost = overhead.apply(cost)
     if cfg.num_gpu_blocks * BLOCK_SIZE < isl + osl:
         raise Unmodelled("KV cache cannot hold one request")
+    if arrivals == "client":
+        lengths = client_lengths(isl, osl, requests_per_user * users, length_ratio, seed)
+        s = run_benchmark_client(cfg, cost, users, lengths)
+        return Prediction(s.ttft_s * 1e3, s.tpot_s * 1e3, s.requests, s.measured, s.preemptions, cfg.num_gpu_blocks)
     loop_len = STEADY_REQUESTS_PER_USER if arrivals == "benchmark" else requests_per_user
     exclude_warmup = exclude_warmup or arrivals == "benchmark"
     _, locked = run_closed_loop(cfg, cost, users, isl, osl, loop_len, exclude_warmup=exclude_warmup)
@@ -479,12 +491,13 @@ def protocol_range(rows: pd.DataFrame, slack: float = 0.05) -> dict:
 def predict_silicon(rows: pd.DataFrame, kernels: KernelSet | KernelVersions, models_dir,
                     requests_per_user: int | None = None, progress=None, arrivals: str = "benchmark",
                     exclude_warmup: bool = True, overhead: StepOverhead | None = None,
-                    moe_efficiency: dict | None = None) -> tuple[pd.DataFrame, dict]:
+                    moe_efficiency: dict | None = None, length_ratio: float = 1.0,
+                    seed: int = 0) -> tuple[pd.DataFrame, dict]:
     """Predict every row; return per-row results and the summary JSON object.
 
     ``kernels``: one set for every row, or :class:`KernelVersions` so that each row
-    reads the tables of its own engine version. ``overhead`` and ``moe_efficiency``:
-    see :func:`predict_row`.
+    reads the tables of its own engine version. ``overhead``, ``moe_efficiency``,
+    ``length_ratio`` and ``seed``: see :func:`predict_row`.
     """
     index = model_index(models_dir)
     configs: dict = {}
@@ -506,7 +519,7 @@ def predict_silicon(rows: pd.DataFrame, kernels: KernelSet | KernelVersions, mod
             model = configs[row["model_path"]]
             try:
                 p = predict_row(row, model, kernels, requests_per_user, cache, arrivals, exclude_warmup, overhead,
-                                moe_efficiency)
+                                moe_efficiency, length_ratio, seed)
             except Unmodelled as exc:
                 reason = str(exc)
             else:

@@ -223,3 +223,22 @@ def test_review_regressions_stay_fixed(shared_data, tmp_path, capsys):
     (run / "timeseries.csv").write_text("t,running\n1,3\n")
     assert main(["validate", "--run", str(run), "--profiles", str(shared_data / LLAMA), "--model",
                  str(shared_data / LLAMA_JSON), "--json", str(tmp_path / "v.json")]) == 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--length-ratio", "1.5"], "a ratio is a number in (0, 1]"),
+    (["--length-ratio", "0"], "a ratio is a number in (0, 1]"),
+    (["--arrivals", "client", "--seed", "-3"], "a seed is an integer"),
+])
+def test_silicon_client_settings_out_of_range_are_usage_errors(extra, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["silicon", "--silicon", "s.csv", "--kernels", "k", "--models", "m", "--system", "h100_sxm", *extra])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_silicon_client_settings_without_the_client_are_refused(tmp_path, capsys):
+    out = tmp_path / "o.json"
+    code = main(["silicon", "--silicon", str(tmp_path / "s.csv"), "--kernels", str(tmp_path), "--models",
+                 str(tmp_path), "--system", "h100_sxm", "--length-ratio", "0.8", "--json", str(out)])
+    assert code == 2 and "go with --arrivals client" in capsys.readouterr().err
+    assert not out.exists()

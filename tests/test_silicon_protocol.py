@@ -193,3 +193,67 @@ def test_datasheet_of_an_uncatalogued_system_comes_from_the_users_catalog(tmp_pa
     sheet, source = _datasheet(kernels, "x1_sxm", [user])
     assert source == "hardware catalog: X1_SXM"
     assert (sheet.mem_bw_bytes_s, sheet.peak_flops["bfloat16"], sheet.link_bw_bytes_s) == (4000e9, 500e12, 400e9)
+
+
+def test_client_lengths_are_drawn_within_the_range_and_reproducibly():
+    from replay.closed_loop import client_lengths
+
+    a = client_lengths(1000, 200, 500, 0.8, seed=3)
+    assert a.shape == (500, 2)
+    assert a[:, 0].min() >= 800 and a[:, 0].max() <= 1000 and a[:, 1].min() >= 160 and a[:, 1].max() <= 200
+    assert len(set(a[:, 0])) > 100  # they do vary
+    assert (client_lengths(1000, 200, 500, 0.8, seed=3) == a).all()
+    assert (client_lengths(1000, 200, 500, 0.8, seed=4) != a).any()
+    fixed = client_lengths(1000, 200, 7, 1.0, seed=0)
+    assert (fixed[:, 0] == 1000).all() and (fixed[:, 1] == 200).all()
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError):
+            client_lengths(1000, 200, 5, bad, seed=0)
+
+
+def test_a_client_of_fixed_lengths_is_the_lock_step_loop_counted_whole():
+    # with identical requests the semaphore's next request goes to the user that just
+    # finished, so the client is the burst-started closed loop averaged over every request
+    from replay.closed_loop import client_lengths, run_benchmark_client
+
+    cfg = EngineConfig(max_num_seqs=16, max_num_batched_tokens=600, async_scheduling=False)
+    cost = _flat_cost(0.01)
+    client = run_benchmark_client(cfg, cost, 6, client_lengths(256, 5, 30, 1.0, seed=0))
+    _, loop = run_closed_loop(cfg, cost, users=6, isl=256, osl=5, requests_per_user=5, exclude_warmup=False)
+    assert client.requests == client.measured == 30
+    assert client.ttft_s == pytest.approx(loop.ttft_s)
+    assert client.tpot_s == pytest.approx(loop.tpot_s)
+    assert client.e2e_s == pytest.approx(loop.e2e_s)
+
+
+def test_a_client_slot_freed_by_a_short_request_sends_the_next_one_hand_worked():
+    # two slots, constant 10 ms steps, room for every prompt in one step: requests 0
+    # and 1 start at 0 and get their first token at 10 ms; request 1 (2 tokens) ends at
+    # 20 ms and its slot sends request 2 then; request 0 (6 tokens) ends at 60 ms
+    from replay.closed_loop import BenchmarkClient
+
+    cfg = EngineConfig(max_num_seqs=16, max_num_batched_tokens=600, async_scheduling=False)
+    client = BenchmarkClient(cfg, _flat_cost(0.01), 2, [[100, 6], [100, 2], [100, 2]])
+    client.run()
+    reqs = {r.index: r for r in client.requests}
+    assert len(reqs) == 3
+    assert reqs[0].first_token_s == pytest.approx(0.01) and reqs[1].first_token_s == pytest.approx(0.01)
+    assert reqs[1].finished_s == pytest.approx(0.02)
+    assert reqs[2].arrival_s == pytest.approx(0.02) and client.user_of[2] == client.user_of[1]
+    assert reqs[0].finished_s == pytest.approx(0.06)
+    assert reqs[2].finished_s > reqs[2].first_token_s > reqs[2].arrival_s
+
+
+def test_varied_lengths_break_the_lock_step(llama_rows):
+    # identical requests started together stay in lock-step and queue their prompts
+    # behind each other every wave; drawn lengths (InferenceX's 0.8) scatter the users,
+    # so their mean TTFT falls well below the lock-step one
+    from replay.silicon import predict_row
+
+    rows, model, kernels = llama_rows
+    row, cache = rows.iloc[-1], {}
+    fixed = predict_row(row, model, kernels, None, cache, "client")
+    varied = predict_row(row, model, kernels, None, cache, "client", length_ratio=0.8)
+    assert fixed.requests == varied.requests == 10 * int(row.batch_size)
+    assert varied.ttft_ms < 0.6 * fixed.ttft_ms
+    assert varied.ttft_ms == pytest.approx(row.silicon_ttft_ms, rel=0.25)

@@ -14,3 +14,14 @@ def seed(text: str) -> int:
     if not 0 <= k < 2**32:
         raise argparse.ArgumentTypeError(f"a seed is an integer from 0 to 2**32 - 1, got {k}")
     return k
+
+
+def ratio(text: str) -> float:
+    """A share in (0, 1]."""
+    try:
+        r = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a ratio is a number in (0, 1], got {text!r}") from None
+    if not 0.0 < r <= 1.0:
+        raise argparse.ArgumentTypeError(f"a ratio is a number in (0, 1], got {r}")
+    return r

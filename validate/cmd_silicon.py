@@ -17,6 +17,12 @@ A row's TTFT and TPOT are taken to be a fixed-concurrency benchmark's whole-run
 means (``--arrivals benchmark``): its first wave of requests sent at once, then a
 new request whenever one ends, 10 x concurrency requests in all
 (``--requests-per-user``). ``--arrivals staggered`` predicts the steady state alone.
+``--arrivals client`` simulates the benchmark client as it runs instead: the request
+list behind a semaphore of ``batch_size`` slots, every request counted, each
+request's lengths drawn from ``[r x ISL, ISL]`` and ``[r x OSL, OSL]``
+(``--length-ratio r``, ``--seed``), as ``vllm bench serve``'s random dataset with
+``--random-range-ratio`` does (InferenceX runs r = 0.8); with fixed lengths (r = 1)
+identical requests stay in lock-step.
 
 Kernel databases do not time the rest of an engine step (sampling, host-side input
 and output handling, launch gaps). The step overhead shipped in
@@ -60,6 +66,7 @@ from pathlib import Path
 
 from traces.errors import TraceError
 from traces.io import atomic_write_json
+from validate.argtypes import ratio, seed
 
 HELP = "predict measured deployments (silicon CSV) from a system's kernel database"
 
@@ -74,13 +81,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="vllm", help="serving engine rows to predict (default: vllm)")
     p.add_argument("--json", type=Path, help="write the error summary here")
     p.add_argument("--out", type=Path, help="folder for per-row predictions (CSV) and a scatter plot")
-    p.add_argument("--arrivals", choices=("benchmark", "staggered", "burst"), default="benchmark",
+    p.add_argument("--arrivals", choices=("benchmark", "staggered", "burst", "client"), default="benchmark",
                    help="what the rows' means are: a benchmark's whole-run mean, first wave sent at "
-                        "once (default); the de-synchronised steady state alone (staggered); or a "
-                        "loop kept in lock-step from an all-at-once start (burst)")
+                        "once (default); the de-synchronised steady state alone (staggered); a "
+                        "loop kept in lock-step from an all-at-once start (burst); or the benchmark "
+                        "client simulated as it runs, request lengths drawn per --length-ratio (client)")
     p.add_argument("--requests-per-user", type=int, default=None,
-                   help="benchmark: its request count over its concurrency (default 10); "
+                   help="benchmark/client: its request count over its concurrency (default 10); "
                         "staggered/burst: requests each simulated user sends (default 4)")
+    p.add_argument("--length-ratio", type=ratio, default=None,
+                   help="client: each request's prompt and output lengths are drawn uniformly from "
+                        "[ratio x ISL, ISL] and [ratio x OSL, OSL], as vllm's benchmark_serving.py "
+                        "--random-range-ratio does (InferenceX runs 0.8); default 1: fixed lengths")
+    p.add_argument("--seed", type=seed, default=None, help="client: seed of the request lengths (default 0)")
     p.add_argument("--include-warmup", action="store_true",
                    help="staggered/burst: average over every request, first wave included")
     p.add_argument("--step-overhead", type=Path, default=None,
@@ -172,6 +185,11 @@ def run(args: argparse.Namespace) -> int:
         raise TraceError(args.silicon, "--requests-per-user must be at least 1")
     if args.requests_per_user is None:
         args.requests_per_user = default_requests_per_user(args.arrivals)
+    if args.arrivals != "client" and (args.length_ratio is not None or args.seed is not None):
+        raise TraceError(args.silicon, "--length-ratio and --seed describe the simulated client: "
+                                       "they go with --arrivals client")
+    args.length_ratio = 1.0 if args.length_ratio is None else args.length_ratio
+    args.seed = 0 if args.seed is None else args.seed
     if not args.models.is_dir():
         raise TraceError(args.models, "models folder not found")
     if bool(args.fit_step_overhead) != bool(args.fit_model):
@@ -229,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
                                progress=lambda it, total: tqdm(it, total=total, desc=what, file=sys.stderr,
                                                                disable=None),
                                arrivals=args.arrivals, exclude_warmup=not args.include_warmup,
-                               overhead=step_overhead, moe_efficiency=moe_rates)
+                               overhead=step_overhead, moe_efficiency=moe_rates,
+                               length_ratio=args.length_ratio, seed=args.seed)
 
     if args.fit_step_overhead is not None:
         bare, _ = predict(None, "rows (no overhead)")
@@ -253,7 +272,10 @@ def run(args: argparse.Namespace) -> int:
                                             "newest); kernel_cv on the newest",
                            "datasheet": sheet_source, "arrivals": args.arrivals,
                            "requests_per_user": args.requests_per_user,
-                           "warmup_excluded": args.arrivals == "benchmark" or not args.include_warmup}
+                           "warmup_excluded": args.arrivals == "benchmark" or (
+                               args.arrivals != "client" and not args.include_warmup),
+                           **({"length_ratio": args.length_ratio, "seed": args.seed}
+                              if args.arrivals == "client" else {})}
     r = summary["rows"]
     print(f"{args.system}/{args.backend}: {r['predicted']} of {r['total']} rows predicted; skipped: {r['skipped'] or 'none'}")
     for metric in ("ttft", "tpot"):
