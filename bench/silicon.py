@@ -4,11 +4,13 @@
     python bench/silicon.py --arrivals staggered   # the steady state alone
     python bench/silicon.py --no-step-overhead     # without the fitted step overhead
     python bench/silicon.py --no-moe-efficiency    # MoE layers from the GEMM table alone
+    python bench/silicon.py --arrivals client --length-ratio 0.8   # InferenceX's client, simulated
 
 Prints, per system: rows predicted/skipped, TTFT and TPOT MAPE / median APE / bias
 (%), the same per model (marking the model the step overhead was fitted on: the
 others are its validation), where the kernel latencies came from, the wall time
-of the command, a TPOT decomposition and the TTFT residual left per input length.
+of the command, a TPOT decomposition, the TTFT residual left per input length and
+measured and predicted TTFT in units of the deployment's lone prefill by concurrency.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ KERNELS = SHARED / "profiles" / "aiconfigurator"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arrivals", default="benchmark", choices=("benchmark", "staggered", "burst"))
+    parser.add_argument("--arrivals", default="benchmark", choices=("benchmark", "staggered", "burst", "client"))
+    parser.add_argument("--length-ratio", help="with --arrivals client (mist silicon --length-ratio)")
     parser.add_argument("--backend", default="vllm")
     parser.add_argument("--no-step-overhead", action="store_true")
     parser.add_argument("--no-moe-efficiency", action="store_true")
@@ -54,7 +57,8 @@ def main() -> int:
                             "--system", folder.name, "--backend", args.backend, "--arrivals", args.arrivals,
                             "--json", str(out), "--out", tmp]
                            + (["--no-step-overhead"] if args.no_step_overhead else [])
-                           + (["--no-moe-efficiency"] if args.no_moe_efficiency else []),
+                           + (["--no-moe-efficiency"] if args.no_moe_efficiency else [])
+                           + (["--length-ratio", args.length_ratio] if args.length_ratio else []),
                            check=True, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
             wall = time.perf_counter() - t0
@@ -86,6 +90,7 @@ def main() -> int:
         print(f"  kernel sources: {s['kernel_sources']}")
         decomposition(rows[rows["pred_ttft_ms"].notna()])
         ttft_residual(rows[rows["pred_ttft_ms"].notna()])
+        in_prefills(rows[rows["pred_ttft_ms"].notna()])
     return 0
 
 
@@ -146,6 +151,22 @@ def ttft_residual(rows) -> None:
     for model, g in k.groupby(ok["model"]):
         parts = [f"ISL {int(isl)}: {np.median(v):+.1f} [{np.percentile(v, 10):+.1f}, {np.percentile(v, 90):+.1f}]"
                  for isl, v in g.groupby(ok.loc[g.index, "isl"])]
+        print(f"    {model}: " + "; ".join(parts))
+
+
+def in_prefills(rows) -> None:
+    """TTFT over the deployment's lone prefill (``pred_lone_ttft_ms``), measured and
+    predicted, median over each model's rows at each concurrency: queueing in units
+    that read the same at every TP degree, prompt and output length."""
+    import numpy as np
+
+    ok = rows[(rows["ttft_ms"] < 5000) & rows["pred_lone_ttft_ms"].notna()]
+    print("  TTFT in lone prefills, measured / predicted (median over rows) by concurrency:")
+    for model, g in ok.groupby("model"):
+        parts = []
+        for c, h in g.groupby("concurrency"):
+            meas, pred = h["ttft_ms"] / h["pred_lone_ttft_ms"], h["pred_ttft_ms"] / h["pred_lone_ttft_ms"]
+            parts.append(f"C {int(c)}: {np.median(meas):.1f} / {np.median(pred):.1f}")
         print(f"    {model}: " + "; ".join(parts))
 
 

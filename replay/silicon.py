@@ -289,7 +289,9 @@ class Unmodelled(Exception):
 class Prediction:
     """One row's prediction (ms). ``ttft_lockstep_ms`` (benchmark means only): the
     TTFT if the clients never fell out of step after the first wave — the other end
-    of the range the benchmark's unrecorded client jitter spans."""
+    of the range the benchmark's unrecorded client jitter spans. ``lone_ttft_ms``: the
+    TTFT of one request alone on the deployment (its prefill), the unit in which a
+    row's queueing reads the same at every TP degree and prompt length."""
 
     ttft_ms: float
     tpot_ms: float
@@ -298,6 +300,7 @@ class Prediction:
     preemptions: int
     num_gpu_blocks: int
     ttft_lockstep_ms: float | None = None
+    lone_ttft_ms: float | None = None
 
 
 def _config(index: dict, model_path: str, configs: dict | None = None) -> ModelConfig | None:
@@ -443,29 +446,34 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
         cost = overhead.apply(cost)
     if cfg.num_gpu_blocks * BLOCK_SIZE < isl + osl:
         raise Unmodelled("KV cache cannot hold one request")
+    _, alone = run_closed_loop(cfg, cost, 1, isl, 2, 1)
+    lone = alone.ttft_s * 1e3
     if arrivals == "client":
         lengths = client_lengths(isl, osl, requests_per_user * users, length_ratio, seed)
         s = run_benchmark_client(cfg, cost, users, lengths)
-        return Prediction(s.ttft_s * 1e3, s.tpot_s * 1e3, s.requests, s.measured, s.preemptions, cfg.num_gpu_blocks)
+        return Prediction(s.ttft_s * 1e3, s.tpot_s * 1e3, s.requests, s.measured, s.preemptions, cfg.num_gpu_blocks,
+                          lone_ttft_ms=lone)
     loop_len = STEADY_REQUESTS_PER_USER if arrivals == "benchmark" else requests_per_user
     exclude_warmup = exclude_warmup or arrivals == "benchmark"
     _, locked = run_closed_loop(cfg, cost, users, isl, osl, loop_len, exclude_warmup=exclude_warmup)
     if arrivals == "burst":
         s = locked
-        return Prediction(s.ttft_s * 1e3, s.tpot_s * 1e3, s.requests, s.measured, s.preemptions, cfg.num_gpu_blocks)
+        return Prediction(s.ttft_s * 1e3, s.tpot_s * 1e3, s.requests, s.measured, s.preemptions, cfg.num_gpu_blocks,
+                          lone_ttft_ms=lone)
     # steady state: users' requests spread over one request lifetime (the burst
     # run's mean end-to-end latency), as jitter spreads a real loop
     _, s = run_closed_loop(cfg, cost, users, isl, osl, loop_len, stagger_s=locked.e2e_s,
                            exclude_warmup=exclude_warmup)
     if arrivals == "staggered":
-        return Prediction(s.ttft_s * 1e3, s.tpot_s * 1e3, s.requests, s.measured, s.preemptions, cfg.num_gpu_blocks)
+        return Prediction(s.ttft_s * 1e3, s.tpot_s * 1e3, s.requests, s.measured, s.preemptions, cfg.num_gpu_blocks,
+                          lone_ttft_ms=lone)
     _, first = run_closed_loop(cfg, cost, users, isl, osl, 1)
     w = requests_per_user
     ttft = (first.ttft_s + (w - 1) * s.ttft_s) / w
     tpot = (first.tpot_s + (w - 1) * s.tpot_s) / w
     lockstep = (first.ttft_s + (w - 1) * locked.ttft_s) / w
     return Prediction(ttft * 1e3, tpot * 1e3, s.requests + first.requests, s.measured + first.measured,
-                      s.preemptions + first.preemptions, cfg.num_gpu_blocks, lockstep * 1e3)
+                      s.preemptions + first.preemptions, cfg.num_gpu_blocks, lockstep * 1e3, lone)
 
 
 def protocol_range(rows: pd.DataFrame, slack: float = 0.05) -> dict:
@@ -527,6 +535,7 @@ def predict_silicon(rows: pd.DataFrame, kernels: KernelSet | KernelVersions, mod
                            num_gpu_blocks=p.num_gpu_blocks, preemptions=p.preemptions)
                 if p.ttft_lockstep_ms is not None:
                     rec["pred_ttft_lockstep_ms"] = p.ttft_lockstep_ms
+                rec["pred_lone_ttft_ms"] = p.lone_ttft_ms
         if reason is not None:
             skipped[reason] = skipped.get(reason, 0) + 1
             rec["skipped"] = reason
