@@ -8,6 +8,9 @@ Block hashes chain: block ``i``'s hash covers all tokens up to the end of block 
 Prompt tokens hash by their ids when the trace has them; otherwise, and for
 generated tokens (whose ids a replay never knows), they hash with a per-request
 salt, so they can only be hit by the same request again (after a preemption).
+Salted blocks are therefore registered only when their request is preempted: no
+other request can ever find them, so registering them as they fill (as vLLM does)
+would change no lookup, only cost time.
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ class KVCache:
         """
         if not self.prefix_caching:
             return 0
+        if req.token_ids is None and not req.num_preemptions:
+            self.queried_tokens += req.num_tokens  # salted blocks only: none can be cached yet
+            return 0
         max_blocks = (req.num_tokens - 1) // self.block_size
         hashes = self._hashes(req, max_blocks)
         n = 0
@@ -117,19 +123,32 @@ class KVCache:
         return True
 
     def commit(self, req: Request) -> None:
-        """Register the hashes of blocks that are now full of computed tokens."""
+        """Register the hashes of blocks that are now full of computed tokens (those
+        hashed from token ids; salted ones wait for :meth:`release` of a preemption)."""
         if not self.prefix_caching:
             return
-        full = req.num_computed // self.block_size
+        bs = self.block_size
+        full = req.num_computed // bs
         start = req.num_committed
         if full <= start:
             return
-        hashes = req.block_hashes
-        if hashes is None or len(hashes) < full:
-            hashes = self._hashes(req, full)
         req.num_committed = full
+        ids = req.token_ids
+        if ids is None:
+            return
+        if full > len(ids) // bs:
+            full = len(ids) // bs
+        self._register(req, start, full)
+
+    def _register(self, req: Request, start: int, end: int) -> None:
+        """Register the hashes of ``req``'s blocks ``start`` to ``end`` (exclusive)."""
+        if end <= start:
+            return
+        hashes = req.block_hashes
+        if hashes is None or len(hashes) < end:
+            hashes = self._hashes(req, end)
         blocks, hash_of, block_of = req.blocks, self.hash_of, self.block_of
-        for i in range(start, full):
+        for i in range(start, end):
             b = blocks[i]
             if hash_of[b] is None:
                 h = hashes[i]
@@ -137,8 +156,13 @@ class KVCache:
                     hash_of[b] = h
                     block_of[h] = b
 
-    def release(self, req: Request) -> None:
-        """Free ``req``'s blocks, tail first, so its last blocks are evicted first."""
+    def release(self, req: Request, preempted: bool = False) -> None:
+        """Free ``req``'s blocks, tail first, so its last blocks are evicted first.
+        ``preempted``: it will be recomputed, so its salted full blocks are registered
+        first, for it to find again."""
+        if preempted and self.prefix_caching:
+            ids = req.token_ids
+            self._register(req, len(ids) // self.block_size if ids is not None else 0, req.num_committed)
         ref, free = self.ref, self.free
         for b in reversed(req.blocks):
             left = ref[b] - 1

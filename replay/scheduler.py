@@ -67,7 +67,7 @@ def _preempt(running: list, waiting: deque, kv: KVCache, lo: int) -> Request:
     while i > lo and running[i].num_generated >= running[i].output_len:
         i -= 1
     victim = running.pop(i)
-    kv.release(victim)
+    kv.release(victim, preempted=True)
     victim.num_computed = 0
     victim.num_preemptions += 1
     waiting.appendleft(victim)

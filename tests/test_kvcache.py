@@ -189,9 +189,16 @@ def test_requests_without_token_ids_do_not_share_blocks_with_other_requests():
     _compute_all(kv, a)
     # Without token ids, blocks are salted per request: another request never hits them ...
     assert kv.match_prefix(_req(6, 64)) == 0
-    # ... but the same request (after a preemption) does: 48 tokens as above.
-    a.blocks, a.num_computed = [], 0
+    # ... but the same request, preempted as the scheduler does it, does: 48 tokens as above
+    kv.release(a, preempted=True)
+    a.num_computed, a.num_preemptions = 0, 1
     assert kv.match_prefix(a) == 48
+    # a request that simply ends leaves nothing findable (no one could find it anyway)
+    b = _req(7, 64)
+    _compute_all(kv, b)
+    kv.release(b)
+    b.num_computed, b.num_preemptions = 0, 1
+    assert kv.match_prefix(b) == 0
 
 
 def test_requests_0_and_1_without_token_ids_do_not_share_blocks():
