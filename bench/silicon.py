@@ -26,6 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runs import SHARED  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from validate.argtypes import ratio  # noqa: E402
+
 SILICON = SHARED / "silicon" / "aiconfigurator_silicon_sample.csv"
 KERNELS = SHARED / "profiles" / "aiconfigurator"
 
@@ -33,11 +36,13 @@ KERNELS = SHARED / "profiles" / "aiconfigurator"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arrivals", default="benchmark", choices=("benchmark", "staggered", "burst", "client"))
-    parser.add_argument("--length-ratio", help="with --arrivals client (mist silicon --length-ratio)")
+    parser.add_argument("--length-ratio", type=ratio, help="with --arrivals client (mist silicon --length-ratio)")
     parser.add_argument("--backend", default="vllm")
     parser.add_argument("--no-step-overhead", action="store_true")
     parser.add_argument("--no-moe-efficiency", action="store_true")
     args = parser.parse_args()
+    if args.length_ratio is not None and args.arrivals != "client":
+        parser.error("--length-ratio goes with --arrivals client")
     if not SILICON.is_file():
         print(f"shared data not found at {SHARED}", file=sys.stderr)
         return 2
@@ -58,7 +63,7 @@ def main() -> int:
                             "--json", str(out), "--out", tmp]
                            + (["--no-step-overhead"] if args.no_step_overhead else [])
                            + (["--no-moe-efficiency"] if args.no_moe_efficiency else [])
-                           + (["--length-ratio", args.length_ratio] if args.length_ratio else []),
+                           + (["--length-ratio", str(args.length_ratio)] if args.length_ratio else []),
                            check=True, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
             wall = time.perf_counter() - t0

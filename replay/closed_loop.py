@@ -104,9 +104,10 @@ def run_closed_loop(cfg: EngineConfig, cost: StepCost, users: int, isl: int, osl
 
 def client_lengths(isl: int, osl: int, count: int, ratio: float, seed: int) -> np.ndarray:
     """Prompt and output lengths of ``count`` requests, in the order a benchmark client
-    sends them: each drawn uniformly from ``[floor(L * ratio), L]`` (vLLM's
-    ``benchmark_serving.py`` random dataset with ``--random-range-ratio``, the form
+    sends them: each drawn uniformly from ``[floor(L * ratio), L]`` (the random dataset
+    of vLLM's legacy ``benchmarks/benchmark_serving.py --random-range-ratio``, the form
     InferenceX runs with 0.8); ``ratio`` 1 gives every request the nominal lengths.
+    (Today's ``vllm bench serve`` draws ``[L(1 - r), L(1 + r)]`` instead.)
     Returns an int array of shape (count, 2)."""
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"length ratio must be in (0, 1], not {ratio}")
@@ -117,8 +118,8 @@ def client_lengths(isl: int, osl: int, count: int, ratio: float, seed: int) -> n
 
 
 class BenchmarkClient(ClosedLoop):
-    """A fixed-concurrency benchmark client as ``vllm bench serve --max-concurrency N``
-    runs it: a list of requests (``lengths``, in send order) behind a semaphore of
+    """A fixed-concurrency benchmark client as ``benchmark_serving.py --max-concurrency N``
+    (and ``vllm bench serve``) runs it: a list of requests (``lengths``, in send order) behind a semaphore of
     ``users`` slots; the first ``users`` are sent at once and each request that ends
     frees its slot for the next one on the list."""
 

@@ -76,6 +76,8 @@ class KVCache:
         """
         if not self.prefix_caching:
             return 0
+        # (block hashes come from token ids alone: a request without ids has only salted
+        # ones, which are registered at its first preemption and nowhere else)
         if req.token_ids is None and not req.num_preemptions:
             self.queried_tokens += req.num_tokens  # salted blocks only: none can be cached yet
             return 0

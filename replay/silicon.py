@@ -406,8 +406,9 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
       every request. With ``length_ratio`` 1 the loop stays in lock-step; with lengths
       that vary (InferenceX runs 0.8) the users fall out of step by themselves.
 
-    For the last two, ``requests_per_user`` (default 4) is the simulated loop's
-    length and ``exclude_warmup=False`` averages over all of it.
+    For ``"staggered"`` and ``"burst"``, ``requests_per_user`` (default 4) is the
+    simulated loop's length and ``exclude_warmup=False`` averages over all of it;
+    ``"client"`` (default 10 per user) always counts every request.
 
     ``moe_efficiency``: the device's fused-MoE rate per compute dtype
     (:mod:`replay.fused_moe`); None composes MoE layers from the GEMM table alone.

@@ -242,3 +242,8 @@ def test_silicon_client_settings_without_the_client_are_refused(tmp_path, capsys
                  str(tmp_path), "--system", "h100_sxm", "--length-ratio", "0.8", "--json", str(out)])
     assert code == 2 and "go with --arrivals client" in capsys.readouterr().err
     assert not out.exists()
+    code = main(["silicon", "--silicon", str(tmp_path / "s.csv"), "--kernels", str(tmp_path), "--models",
+                 str(tmp_path), "--system", "h100_sxm", "--arrivals", "client", "--include-warmup",
+                 "--json", str(out)])
+    assert code == 2 and "counts every request already" in capsys.readouterr().err
+    assert not out.exists()

@@ -20,9 +20,10 @@ new request whenever one ends, 10 x concurrency requests in all
 ``--arrivals client`` simulates the benchmark client as it runs instead: the request
 list behind a semaphore of ``batch_size`` slots, every request counted, each
 request's lengths drawn from ``[r x ISL, ISL]`` and ``[r x OSL, OSL]``
-(``--length-ratio r``, ``--seed``), as ``vllm bench serve``'s random dataset with
-``--random-range-ratio`` does (InferenceX runs r = 0.8); with fixed lengths (r = 1)
-identical requests stay in lock-step.
+(``--length-ratio r``, ``--seed``), as the random dataset of vLLM's legacy
+``benchmarks/benchmark_serving.py --random-range-ratio`` draws them (and InferenceX's
+fork of it, run with r = 0.8; today's ``vllm bench serve`` draws ``[L(1-r), L(1+r)]``
+instead); with fixed lengths (r = 1) identical requests stay in lock-step.
 
 Kernel databases do not time the rest of an engine step (sampling, host-side input
 and output handling, launch gaps). The step overhead shipped in
@@ -64,7 +65,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from traces.errors import TraceError
+from traces.errors import ReplayError, TraceError
 from traces.io import atomic_write_json
 from validate.argtypes import ratio, seed
 
@@ -91,8 +92,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "staggered/burst: requests each simulated user sends (default 4)")
     p.add_argument("--length-ratio", type=ratio, default=None,
                    help="client: each request's prompt and output lengths are drawn uniformly from "
-                        "[ratio x ISL, ISL] and [ratio x OSL, OSL], as vllm's benchmark_serving.py "
-                        "--random-range-ratio does (InferenceX runs 0.8); default 1: fixed lengths")
+                        "[ratio x ISL, ISL] and [ratio x OSL, OSL], as vLLM's legacy benchmark_serving.py "
+                        "--random-range-ratio does (InferenceX's fork runs 0.8); default 1: fixed lengths")
     p.add_argument("--seed", type=seed, default=None, help="client: seed of the request lengths (default 0)")
     p.add_argument("--include-warmup", action="store_true",
                    help="staggered/burst: average over every request, first wave included")
@@ -186,8 +187,11 @@ def run(args: argparse.Namespace) -> int:
     if args.requests_per_user is None:
         args.requests_per_user = default_requests_per_user(args.arrivals)
     if args.arrivals != "client" and (args.length_ratio is not None or args.seed is not None):
-        raise TraceError(args.silicon, "--length-ratio and --seed describe the simulated client: "
-                                       "they go with --arrivals client")
+        raise ReplayError("--length-ratio and --seed describe the simulated client: they go with "
+                          "--arrivals client")
+    if args.arrivals == "client" and args.include_warmup:
+        raise ReplayError("--arrivals client counts every request already; --include-warmup is for "
+                          "staggered/burst")
     args.length_ratio = 1.0 if args.length_ratio is None else args.length_ratio
     args.seed = 0 if args.seed is None else args.seed
     if not args.models.is_dir():
@@ -255,7 +259,8 @@ def run(args: argparse.Namespace) -> int:
         overhead = fit_step_overhead(bare, bare["model"] == args.fit_model, {
             "model": args.fit_model, "system": args.system, "backend": args.backend,
             "silicon": args.silicon.name, "arrivals": args.arrivals,
-            "requests_per_user": args.requests_per_user})
+            "requests_per_user": args.requests_per_user,
+            **({"length_ratio": args.length_ratio, "seed": args.seed} if args.arrivals == "client" else {})})
         overhead.save(args.fit_step_overhead)
         overhead_source = f"fitted here, written to {args.fit_step_overhead}"
         print(f"step overhead fitted on {overhead.fitted_on['rows']} {args.fit_model} rows: "
