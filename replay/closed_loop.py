@@ -79,8 +79,6 @@ def run_closed_loop(cfg: EngineConfig, cost: StepCost, users: int, isl: int, osl
     loop.run()
     reqs = sorted(loop.requests, key=lambda r: r.index)
     arrival = np.array([r.arrival_s for r in reqs])
-    first = np.array([r.first_token_s for r in reqs], dtype=float)
-    done = np.array([r.finished_s for r in reqs], dtype=float)
     last_send = {}
     for r in reqs:
         last_send[loop.user_of[r.index]] = r.arrival_s
@@ -89,17 +87,28 @@ def run_closed_loop(cfg: EngineConfig, cost: StepCost, users: int, isl: int, osl
     keep = (idx >= users) & (arrival <= cutoff)
     if not exclude_warmup or not keep.any():
         keep = np.ones(len(reqs), dtype=bool)
+    return loop, _summary(reqs, keep)
+
+
+def _summary(reqs: list[Request], keep: np.ndarray) -> LoopSummary:
+    """Means over the ``keep`` requests: TTFT, TPOT (each request's decode time over its
+    output tokens less one; none for single-token outputs) and end-to-end latency;
+    output throughput over the whole run."""
+    arrival = np.array([r.arrival_s for r in reqs])
+    first = np.array([r.first_token_s for r in reqs], dtype=float)
+    done = np.array([r.finished_s for r in reqs], dtype=float)
+    outputs = np.array([r.output_len for r in reqs])
     ttft = first[keep] - arrival[keep]
     e2e = done[keep] - arrival[keep]
-    tpot = (e2e - ttft) / max(osl - 1, 1)
+    decoding = outputs[keep] > 1
+    tpot = (e2e - ttft)[decoding] / (outputs[keep][decoding] - 1)
     span = done.max() - arrival.min()
-    summary = LoopSummary(
-        ttft_s=float(ttft.mean()), tpot_s=float(tpot.mean()) if osl > 1 else 0.0, e2e_s=float(e2e.mean()),
+    return LoopSummary(
+        ttft_s=float(ttft.mean()), tpot_s=float(tpot.mean()) if decoding.any() else 0.0, e2e_s=float(e2e.mean()),
         requests=len(reqs), measured=int(keep.sum()),
-        throughput_tok_s=float(len(reqs) * osl / span) if span > 0 else 0.0,
+        throughput_tok_s=float(outputs.sum() / span) if span > 0 else 0.0,
         preemptions=int(sum(r.num_preemptions for r in reqs)),
     )
-    return loop, summary
 
 
 def client_lengths(isl: int, osl: int, count: int, ratio: float, seed: int) -> np.ndarray:
@@ -153,17 +162,4 @@ def run_benchmark_client(cfg: EngineConfig, cost: StepCost, users: int, lengths:
     own output tokens less one) and of end-to-end latency."""
     loop = BenchmarkClient(cfg, cost, users, lengths)
     loop.run()
-    reqs = loop.requests
-    arrival = np.array([r.arrival_s for r in reqs])
-    ttft = np.array([r.first_token_s for r in reqs], dtype=float) - arrival
-    e2e = np.array([r.finished_s for r in reqs], dtype=float) - arrival
-    outputs = np.array([r.output_len for r in reqs])
-    decoding = outputs > 1
-    tpot = (e2e - ttft)[decoding] / (outputs[decoding] - 1)
-    span = max(r.finished_s for r in reqs) - arrival.min()
-    return LoopSummary(
-        ttft_s=float(ttft.mean()), tpot_s=float(tpot.mean()) if decoding.any() else 0.0, e2e_s=float(e2e.mean()),
-        requests=len(reqs), measured=len(reqs),
-        throughput_tok_s=float(outputs.sum() / span) if span > 0 else 0.0,
-        preemptions=int(sum(r.num_preemptions for r in reqs)),
-    )
+    return _summary(loop.requests, np.ones(len(loop.requests), dtype=bool))
