@@ -11,6 +11,9 @@ Prints, per system: rows predicted/skipped, TTFT and TPOT MAPE / median APE / bi
 others are its validation), where the kernel latencies came from, the wall time
 of the command, a TPOT decomposition, the TTFT residual left per input length and
 measured and predicted TTFT in units of the deployment's lone prefill by concurrency.
+Before them, from the measurements alone: every attention-DP row against the plain
+tensor + expert parallel row of the same deployment at D x its batch (the reading
+``mist silicon`` gives attention-DP rows).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ def main() -> int:
     import pandas as pd
 
     systems = set(pd.read_csv(SILICON, usecols=["system"])["system"])
+    attention_dp_pairs(pd.read_csv(SILICON), args.backend)
     print(f"{'system':10s} {'rows':>5s} {'pred':>5s} {'TTFT MAPE':>9s} {'med':>6s} {'bias':>7s} "
           f"{'TPOT MAPE':>9s} {'med':>6s} {'bias':>7s} {'wall s':>7s}")
     for folder in sorted(p for p in KERNELS.iterdir() if p.is_dir()):
@@ -97,6 +101,32 @@ def main() -> int:
         ttft_residual(rows[rows["pred_ttft_ms"].notna()])
         in_prefills(rows[rows["pred_ttft_ms"].notna()])
     return 0
+
+
+def attention_dp_pairs(table, backend: str) -> None:
+    """Measured TTFT and TPOT of attention-DP rows (D ranks, ``batch_size`` b) over those
+    of the row of the same system, model, precision, GPUs, lengths and engine version
+    without attention DP, experts over the TP ranks, at concurrency D x b."""
+
+    t = table[(table["backend"] == backend) & (table["mode"] == "agg")].copy()
+    t["dp"] = t["attention_dp_size"].fillna(1)
+    keys = ["system", "model_path", "precision", "tp_size", "isl", "osl", "backend_version"]
+    dp = t[t["dp"] > 1].assign(conc=lambda d: d["batch_size"] * d["dp"])
+    plain = t[(t["dp"] == 1) & (t["moe_ep_size"] == t["tp_size"])].rename(columns={"batch_size": "conc"})
+    plain = plain.groupby(keys + ["conc"], dropna=False)[["silicon_ttft_ms", "silicon_tpot_ms"]].median()
+    pairs = dp.merge(plain.reset_index(), on=keys + ["conc"], suffixes=("", "_plain"))
+    if pairs.empty:
+        return
+    print(f"attention-DP rows ({backend}) against the same deployment without it at D x batch, "
+          "measured / measured:")
+    for (system, model), g in pairs.groupby(["system", "model_path"]):
+        ttft = g["silicon_ttft_ms"] / g["silicon_ttft_ms_plain"]
+        tpot = g["silicon_tpot_ms"] / g["silicon_tpot_ms_plain"]
+        print(f"  {system} {model}: {len(g)} of {len(dp[(dp.system == system) & (dp.model_path == model)])} "
+              f"rows paired; TTFT ratio median {ttft.median():.3f} [P10 {ttft.quantile(0.1):.2f}, "
+              f"P90 {ttft.quantile(0.9):.2f}], TPOT ratio median {tpot.median():.3f} "
+              f"[P10 {tpot.quantile(0.1):.2f}, P90 {tpot.quantile(0.9):.2f}]")
+    print()
 
 
 def decomposition(rows) -> None:

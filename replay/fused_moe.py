@@ -30,7 +30,7 @@ import numpy as np
 
 from calibrate.kernels import KernelSet, base_dtype
 from profiles.model import ModelConfig
-from replay.kernel_cost import moe_layer
+from replay.kernel_cost import moe_layer, moe_rate_key
 from traces.errors import TraceError
 from traces.io import read_yaml_object, write_yaml
 
@@ -40,6 +40,8 @@ GRID = np.round(np.arange(0.01, 1.0 + 1e-9, 0.01), 2)
 DEFAULT_EFFICIENCY = Path(__file__).resolve().parents[1] / "profiles" / "fused_moe_efficiency.yaml"
 SERIES_KEYS = ("label", "dtype", "tp", "hidden_size", "moe_intermediate_size", "num_experts", "top_k",
                "tokens", "time_us")
+#: optional per series: where its times were published, when not the file's ``source``
+OPTIONAL_SERIES_KEYS = ("source",)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class Series:
     top_k: int
     tokens: tuple
     time_us: tuple
+    source: str = ""
 
     def model(self) -> ModelConfig:
         """A one-layer MoE with this series' shape (what :func:`moe_layer` reads)."""
@@ -103,8 +106,13 @@ def read_measurements(path) -> tuple[str, str, list[Series]]:
                 raise TraceError(path, f"{where}.time_us: expected positive numbers, got {t!r}")
         if ints["top_k"] > ints["num_experts"] or ints["moe_intermediate_size"] % ints["tp"]:
             raise TraceError(path, f"{where}: top_k above num_experts, or width not divisible by tp")
+        unknown = set(s) - set(SERIES_KEYS) - set(OPTIONAL_SERIES_KEYS)
+        if unknown:
+            raise TraceError(path, f"{where}: unknown keys {', '.join(sorted(map(str, unknown)))}")
+        if "source" in s and (not isinstance(s["source"], str) or not s["source"]):
+            raise TraceError(path, f"{where}.source must be a non-empty string")
         out.append(Series(str(s["label"]), str(s["dtype"]), tokens=tokens,
-                          time_us=tuple(float(t) for t in times), **ints))
+                          time_us=tuple(float(t) for t in times), source=s.get("source", ""), **ints))
     return doc["system"], doc["source"], out
 
 
@@ -181,13 +189,14 @@ def _log_errors(series: list[Series], ks: KernelSet, efficiency: dict | None) ->
 
 def fit_efficiency(ks: KernelSet, system: str, source: str, series: list[Series],
                    note: dict | None = None) -> FusedMoEEfficiency:
-    """Per compute dtype, the efficiency on :data:`GRID` minimising the mean absolute
-    log error of the composed layer over that dtype's published times (ties: the
-    larger, i.e. the smaller correction). Deterministic."""
+    """Per rate key (compute dtype, or :data:`replay.kernel_cost.W4A16` for experts run
+    weight-only at 4 bits), the efficiency on :data:`GRID` minimising the mean absolute
+    log error of the composed layer over that key's published times (ties: the larger,
+    i.e. the smaller correction). Deterministic."""
     ks = _Memo(ks)
     by_dtype: dict[str, list[Series]] = {}
     for s in series:
-        by_dtype.setdefault(base_dtype(s.dtype), []).append(s)
+        by_dtype.setdefault(moe_rate_key(s.dtype, ks), []).append(s)
     eff, report = {}, {}
     for dtype, group in sorted(by_dtype.items()):
         scores = [float(np.mean(np.abs(_log_errors(group, ks, {dtype: float(e)})))) for e in GRID]
@@ -196,6 +205,8 @@ def fit_efficiency(ks: KernelSet, system: str, source: str, series: list[Series]
         before = np.abs(np.expm1(_log_errors(group, ks, None))) * 100
         after = np.abs(np.expm1(_log_errors(group, ks, {dtype: eff[dtype]}))) * 100
         report[dtype] = {"series": [s.label for s in group], "points": int(after.size),
+                         **({"sources": sorted({s.source.split()[0] for s in group if s.source})}
+                            if any(s.source for s in group) else {}),
                          "mape_before": round(float(before.mean()), 2),
                          "mape_after": round(float(after.mean()), 2)}
     fitted_on = dict(note or {})

@@ -65,6 +65,23 @@ from traces.schema import OPERATOR_PROFILE, from_columns
 ACT_BYTES = 2  # activations are bf16/fp16 in every deployment modelled here
 #: 4-bit weight formats that run weight-only (bf16 compute) where no GEMM table measures them
 WEIGHT_ONLY_4BIT = ("mxfp4", "nvfp4", "int4", "int4_wo")
+#: the fused-MoE rate key of experts run weight-only at 4 bits (Marlin-style W4A16 kernels)
+W4A16 = "w4a16"
+
+
+def weight_only_4bit(gemm_dtype: str, ks: KernelSet) -> bool:
+    """Whether ``gemm_dtype`` weights run weight-only here: a 4-bit format no GEMM table
+    of ``ks`` measures (bf16 multiplications of dequantised weights)."""
+    return gemm_dtype in WEIGHT_ONLY_4BIT and gemm_dtype not in ks.gemm_dtypes()
+
+
+def moe_rate_key(gemm_dtype: str, ks: KernelSet, efficiency: dict | None = None) -> str:
+    """Which fused-MoE rate (:func:`moe_layer`'s ``efficiency``) experts of ``gemm_dtype``
+    take: :data:`W4A16` when they run weight-only at 4 bits — falling back on the bf16
+    rate when ``efficiency`` is given and has none — else their compute dtype."""
+    if weight_only_4bit(gemm_dtype, ks):
+        return W4A16 if efficiency is None or W4A16 in efficiency else "bfloat16"
+    return base_dtype(gemm_dtype)
 
 
 def _geometric(lo: int, hi: int, factor: float = 2.0) -> list[int]:
@@ -131,10 +148,12 @@ def moe_layer(ks: KernelSet, model: ModelConfig, tp: int, ep: int, gemm_dtype: s
     the multiplications run in bf16 (the bf16 GEMM table gives the compute).
 
     ``efficiency``: ``{compute dtype: share of the datasheet peak}`` the device's
-    fused-MoE kernel reaches (:mod:`replay.fused_moe`). Where given for the compute
-    dtype, the experts' multiplications take at least their FLOPs at that rate: a
-    grouped kernel over many small per-expert blocks is slower than one dense GEMM over
-    all token-expert pairs, which is what the GEMM table alone would assume.
+    fused-MoE kernel reaches (:mod:`replay.fused_moe`); weight-only 4-bit experts take
+    the :data:`W4A16` entry (a Marlin-style kernel of its own), or the bf16 one when
+    there is none. Where given, the experts' multiplications take at least their FLOPs
+    at that rate: a grouped kernel over many small per-expert blocks is slower than one
+    dense GEMM over all token-expert pairs, which is what the GEMM table alone would
+    assume.
     """
     tokens, hit = np.broadcast_arrays(np.asarray(tokens, dtype=float), np.asarray(hit, dtype=float))
     shape = tokens.shape
@@ -144,14 +163,13 @@ def moe_layer(ks: KernelSet, model: ModelConfig, tp: int, ep: int, gemm_dtype: s
     step_tokens = t * ep  # every TP rank sees the whole step's tokens
     pairs = np.maximum(t * k_top, 1.0)
     w = dtype_bytes(gemm_dtype)
-    compute_dtype = gemm_dtype
-    if gemm_dtype in WEIGHT_ONLY_4BIT and gemm_dtype not in ks.gemm_dtypes():
-        compute_dtype = "bfloat16"
+    compute_dtype = "bfloat16" if weight_only_4bit(gemm_dtype, ks) else gemm_dtype
     a = ACT_BYTES
     rate = None
-    if efficiency and efficiency.get(base_dtype(compute_dtype)):
+    key = moe_rate_key(gemm_dtype, ks, efficiency)
+    if efficiency and efficiency.get(key):
         peak = ks.sheet.peak_flops.get(base_dtype(compute_dtype))
-        rate = None if not peak else efficiency[base_dtype(compute_dtype)] * peak
+        rate = None if not peak else efficiency[key] * peak
     out = ks.gemm(np.maximum(step_tokens, 1.0), E, hid, "bfloat16")  # router, unquantised
     out = out + ks.elementwise(step_tokens * E * 4 * 2)  # scores, top-k
     for n, k in ((2 * width if model.mlp_matrices == 3 else width, hid), (hid, width)):

@@ -23,6 +23,20 @@ host-side input and output handling and launch gaps are missing. A
 sequences) fitted on one collection of rows and validated on the others
 (:func:`fit_step_overhead`) adds them back.
 
+Rows with attention data parallelism (``attention_dp_size`` D > 1, an MoE model) are
+read as the benchmark sweeps record them: ``batch_size`` users *per DP rank*
+(D x ``batch_size`` in all) on ``tp_size`` GPUs whose experts are spread over all of
+them. Each rank's attention and dense layers run on ``tp_size / D`` GPUs for its own
+requests; the composition runs them tensor-parallel over all ``tp_size`` GPUs for all
+the requests instead — the same FLOPs, KV bytes and expert traffic per GPU, without
+the D-fold copy of the dense weights each rank reads (a few % of an MoE model's decode
+step). The shared rows support the reading: every attention-DP row's TTFT and TPOT
+match, within a few %, the plain tensor + expert parallel row at D x its batch
+(``python bench/silicon.py`` prints the pairs). Dense models with attention DP are
+skipped, and so are other engines' attention-DP rows: TensorRT-LLM's differ from its
+plain rows at D x the batch (TPOT about half, TTFT 1.6 x), so they are a deployment of
+their own.
+
 Engine settings the rows do not carry are vLLM's defaults for its OpenAI server
 (``vllm/engine/arg_utils.py``, ``get_batch_defaults``): a token budget of 8192 and
 ``max_num_seqs`` 1024 on GPUs with at least 70 GiB that are not A100s, else 2048
@@ -324,11 +338,16 @@ def skip_reason(row: pd.Series, index: dict, kernels: KernelSet, configs: dict |
             return f"no {col}"
     if np.isfinite(row.get("pp_size", np.nan)) and row["pp_size"] > 1:
         return "pipeline parallel > 1"
-    if np.isfinite(row.get("attention_dp_size", np.nan)) and row["attention_dp_size"] > 1:
-        return "attention data parallel"
     model = _config(index, row["model_path"], configs)
     if model is None:
         return "no model config"
+    dp = attention_dp_of(row)
+    if dp > 1 and not _is_vllm(row):
+        return "attention data parallel (read only for vLLM rows)"
+    if dp > 1 and not model.is_moe():
+        return "attention data parallel of a dense model"
+    if int(row["tp_size"]) % dp:
+        return "attention data parallel ranks not dividing the GPUs"
     if model.kv_lora_rank:
         return "multi-head latent attention"
     dt = measured_dtype(gemm_dtype(row, model), kernels)
@@ -348,17 +367,32 @@ def skip_reason(row: pd.Series, index: dict, kernels: KernelSet, configs: dict |
     return None
 
 
+def _size(row: pd.Series, col: str) -> int | None:
+    v = row.get(col)
+    return int(v) if v is not None and np.isfinite(v) and v >= 1 else None
+
+
+def attention_dp_of(row: pd.Series) -> int:
+    """A row's attention data-parallel ranks (1 when it does not say)."""
+    return _size(row, "attention_dp_size") or 1
+
+
+def users_of(row: pd.Series) -> int:
+    """Concurrent users of a row: ``batch_size`` per attention-DP rank."""
+    return int(row["batch_size"]) * attention_dp_of(row)
+
+
 def expert_parallel_of(row: pd.Series, tp: int) -> int | None:
     """1 when a row's experts are TP-sharded (``moe_tp = tp``, the default when the
     row does not say), ``tp`` when they are spread whole over the TP ranks
-    (``moe_ep = tp``, ``moe_tp = 1``), None for any other layout."""
-    def size(col):
-        v = row.get(col)
-        return int(v) if v is not None and np.isfinite(v) and v >= 1 else None
-    moe_tp, moe_ep = size("moe_tp_size"), size("moe_ep_size")
-    if moe_ep in (None, 1) and moe_tp in (None, tp):
+    (``moe_ep = tp``, ``moe_tp = 1``), None for any other layout. With attention DP
+    (D ranks) the sweeps record the expert ranks as ``tp x D`` (or ``tp``): the
+    experts are spread over the ``tp`` GPUs."""
+    moe_tp, moe_ep = _size(row, "moe_tp_size"), _size(row, "moe_ep_size")
+    dp = attention_dp_of(row)
+    if moe_ep in (None, 1) and moe_tp in (None, tp, tp * dp):
         return 1
-    if moe_ep == tp and moe_tp in (None, 1):
+    if moe_ep in (tp, tp * dp) and moe_tp in (None, 1):
         return tp
     return None
 
@@ -418,7 +452,7 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
     if requests_per_user is None:
         requests_per_user = default_requests_per_user(arrivals)
     tp = int(row["tp_size"])
-    users = int(row["batch_size"])
+    users = users_of(row)
     isl, osl = int(row["isl"]), int(row["osl"])
     dt = measured_dtype(gemm_dtype(row, model), kernels)
     md = measured_dtype(moe_dtype(row, model), kernels) if model.is_moe() else None
@@ -517,7 +551,8 @@ def predict_silicon(rows: pd.DataFrame, kernels: KernelSet | KernelVersions, mod
     versions = kernels if isinstance(kernels, KernelVersions) else None
     for i, row in it:
         rec = {"row": i, "id": row.get("id"), "model": row["model_path"], "tp": row["tp_size"],
-               "concurrency": row["batch_size"], "isl": row["isl"], "osl": row["osl"],
+               "attention_dp": attention_dp_of(row),
+               "concurrency": row["batch_size"] * attention_dp_of(row), "isl": row["isl"], "osl": row["osl"],
                "ttft_ms": row["silicon_ttft_ms"], "tpot_ms": row["silicon_tpot_ms"]}
         if versions is not None:
             version = row_version(row)

@@ -78,6 +78,8 @@ def test_efficiency_file_round_trip_and_system_match(tmp_path):
     (lambda d: d["series"][0]["time_us"].pop(), "same, non-zero length"),
     (lambda d: d["series"][0]["time_us"].__setitem__(0, -3.0), "expected positive numbers"),
     (lambda d: d["series"][0].__setitem__("tp", 5), "not divisible by tp"),
+    (lambda d: d["series"][0].__setitem__("colour", "red"), "unknown keys colour"),
+    (lambda d: d["series"][-1].__setitem__("source", ""), r"source must be a non-empty string"),
 ])
 def test_measurement_reader_rejects_bad_input(tmp_path, change, reason):
     doc = yaml.safe_load((REPO / "profiles" / "fused_moe_measurements.yaml").read_text())
@@ -129,3 +131,32 @@ def test_datasheet_reads_the_compute_capability():
                                                         "sm_version": 90}})
     assert sheet.sm_version == 90
     assert Datasheet.from_aiconfigurator("x", {"gpu": {"mem_bw": 1e12}}).sm_version is None
+
+
+def test_weight_only_4bit_experts_take_their_own_rate(toy):
+    # the toy database measures no 4-bit GEMM: MXFP4 experts run weight-only (bf16
+    # multiplications), priced by the w4a16 rate when there is one, else the bf16 rate
+    from replay.kernel_cost import W4A16, moe_rate_key
+
+    assert moe_rate_key("mxfp4", toy) == W4A16 and moe_rate_key("int4", toy) == W4A16
+    assert moe_rate_key("mxfp4", toy, {"bfloat16": 0.5}) == "bfloat16"  # a file fitted before w4a16
+    assert moe_rate_key("fp8", toy) == "fp8" and moe_rate_key("bf16", toy) == "bfloat16"
+    model = SERIES.model()
+    flops = 8192 * 2 * 2 * (2 * 2048 * 1024 + 1024 * 2048)
+
+    def layer(eff):
+        return moe_layer(toy, model, 1, 1, "mxfp4", np.array([8192.0]), np.array([8.0]), eff)[0]
+
+    fast, slow = layer(None), layer({W4A16: 0.1, "bfloat16": 0.9})
+    assert flops / (0.1 * 1e15) <= slow <= fast + flops / (0.1 * 1e15)  # the bf16 peak, the w4a16 share
+    assert layer({"bfloat16": 0.1}) == pytest.approx(slow)  # the fallback prices it the same
+    assert layer({"fp8": 0.1}) == fast
+
+
+def test_fit_keys_weight_only_series_by_their_kernel(toy):
+    planted = {"w4a16": 0.2}
+    series = replace(SERIES, label="toy int4", dtype="int4")
+    truth = replace(series, time_us=tuple(series.composed_us(toy, planted).tolist()), source="https://x/1 (toy)")
+    fit = fused_moe.fit_efficiency(toy, "toy", "made up here", [truth])
+    assert fit.efficiency == planted
+    assert fit.fitted_on["by_dtype"]["w4a16"]["sources"] == ["https://x/1"]

@@ -453,4 +453,39 @@ def test_kernel_profile_tables_moe_layers_and_silicon_reads_their_sharding(share
     minimax = rows[(rows.system == "h100_sxm") & (rows.model_path == "MiniMaxAI/MiniMax-M2.5")]
     kernels = KernelSet(read_kernel_db(shared_data / H100, hardware="h100_sxm", framework="vllm"), ks.sheet)
     reasons = {skip_reason(r, model_index(shared_data / "models"), kernels) for _, r in minimax.iterrows()}
-    assert reasons == {None, "attention data parallel"}
+    assert reasons == {None}  # attention-DP rows included (their experts span the TP ranks)
+    dp_rows = minimax[minimax["attention_dp_size"] > 1]
+    assert len(dp_rows) and all(expert_parallel_of(r, int(r["tp_size"])) == int(r["tp_size"])
+                                for _, r in dp_rows.iterrows())
+
+
+def test_attention_dp_rows_count_users_per_rank_and_skip_dense_models(shared_data):
+    from replay.silicon import (
+        attention_dp_of,
+        expert_parallel_of,
+        model_index,
+        skip_reason,
+        users_of,
+    )
+    from traces.readers.aiconfigurator import read_kernel_db, read_system_yaml
+
+    dp = pd.Series({"batch_size": 16.0, "tp_size": 4.0, "attention_dp_size": 4.0, "moe_tp_size": 1.0,
+                    "moe_ep_size": 16.0})
+    assert attention_dp_of(dp) == 4 and users_of(dp) == 64
+    assert expert_parallel_of(dp, 4) == 4
+    assert expert_parallel_of(pd.Series({**dp, "moe_ep_size": 4.0}), 4) == 4  # the EP = tp spelling
+    assert expert_parallel_of(pd.Series({**dp, "moe_ep_size": 8.0}), 4) is None  # experts over half the GPUs
+    plain = pd.Series({"batch_size": 16.0, "tp_size": 4.0, "attention_dp_size": float("nan")})
+    assert attention_dp_of(plain) == 1 and users_of(plain) == 16
+    index = model_index(shared_data / "models")
+    sheet = Datasheet.from_aiconfigurator("h100_sxm", read_system_yaml(shared_data / H100))
+    kernels = KernelSet(read_kernel_db(shared_data / H100, hardware="h100_sxm", framework="vllm"), sheet)
+    base = {"mode": "agg", "batch_size": 8.0, "pp_size": 1.0, "precision": "fp8", "gemm_quant_mode": "fp8"}
+    dense = pd.Series({**base, "model_path": "meta-llama/Llama-3.1-70B", "tp_size": 4.0, "attention_dp_size": 2.0})
+    assert skip_reason(dense, index, kernels) == "attention data parallel of a dense model"
+    moe = pd.Series({**base, "model_path": "MiniMaxAI/MiniMax-M2.5", "tp_size": 4.0, "attention_dp_size": 3.0,
+                     "moe_tp_size": 1.0, "moe_ep_size": 12.0})
+    assert skip_reason(moe, index, kernels) == "attention data parallel ranks not dividing the GPUs"
+    assert skip_reason(pd.Series({**moe, "attention_dp_size": 2.0, "moe_ep_size": 8.0}), index, kernels) is None
+    trt = pd.Series({**moe, "attention_dp_size": 2.0, "moe_ep_size": 8.0, "backend": "trtllm"})
+    assert skip_reason(trt, index, kernels) == "attention data parallel (read only for vLLM rows)"

@@ -5,11 +5,13 @@ keeps the rows of ``--system`` and ``--backend``, and predicts each from the
 system's kernel measurements (``--kernels``: one aiconfigurator system folder):
 GEMMs, attention and all-reduces are composed into the model's engine steps per
 tensor-parallel rank, the KV cache is sized from the datasheet, and a closed loop
-of ``batch_size`` users runs through the simulated vLLM scheduler. Rows whose
+of ``batch_size`` users runs through the simulated vLLM scheduler (a vLLM row with
+attention data parallelism over D ranks: ``batch_size`` users per rank, D x
+``batch_size`` in all, as the TP + EP deployment those rows measure like). Rows whose
 model config is not in ``--models`` (``<org>--<name>_config.json``) or that the
-composition cannot model (MLA, attention data parallelism, MoE sharded other than
-over the TP ranks, disaggregated, pipeline parallel, a GEMM dtype the database
-lacks) are skipped with a reason, never guessed. Each row reads the kernel tables
+composition cannot model (MLA, other engines' attention data parallelism, MoE sharded
+other than over the TP ranks, disaggregated, pipeline parallel, a GEMM dtype the
+database lacks) are skipped with a reason, never guessed. Each row reads the kernel tables
 measured nearest its own engine version (``backend_version``); rows that name none
 read the newest (as aiconfigurator itself does when no version is given).
 
