@@ -84,8 +84,10 @@ def main() -> int:
                   f"fitted on {fitted_on}")
         if s.get("moe_efficiency"):
             m = s["moe_efficiency"]
+            half = m.get("tokens_per_expert_half") or 0
             print("  fused-MoE efficiency " + ", ".join(f"{d} {v:.2f}" for d, v in m["efficiency"].items())
-                  + f" of peak, fitted on published kernel times ({m['fitted_on'].get('source', '?')})")
+                  + " of peak" + (f", half of it at {half:g} tokens per expert" if half else "")
+                  + f", fitted on published kernel times ({m['fitted_on'].get('source', '?')})")
         for model, g in rows[rows["pred_ttft_ms"].notna()].groupby("model"):
             parts = []
             for metric in ("ttft", "tpot"):

@@ -30,12 +30,14 @@ import numpy as np
 
 from calibrate.kernels import KernelSet, base_dtype
 from profiles.model import ModelConfig
-from replay.kernel_cost import moe_layer, moe_rate_key
+from replay.kernel_cost import TOKENS_PER_EXPERT_HALF, moe_layer, moe_rate_key
 from traces.errors import TraceError
 from traces.io import read_yaml_object, write_yaml
 
 #: the efficiency a fit may return: shares of the datasheet peak in steps of 0.01
 GRID = np.round(np.arange(0.01, 1.0 + 1e-9, 0.01), 2)
+#: the tokens per expert at half rate a fit may return (0: one rate at every size)
+HALF_GRID = np.arange(0.0, 64.0 + 1e-9, 2.0)
 #: the fused-MoE efficiency ``mist silicon`` applies unless told otherwise
 DEFAULT_EFFICIENCY = Path(__file__).resolve().parents[1] / "profiles" / "fused_moe_efficiency.yaml"
 SERIES_KEYS = ("label", "dtype", "tp", "hidden_size", "moe_intermediate_size", "num_experts", "top_k",
@@ -119,16 +121,27 @@ def read_measurements(path) -> tuple[str, str, list[Series]]:
 @dataclass(frozen=True)
 class FusedMoEEfficiency:
     """Share of the datasheet peak a system's fused-MoE kernel multiplies at, per
-    compute dtype (``"bfloat16"``, ``"fp8"``); ``fitted_on`` says on what."""
+    compute dtype (``"bfloat16"``, ``"fp8"``, ``"w4a16"``), reached when each expert
+    gets many tokens: with ``m`` tokens per expert it is scaled by ``m / (m +
+    tokens_per_expert_half)``; ``fitted_on`` says on what."""
 
     system: str
     efficiency: dict
     fitted_on: dict = field(default_factory=dict)
     sm_version: int | None = None
+    tokens_per_expert_half: float = 0.0
+
+    def rates(self) -> dict:
+        """What :func:`replay.kernel_cost.moe_layer` takes as ``efficiency``."""
+        out = dict(self.efficiency)
+        if self.tokens_per_expert_half:
+            out[TOKENS_PER_EXPERT_HALF] = self.tokens_per_expert_half
+        return out
 
     def to_dict(self) -> dict:
         return {"system": self.system, "sm_version": self.sm_version,
-                "efficiency": dict(sorted(self.efficiency.items())), "fitted_on": self.fitted_on}
+                "efficiency": dict(sorted(self.efficiency.items())),
+                TOKENS_PER_EXPERT_HALF: self.tokens_per_expert_half, "fitted_on": self.fitted_on}
 
     def applies_to(self, system: str, sm_version: int | None) -> bool:
         """Fitted for ``system``, or for a device of the same compute capability."""
@@ -136,8 +149,9 @@ class FusedMoEEfficiency:
 
     def save(self, path) -> None:
         write_yaml(path, "Share of the datasheet peak the fused-MoE kernel's multiplications reach, per\n"
-                         "compute dtype, on one system. Written by `mist silicon --fit-moe-efficiency`\n"
-                         "from published kernel benchmarks; see docs/kernels.md.", self.to_dict())
+                         "compute dtype, on one system, and the tokens per expert at which it reaches half\n"
+                         "of that. Written by `mist silicon --fit-moe-efficiency` from published kernel\n"
+                         "benchmarks; see docs/kernels.md.", self.to_dict())
 
     @classmethod
     def load(cls, path) -> FusedMoEEfficiency:
@@ -157,7 +171,10 @@ class FusedMoEEfficiency:
         sm = doc.get("sm_version")
         if sm is not None and (isinstance(sm, bool) or not isinstance(sm, int) or sm < 1):
             raise TraceError(path, f"sm_version must be a positive integer or null, got {sm!r}")
-        return cls(doc["system"], eff, fitted_on, sm)
+        half = doc.get(TOKENS_PER_EXPERT_HALF, 0.0)
+        if isinstance(half, bool) or not isinstance(half, (int, float)) or not math.isfinite(half) or half < 0:
+            raise TraceError(path, f"{TOKENS_PER_EXPERT_HALF} must be a non-negative number, got {half!r}")
+        return cls(doc["system"], eff, fitted_on, sm, float(half))
 
 
 class _Memo:
@@ -190,20 +207,31 @@ def _log_errors(series: list[Series], ks: KernelSet, efficiency: dict | None) ->
 def fit_efficiency(ks: KernelSet, system: str, source: str, series: list[Series],
                    note: dict | None = None) -> FusedMoEEfficiency:
     """Per rate key (compute dtype, or :data:`replay.kernel_cost.W4A16` for experts run
-    weight-only at 4 bits), the efficiency on :data:`GRID` minimising the mean absolute
-    log error of the composed layer over that key's published times (ties: the larger,
-    i.e. the smaller correction). Deterministic."""
+    weight-only at 4 bits), the efficiency on :data:`GRID`, and one tokens-per-expert
+    half point on :data:`HALF_GRID` shared by all keys, minimising the mean absolute log
+    error of the composed layer over the published times (per key for a given half
+    point, then over all points; ties: the larger efficiency and the smaller half
+    point, i.e. the smaller correction). Deterministic."""
     ks = _Memo(ks)
     by_dtype: dict[str, list[Series]] = {}
     for s in series:
         by_dtype.setdefault(moe_rate_key(s.dtype, ks), []).append(s)
-    eff, report = {}, {}
+
+    def shares(half: float) -> tuple[dict, float]:
+        eff, total, count = {}, 0.0, 0
+        for dtype, group in sorted(by_dtype.items()):
+            errs = [np.abs(_log_errors(group, ks, {dtype: float(e), TOKENS_PER_EXPERT_HALF: half})) for e in GRID]
+            best = min(range(len(GRID)), key=lambda i: (round(float(errs[i].mean()), 12), -GRID[i]))
+            eff[dtype] = float(GRID[best])
+            total, count = total + float(errs[best].sum()), count + errs[best].size
+        return eff, total / max(count, 1)
+
+    fits = [(shares(float(h)), float(h)) for h in HALF_GRID]
+    (eff, _), half = min(fits, key=lambda f: (round(f[0][1], 12), f[1]))
+    report = {}
     for dtype, group in sorted(by_dtype.items()):
-        scores = [float(np.mean(np.abs(_log_errors(group, ks, {dtype: float(e)})))) for e in GRID]
-        best = min(range(len(GRID)), key=lambda i: (round(scores[i], 12), -GRID[i]))
-        eff[dtype] = float(GRID[best])
         before = np.abs(np.expm1(_log_errors(group, ks, None))) * 100
-        after = np.abs(np.expm1(_log_errors(group, ks, {dtype: eff[dtype]}))) * 100
+        after = np.abs(np.expm1(_log_errors(group, ks, {dtype: eff[dtype], TOKENS_PER_EXPERT_HALF: half}))) * 100
         report[dtype] = {"series": [s.label for s in group], "points": int(after.size),
                          **({"sources": sorted({s.source.split()[0] for s in group if s.source})}
                             if any(s.source for s in group) else {}),
@@ -211,8 +239,9 @@ def fit_efficiency(ks: KernelSet, system: str, source: str, series: list[Series]
                          "mape_after": round(float(after.mean()), 2)}
     fitted_on = dict(note or {})
     fitted_on.update(source=source, by_dtype=report,
-                     method="grid of 0.01 over (0, 1], mean |log(composed / published)| per dtype")
-    return FusedMoEEfficiency(system, eff, fitted_on, ks.sheet.sm_version)
+                     method="efficiency per dtype on a grid of 0.01 over (0, 1] and one tokens-per-expert "
+                            "half point on a grid of 2 over [0, 64], mean |log(composed / published)|")
+    return FusedMoEEfficiency(system, eff, fitted_on, ks.sheet.sm_version, half)
 
 
 def for_system(path, system: str, sm_version: int | None = None) -> FusedMoEEfficiency | None:

@@ -67,6 +67,11 @@ ACT_BYTES = 2  # activations are bf16/fp16 in every deployment modelled here
 WEIGHT_ONLY_4BIT = ("mxfp4", "nvfp4", "int4", "int4_wo")
 #: the fused-MoE rate key of experts run weight-only at 4 bits (Marlin-style W4A16 kernels)
 W4A16 = "w4a16"
+#: ``efficiency`` key (:func:`moe_layer`): the tokens per expert at which a grouped MoE
+#: kernel multiplies at half its rate. It works in blocks of rows per expert, and an
+#: expert with fewer tokens than a block leaves the rest of it idle; absent or 0: one
+#: rate at every size
+TOKENS_PER_EXPERT_HALF = "tokens_per_expert_half"
 
 
 def weight_only_4bit(gemm_dtype: str, ks: KernelSet) -> bool:
@@ -153,7 +158,8 @@ def moe_layer(ks: KernelSet, model: ModelConfig, tp: int, ep: int, gemm_dtype: s
     there is none. Where given, the experts' multiplications take at least their FLOPs
     at that rate: a grouped kernel over many small per-expert blocks is slower than one
     dense GEMM over all token-expert pairs, which is what the GEMM table alone would
-    assume.
+    assume. With :data:`TOKENS_PER_EXPERT_HALF` = ``m_half`` the rate is scaled by
+    ``m / (m + m_half)``, ``m`` the token-expert pairs per expert hit.
     """
     tokens, hit = np.broadcast_arrays(np.asarray(tokens, dtype=float), np.asarray(hit, dtype=float))
     shape = tokens.shape
@@ -169,7 +175,10 @@ def moe_layer(ks: KernelSet, model: ModelConfig, tp: int, ep: int, gemm_dtype: s
     key = moe_rate_key(gemm_dtype, ks, efficiency)
     if efficiency and efficiency.get(key):
         peak = ks.sheet.peak_flops.get(base_dtype(compute_dtype))
-        rate = None if not peak else efficiency[key] * peak
+        if peak:
+            per_expert = pairs / np.maximum(h, 1.0)
+            half = float(efficiency.get(TOKENS_PER_EXPERT_HALF) or 0.0)
+            rate = efficiency[key] * peak * per_expert / (per_expert + half)
     out = ks.gemm(np.maximum(step_tokens, 1.0), E, hid, "bfloat16")  # router, unquantised
     out = out + ks.elementwise(step_tokens * E * 4 * 2)  # scores, top-k
     for n, k in ((2 * width if model.mlp_matrices == 3 else width, hid), (hid, width)):

@@ -103,7 +103,7 @@ def test_shipped_efficiency_is_the_fit_of_the_shipped_measurements(shared_data):
     fit = fused_moe.fit_efficiency(ks, system, source, series)
     shipped = fused_moe.FusedMoEEfficiency.load(fused_moe.DEFAULT_EFFICIENCY)
     assert shipped.system == system == "h100_sxm"
-    assert shipped.efficiency == fit.efficiency
+    assert shipped.rates() == fit.rates() and shipped.tokens_per_expert_half > 0
     # the published kernel times are matched better with the rate than without, per dtype
     for dtype, part in fit.fitted_on["by_dtype"].items():
         assert part["mape_after"] < part["mape_before"], dtype
@@ -160,3 +160,40 @@ def test_fit_keys_weight_only_series_by_their_kernel(toy):
     fit = fused_moe.fit_efficiency(toy, "toy", "made up here", [truth])
     assert fit.efficiency == planted
     assert fit.fitted_on["by_dtype"]["w4a16"]["sources"] == ["https://x/1"]
+
+
+def test_few_tokens_per_expert_slow_the_rate_by_m_over_m_plus_half(toy):
+    from replay.kernel_cost import TOKENS_PER_EXPERT_HALF
+
+    model = SERIES.model()
+    flops = 8192 * 2 * 2 * (2 * 2048 * 1024 + 1024 * 2048)
+    per_expert = 8192 * 2 / 8  # every one of the 8 experts hit
+
+    def layer(eff):
+        return moe_layer(toy, model, 1, 1, "fp8", np.array([8192.0]), np.array([8.0]), eff)[0]
+
+    fast = layer(None)
+    halved = layer({"fp8": 0.1, TOKENS_PER_EXPERT_HALF: per_expert})  # rate x m / (m + m) = half
+    assert flops / (0.05 * 2e15) <= halved <= fast + flops / (0.05 * 2e15)
+    assert halved == pytest.approx(layer({"fp8": 0.05}))
+    assert layer({"fp8": 0.1, TOKENS_PER_EXPERT_HALF: 0}) == layer({"fp8": 0.1})
+
+
+def test_fit_recovers_a_planted_half_point_and_files_without_one_still_load(toy, tmp_path):
+    from replay.kernel_cost import TOKENS_PER_EXPERT_HALF
+
+    planted = {"fp8": 0.05, TOKENS_PER_EXPERT_HALF: 16.0}
+    truth = replace(SERIES, time_us=tuple(SERIES.composed_us(toy, planted).tolist()))
+    fit = fused_moe.fit_efficiency(toy, "toy", "made up here", [truth])
+    assert fit.rates() == planted
+    path = tmp_path / "eff.yaml"
+    fit.save(path)
+    assert fused_moe.FusedMoEEfficiency.load(path) == fit
+    doc = yaml.safe_load(path.read_text())
+    del doc[TOKENS_PER_EXPERT_HALF]  # a file fitted before the half point: one rate at every size
+    path.write_text(yaml.safe_dump(doc))
+    assert fused_moe.FusedMoEEfficiency.load(path).rates() == {"fp8": 0.05}
+    doc[TOKENS_PER_EXPERT_HALF] = -1
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(TraceError, match="must be a non-negative number"):
+        fused_moe.FusedMoEEfficiency.load(path)

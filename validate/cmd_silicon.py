@@ -235,7 +235,8 @@ def run(args: argparse.Namespace) -> int:
         moe_eff.save(args.fit_moe_efficiency)
         moe_source = f"fitted here, written to {args.fit_moe_efficiency}"
         print("fused-MoE efficiency fitted on published kernel times: " + ", ".join(
-            f"{d} {v:.2f} of peak" for d, v in sorted(moe_eff.efficiency.items())))
+            f"{d} {v:.2f} of peak" for d, v in sorted(moe_eff.efficiency.items()))
+            + f", half of it at {moe_eff.tokens_per_expert_half:g} tokens per expert")
     elif not args.no_moe_efficiency:
         path = args.moe_efficiency or fused_moe.DEFAULT_EFFICIENCY
         if args.moe_efficiency is not None or path.is_file():
@@ -246,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
                 moe_source = str(path)
             else:
                 moe_source = f"{path}, fitted on {moe_eff.system}: same compute capability (SM {sheet.sm_version})"
-    moe_rates = None if moe_eff is None else moe_eff.efficiency
+    moe_rates = None if moe_eff is None else moe_eff.rates()
 
     def predict(step_overhead, what):
         return predict_silicon(rows, kernels, args.models, args.requests_per_user,
@@ -300,7 +301,9 @@ def run(args: argparse.Namespace) -> int:
     if overhead is not None:
         print(f"  step overhead: {overhead.per_step_s * 1e3:.3f} ms + {overhead.per_sequence_s * 1e6:.1f} us/sequence "
               f"(fitted on {overhead.fitted_on.get('model', '?')}; {overhead_source})")
-    rates = ", ".join(f"{d} {v:.2f} of peak" for d, v in sorted((moe_rates or {}).items()))
+    rates = ", ".join(f"{d} {v:.2f} of peak" for d, v in sorted((moe_eff.efficiency if moe_eff else {}).items()))
+    if rates and moe_eff.tokens_per_expert_half:
+        rates += f", half of it at {moe_eff.tokens_per_expert_half:g} tokens per expert"
     print(f"  fused-MoE efficiency: {rates} ({moe_source})" if rates else f"  fused-MoE efficiency: {moe_source}")
     print("  kernel latencies by source: " + "; ".join(
         f"{fam} " + ", ".join(f"{s} {c}" for s, c in srcs.items()) for fam, srcs in summary["kernel_sources"].items()))
