@@ -184,6 +184,10 @@ class Datasheet:
         return self.mem_latency_s + np.asarray(nbytes, dtype=float) / (self.mem_bw_bytes_s * self.mem_efficiency)
 
 
+#: bytes per weight of the formats narrower than 16 bits, by :func:`base_dtype`
+NARROW_BYTES = {"fp8": 1.0, "int8": 1.0, "fp4": 0.5, "int4": 0.5, "int4_wo": 0.5}
+
+
 def base_dtype(dtype: str) -> str:
     """The datasheet peak a dtype's tensor cores run at: ``"fp8"`` for every fp8 variant
     (``fp8_block``), ``"fp4"`` for the 4-bit float formats (``nvfp4``, ``mxfp4``),
@@ -241,21 +245,48 @@ class KernelSet:
         g = self._frames.get("gemm")
         return sorted(g["dtype"].unique()) if g is not None else []
 
+    def weight_only(self, dtype: str) -> bool:
+        """Whether GEMMs of ``dtype`` run weight-only here: a format narrower than 16 bits
+        that the database did not measure and the device has no tensor cores for, while
+        bf16 GEMMs are measured. vLLM runs such checkpoints through its Marlin kernels
+        (fp8 on Ampere, 4-bit formats on Ampere and Hopper): the weights are read at their
+        own width, dequantised and multiplied in bf16."""
+        base = base_dtype(dtype)
+        have = self.gemm_dtypes()
+        return (dtype not in have and base in NARROW_BYTES and base not in self.sheet.peak_flops
+                and "bfloat16" in have)
+
     def gemm(self, m, n: int, k: int, dtype: str = "bfloat16") -> np.ndarray:
-        """Latency (s) of ``(m x k) @ (k x n)`` GEMMs for each ``m`` (array)."""
+        """Latency (s) of ``(m x k) @ (k x n)`` GEMMs for each ``m`` (array). A dtype run
+        weight-only (:meth:`weight_only`, source ``weight-only``) takes the measured bf16
+        GEMM less the time its 16-bit weights took to read beyond the narrow ones, but no
+        less than its multiplications (the bf16 GEMM's time where that is compute-bound:
+        FLOPs at the device's GEMM efficiency) and the memory time of the narrow weights
+        and bf16 activations — it reads narrow weights at small ``m`` and multiplies as
+        bf16 at large ``m``."""
         m = np.atleast_1d(np.asarray(m, dtype=float))
         frame = self._frames.get("gemm")
+        if self.weight_only(dtype):
+            t, _ = self._gemm_measured(frame, m, n, k, "bfloat16")
+            width = NARROW_BYTES[base_dtype(dtype)]
+            saved = self.sheet.memory_s(2.0 * k * n) - self.sheet.memory_s(width * k * n)
+            compute = np.minimum(t, 2.0 * m * n * k / (self.sheet.peak_flops["bfloat16"] * self.gemm_efficiency()))
+            self._count("gemm", np.full(len(m), "weight-only"))
+            return np.maximum.reduce([t - saved, compute,
+                                      self.sheet.memory_s(width * k * n + 2.0 * (m * k + m * n))])
         if frame is None or dtype not in set(frame["dtype"]):
             t = self._gemm_roofline(m, n, k, dtype)
             self._count("gemm", np.full(len(m), "roofline"))
             return t
+        t, src = self._gemm_measured(frame, m, n, k, dtype)
+        self._count("gemm", src)
+        return t
+
+    def _gemm_measured(self, frame, m, n: int, k: int, dtype: str):
         grid = self._grid(("gemm", dtype), lambda: LogGrid(
             frame.loc[frame["dtype"] == dtype, ["m", "n", "k"]].to_numpy(float),
             frame.loc[frame["dtype"] == dtype, "latency_s"].to_numpy(float)))
-        X = np.column_stack([m, np.full(len(m), n), np.full(len(m), k)])
-        t, src = grid.predict(X)
-        self._count("gemm", src)
-        return t
+        return grid.predict(np.column_stack([m, np.full(len(m), n), np.full(len(m), k)]))
 
     def gemm_efficiency(self) -> float:
         """Fraction of the datasheet peak the device's measured large GEMMs reach
@@ -278,7 +309,7 @@ class KernelSet:
         efficiency the device's measured GEMMs reach, or memory time if longer."""
         base = base_dtype(dtype)
         peak = self.sheet.peak_flops.get(base) or self.sheet.peak_flops["bfloat16"]
-        width = {"fp8": 1.0, "fp4": 0.5, "int8": 1.0}.get(base, 2.0)
+        width = NARROW_BYTES.get(base, 2.0)
         flops = 2.0 * m * n * k
         nbytes = width * (m * k + k * n) + 2.0 * m * n
         return np.maximum(flops / (peak * self.gemm_efficiency()), self.sheet.memory_s(nbytes))

@@ -187,6 +187,9 @@ class _Memo:
     def gemm_dtypes(self):
         return self.ks.gemm_dtypes()
 
+    def weight_only(self, dtype):
+        return self.ks.weight_only(dtype)
+
     def _call(self, name, *args):
         key = (name,) + tuple(np.asarray(a).tobytes() if isinstance(a, np.ndarray) else a for a in args)
         if key not in self._seen:

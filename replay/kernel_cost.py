@@ -74,17 +74,18 @@ W4A16 = "w4a16"
 TOKENS_PER_EXPERT_HALF = "tokens_per_expert_half"
 
 
-def weight_only_4bit(gemm_dtype: str, ks: KernelSet) -> bool:
-    """Whether ``gemm_dtype`` weights run weight-only here: a 4-bit format no GEMM table
-    of ``ks`` measures (bf16 multiplications of dequantised weights)."""
-    return gemm_dtype in WEIGHT_ONLY_4BIT and gemm_dtype not in ks.gemm_dtypes()
+def weight_only(gemm_dtype: str, ks: KernelSet) -> bool:
+    """Whether experts of ``gemm_dtype`` run weight-only here (bf16 multiplications of
+    dequantised weights): a 4-bit format no GEMM table of ``ks`` measures, or any
+    format the device has no tensor cores for (:meth:`KernelSet.weight_only`)."""
+    return (gemm_dtype in WEIGHT_ONLY_4BIT and gemm_dtype not in ks.gemm_dtypes()) or ks.weight_only(gemm_dtype)
 
 
 def moe_rate_key(gemm_dtype: str, ks: KernelSet, efficiency: dict | None = None) -> str:
     """Which fused-MoE rate (:func:`moe_layer`'s ``efficiency``) experts of ``gemm_dtype``
-    take: :data:`W4A16` when they run weight-only at 4 bits — falling back on the bf16
+    take: :data:`W4A16` when they run weight-only (Marlin-style) — falling back on the bf16
     rate when ``efficiency`` is given and has none — else their compute dtype."""
-    if weight_only_4bit(gemm_dtype, ks):
+    if weight_only(gemm_dtype, ks):
         return W4A16 if efficiency is None or W4A16 in efficiency else "bfloat16"
     return base_dtype(gemm_dtype)
 
@@ -169,7 +170,7 @@ def moe_layer(ks: KernelSet, model: ModelConfig, tp: int, ep: int, gemm_dtype: s
     step_tokens = t * ep  # every TP rank sees the whole step's tokens
     pairs = np.maximum(t * k_top, 1.0)
     w = dtype_bytes(gemm_dtype)
-    compute_dtype = "bfloat16" if weight_only_4bit(gemm_dtype, ks) else gemm_dtype
+    compute_dtype = "bfloat16" if weight_only(gemm_dtype, ks) else gemm_dtype
     a = ACT_BYTES
     rate = None
     key = moe_rate_key(gemm_dtype, ks, efficiency)

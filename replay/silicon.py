@@ -351,7 +351,7 @@ def skip_reason(row: pd.Series, index: dict, kernels: KernelSet, configs: dict |
     if model.kv_lora_rank:
         return "multi-head latent attention"
     dt = measured_dtype(gemm_dtype(row, model), kernels)
-    if dt not in kernels.gemm_dtypes():
+    if dt not in kernels.gemm_dtypes() and not kernels.weight_only(dt):
         return f"no GEMM measurements for {dt}"
     tp = int(row["tp_size"])
     if model.num_heads % tp:

@@ -179,9 +179,12 @@ def test_kernel_set_answers_inside_measured_range_as_measured(shared_data):
     r = raw[(raw.gemm_dtype == "bfloat16") & (raw.n == 5120) & (raw.k == 5120) & (raw.m == 64)].iloc[0]
     assert ks.gemm([64], 5120, 5120, "bfloat16")[0] == pytest.approx(r.latency * 1e-3, rel=1e-9)
     assert ks.tally()["gemm"] == {"measured": 1}
-    # a dtype the database lacks falls back to the roofline, and says so
-    ks.gemm([64], 5120, 5120, "fp4")
+    # a dtype the database lacks falls back to the roofline when the device has tensor
+    # cores for it, and runs weight-only when it has none (fp4 on Hopper); each says so
+    ks.gemm([64], 5120, 5120, "int8")
     assert ks.tally()["gemm"]["roofline"] == 1
+    ks.gemm([64], 5120, 5120, "fp4")
+    assert ks.tally()["gemm"]["weight-only"] == 1
 
 
 def test_silicon_command_on_a_few_rows(shared_data, tmp_path):
@@ -489,3 +492,47 @@ def test_attention_dp_rows_count_users_per_rank_and_skip_dense_models(shared_dat
     assert skip_reason(pd.Series({**moe, "attention_dp_size": 2.0, "moe_ep_size": 8.0}), index, kernels) is None
     trt = pd.Series({**moe, "attention_dp_size": 2.0, "moe_ep_size": 8.0, "backend": "trtllm"})
     assert skip_reason(trt, index, kernels) == "attention data parallel (read only for vLLM rows)"
+
+
+def test_formats_without_tensor_cores_run_weight_only_gemms():
+    # a device with bf16 tensor cores only (an A100): fp8 / 4-bit checkpoints run through
+    # weight-only kernels — narrow weights read, bf16 multiplications
+    sheet = Datasheet(name="ampere-like", mem_bw_bytes_s=1e12, peak_flops={"bfloat16": 1e14},
+                      mem_efficiency=1.0, mem_latency_s=0.0)
+    m = np.array([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0])
+    n = k = 4096
+
+    def bf16(mm):  # the measured bf16 GEMM: the longer of its FLOPs and its bytes
+        return np.maximum(2 * mm * n * k / 1e14, (2 * n * k + 2 * (mm * k + mm * n)) / 1e12)
+
+    prof = pa.table({"operator": ["gemm"] * len(m), "dtype": ["bfloat16"] * len(m), "m": m,
+                     "n": [n] * len(m), "k": [k] * len(m), "latency_s": bf16(m)})
+    ks = KernelSet(prof, sheet)
+    assert ks.weight_only("fp8") and ks.weight_only("nvfp4") and not ks.weight_only("bfloat16")
+    fp8 = ks.gemm(m, n, k, "fp8")
+    # small m: one byte per weight read; large m: the bf16 multiplications
+    assert fp8[0] == pytest.approx((n * k + 2 * (k + n)) / 1e12, rel=1e-6)
+    assert fp8[-1] == pytest.approx(bf16(m[-1]), rel=1e-6)
+    assert np.all(fp8 <= bf16(m) + 1e-12) and np.all(np.diff(fp8) >= -1e-12)
+    assert ks.gemm(m[:1], n, k, "nvfp4")[0] == pytest.approx((0.5 * n * k + 2 * (k + n)) / 1e12, rel=1e-6)
+    assert ks.tally()["gemm"]["weight-only"] == len(m) + 1
+    # with fp8 tensor cores the format is not weight-only: an unmeasured dtype stays unmeasured
+    fp8_device = KernelSet(prof, Datasheet(name="hopper-like", mem_bw_bytes_s=1e12,
+                                           peak_flops={"bfloat16": 1e14, "fp8": 2e14}))
+    assert not fp8_device.weight_only("fp8") and fp8_device.weight_only("mxfp4")
+
+
+def test_fp8_rows_on_a_device_without_fp8_are_predicted_weight_only(shared_data):
+    from replay.silicon import model_index, skip_reason
+    from traces.readers.aiconfigurator import read_kernel_db, read_system_yaml
+
+    a100 = shared_data / "profiles/aiconfigurator/a100_sxm"
+    sheet = Datasheet.from_aiconfigurator("a100_sxm", read_system_yaml(a100))
+    kernels = KernelSet(read_kernel_db(a100, hardware="a100_sxm", framework="vllm"), sheet)
+    assert kernels.gemm_dtypes() == ["bfloat16"] and "fp8" not in sheet.peak_flops
+    rows = read_silicon(shared_data / SILICON)
+    llama = rows[(rows.system == "h100_sxm") & (rows.backend == "vllm")
+                 & (rows.model_path == "meta-llama/Llama-3.1-70B")]
+    assert set(llama["gemm_quant_mode"]) == {"fp8"}
+    index = model_index(shared_data / "models")
+    assert {skip_reason(r, index, kernels) for _, r in llama.iterrows()} == {None}
