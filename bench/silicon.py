@@ -52,7 +52,8 @@ def main() -> int:
     import pandas as pd
 
     systems = set(pd.read_csv(SILICON, usecols=["system"])["system"])
-    attention_dp_pairs(pd.read_csv(SILICON), args.backend)
+    if args.backend == "vllm":  # the engine whose attention-DP rows mist silicon reads
+        attention_dp_pairs(pd.read_csv(SILICON))
     print(f"{'system':10s} {'rows':>5s} {'pred':>5s} {'TTFT MAPE':>9s} {'med':>6s} {'bias':>7s} "
           f"{'TPOT MAPE':>9s} {'med':>6s} {'bias':>7s} {'wall s':>7s}")
     for folder in sorted(p for p in KERNELS.iterdir() if p.is_dir()):
@@ -105,22 +106,25 @@ def main() -> int:
     return 0
 
 
-def attention_dp_pairs(table, backend: str) -> None:
-    """Measured TTFT and TPOT of attention-DP rows (D ranks, ``batch_size`` b) over those
-    of the row of the same system, model, precision, GPUs, lengths and engine version
-    without attention DP, experts over the TP ranks, at concurrency D x b."""
+def attention_dp_pairs(table) -> None:
+    """Measured TTFT and TPOT of vLLM attention-DP rows (D ranks, ``batch_size`` b) over
+    those of the row of the same system, model, precision, GPU count (``tp_size``, as
+    vLLM's rows are labelled), lengths and engine version without attention DP, experts
+    over the TP ranks, at concurrency D x b. Rows the file holds twice (same keys and
+    measurements) are counted once."""
 
-    t = table[(table["backend"] == backend) & (table["mode"] == "agg")].copy()
+    t = table[(table["backend"] == "vllm") & (table["mode"] == "agg")].copy()
     t["dp"] = t["attention_dp_size"].fillna(1)
     keys = ["system", "model_path", "precision", "tp_size", "isl", "osl", "backend_version"]
+    t = t.drop_duplicates(keys + ["dp", "batch_size", "moe_ep_size", "silicon_ttft_ms", "silicon_tpot_ms"])
     dp = t[t["dp"] > 1].assign(conc=lambda d: d["batch_size"] * d["dp"])
     plain = t[(t["dp"] == 1) & (t["moe_ep_size"] == t["tp_size"])].rename(columns={"batch_size": "conc"})
     plain = plain.groupby(keys + ["conc"], dropna=False)[["silicon_ttft_ms", "silicon_tpot_ms"]].median()
     pairs = dp.merge(plain.reset_index(), on=keys + ["conc"], suffixes=("", "_plain"))
     if pairs.empty:
         return
-    print(f"attention-DP rows ({backend}) against the same deployment without it at D x batch, "
-          "measured / measured:")
+    print("vLLM attention-DP rows against the same deployment without it at D x batch, "
+          "measured / measured (distinct rows):")
     for (system, model), g in pairs.groupby(["system", "model_path"]):
         ttft = g["silicon_ttft_ms"] / g["silicon_ttft_ms_plain"]
         tpot = g["silicon_tpot_ms"] / g["silicon_tpot_ms_plain"]
@@ -144,7 +148,7 @@ def decomposition(rows) -> None:
     import numpy as np
 
     out = []
-    keys = ["model", "tp", "concurrency", "isl"]
+    keys = ["model", "tp", "attention_dp", "concurrency", "isl"]
     for key, g in rows.groupby(keys):
         g = g.sort_values("osl")
         if len(g) < 2:
@@ -152,9 +156,9 @@ def decomposition(rows) -> None:
         lo, hi = g.iloc[0], g.iloc[-1]
         if lo["osl"] == hi["osl"]:
             continue
-        c = key[2] - 1
-        x = c / (lo["osl"] - 1) - c / (hi["osl"] - 1)
         rec = dict(zip(keys, key))
+        c = rec["concurrency"] - 1
+        x = c / (lo["osl"] - 1) - c / (hi["osl"] - 1)
         for name, col in (("meas", "tpot_ms"), ("sim", "pred_tpot_ms")):
             stall = (lo[col] - hi[col]) / x
             rec[f"{name}_S"], rec[f"{name}_d"] = stall, hi[col] - c * stall / (hi["osl"] - 1)

@@ -30,12 +30,12 @@ them. Each rank's attention and dense layers run on ``tp_size / D`` GPUs for its
 requests; the composition runs them tensor-parallel over all ``tp_size`` GPUs for all
 the requests instead — the same FLOPs, KV bytes and expert traffic per GPU, without
 the D-fold copy of the dense weights each rank reads (a few % of an MoE model's decode
-step). The shared rows support the reading: every attention-DP row's TTFT and TPOT
-match, within a few %, the plain tensor + expert parallel row at D x its batch
-(``python bench/silicon.py`` prints the pairs). Dense models with attention DP are
-skipped, and so are other engines' attention-DP rows: TensorRT-LLM's differ from its
-plain rows at D x the batch (TPOT about half, TTFT 1.6 x), so they are a deployment of
-their own.
+step). The shared rows support the reading: paired with the plain tensor + expert
+parallel row at D x its batch, the attention-DP rows' measured TTFT and TPOT ratios
+have medians 1.00-1.02 and P10-P90 within about 10 % (``python bench/silicon.py``
+prints the pairs). Dense models with attention DP are skipped, and so are other
+engines' attention-DP rows, which are labelled another way (TensorRT-LLM's: ``tp_size``
+1, D ranks on D GPUs) and have no such check.
 
 Engine settings the rows do not carry are vLLM's defaults for its OpenAI server
 (``vllm/engine/arg_utils.py``, ``get_batch_defaults``): a token budget of 8192 and

@@ -536,3 +536,15 @@ def test_fp8_rows_on_a_device_without_fp8_are_predicted_weight_only(shared_data)
     assert set(llama["gemm_quant_mode"]) == {"fp8"}
     index = model_index(shared_data / "models")
     assert {skip_reason(r, index, kernels) for _, r in llama.iterrows()} == {None}
+    # and predicted: decode reads one byte per weight, so it beats the same row in bf16,
+    # but no more than the halved weight reads allow
+    from profiles.model import load_model_config
+    from replay.silicon import find_model, predict_row
+
+    row = llama[llama.tp_size == 8].sort_values(["batch_size", "isl", "osl"]).iloc[0]
+    model = load_model_config(find_model(index, row["model_path"]))
+    fp8 = predict_row(row, model, kernels, requests_per_user=2)
+    assert kernels.tally()["gemm"]["weight-only"] > 0
+    bf16 = predict_row(pd.Series({**row, "gemm_quant_mode": "bfloat16", "precision": "bf16"}), model, kernels,
+                       requests_per_user=2)
+    assert 0.5 * bf16.tpot_ms < fp8.tpot_ms < bf16.tpot_ms
