@@ -182,8 +182,11 @@ def moe_layer(ks: KernelSet, model: ModelConfig, tp: int, ep: int, gemm_dtype: s
             rate = efficiency[key] * peak * per_expert / (per_expert + half)
     out = ks.gemm(np.maximum(step_tokens, 1.0), E, hid, "bfloat16")  # router, unquantised
     out = out + ks.elementwise(step_tokens * E * 4 * 2)  # scores, top-k
+    # weight-only experts on a device without tensor cores for their format: the GEMM
+    # table's bf16 time less its 16-bit weight reads (KernelSet.gemm); else the compute dtype
+    multiply_as = gemm_dtype if ks.weight_only(gemm_dtype) else compute_dtype
     for n, k in ((2 * width if model.mlp_matrices == 3 else width, hid), (hid, width)):
-        compute = ks.gemm(pairs, n, k, compute_dtype)
+        compute = ks.gemm(pairs, n, k, multiply_as)
         if rate is not None:
             compute = np.maximum(compute, 2.0 * pairs * n * k / rate)
         stream = ks.elementwise(np.maximum(h, 1.0) * n * k * w + pairs * (n + k) * a)
