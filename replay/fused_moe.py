@@ -37,7 +37,7 @@ from traces.io import read_yaml_object, write_yaml
 #: the efficiency a fit may return: shares of the datasheet peak in steps of 0.01
 GRID = np.round(np.arange(0.01, 1.0 + 1e-9, 0.01), 2)
 #: the tokens per expert at half rate a fit may return (0: one rate at every size)
-HALF_GRID = np.arange(0.0, 64.0 + 1e-9, 2.0)
+HALF_GRID = np.arange(0.0, 64.0 + 1e-9, 4.0)
 #: the fused-MoE efficiency ``mist silicon`` applies unless told otherwise
 DEFAULT_EFFICIENCY = Path(__file__).resolve().parents[1] / "profiles" / "fused_moe_efficiency.yaml"
 SERIES_KEYS = ("label", "dtype", "tp", "hidden_size", "moe_intermediate_size", "num_experts", "top_k",
@@ -243,7 +243,7 @@ def fit_efficiency(ks: KernelSet, system: str, source: str, series: list[Series]
     fitted_on = dict(note or {})
     fitted_on.update(source=source, by_dtype=report,
                      method="efficiency per dtype on a grid of 0.01 over (0, 1] and one tokens-per-expert "
-                            "half point on a grid of 2 over [0, 64], mean |log(composed / published)|")
+                            "half point on a grid of 4 over [0, 64], mean |log(composed / published)|")
     return FusedMoEEfficiency(system, eff, fitted_on, ks.sheet.sm_version, half)
 
 
