@@ -222,6 +222,8 @@ class KernelSet:
         df = self.profile.to_pandas()
         self._frames = {op: g for op, g in df.groupby("operator")}
         self._grids: dict = {}
+        g = self._frames.get("gemm")
+        self._gemm_dtypes = sorted(g["dtype"].unique()) if g is not None else []
 
     # -- helpers -------------------------------------------------------------
     def _count(self, family: str, src) -> None:
@@ -242,8 +244,7 @@ class KernelSet:
 
     # -- GEMM ----------------------------------------------------------------
     def gemm_dtypes(self) -> list[str]:
-        g = self._frames.get("gemm")
-        return sorted(g["dtype"].unique()) if g is not None else []
+        return list(self._gemm_dtypes)
 
     def weight_only(self, dtype: str) -> bool:
         """Whether GEMMs of ``dtype`` run weight-only here: a format narrower than 16 bits
@@ -252,7 +253,7 @@ class KernelSet:
         (fp8 on Ampere, 4-bit formats on Ampere and Hopper): the weights are read at their
         own width, dequantised and multiplied in bf16."""
         base = base_dtype(dtype)
-        have = self.gemm_dtypes()
+        have = self._gemm_dtypes
         return (dtype not in have and base in NARROW_BYTES and base not in self.sheet.peak_flops
                 and "bfloat16" in have)
 
@@ -274,7 +275,7 @@ class KernelSet:
             self._count("gemm", np.full(len(m), "weight-only"))
             return np.maximum.reduce([t - saved, compute,
                                       self.sheet.memory_s(width * k * n + 2.0 * (m * k + m * n))])
-        if frame is None or dtype not in set(frame["dtype"]):
+        if dtype not in self._gemm_dtypes:
             t = self._gemm_roofline(m, n, k, dtype)
             self._count("gemm", np.full(len(m), "roofline"))
             return t
