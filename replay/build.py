@@ -32,16 +32,22 @@ ALLREDUCE_LATENCY_S = 8e-6
 
 
 def kv_blocks(model: ModelConfig, memory_bytes: float, utilization: float, tp: int,
-              block_size: int, kv_dtype_bytes: float = 2.0, weight_dtype_bytes: float | None = None) -> int:
+              block_size: int, kv_dtype_bytes: float = 2.0, weight_dtype_bytes: float | None = None,
+              expert_ranks: int | None = None) -> int:
     """KV-cache blocks per replica, as vLLM sizes them.
 
-    ``memory * utilization - weights/tp - reserve`` per GPU, divided by the per-rank
+    ``memory * utilization - weights on one GPU - reserve``, divided by the per-rank
     KV bytes of one block (all layers). Weights at ``weight_dtype_bytes`` per
-    parameter (default: the config's ``torch_dtype``).
+    parameter (default: the config's ``torch_dtype``); a GPU holds ``1/tp`` of the
+    dense weights and ``1/expert_ranks`` of the routed experts (default ``tp``: experts
+    sharded like the rest; with expert parallelism over TP x DP ranks each data-parallel
+    replica keeps its own dense weights but only its share of the experts).
     """
     if weight_dtype_bytes is None:
         weight_dtype_bytes = dtype_bytes(model.torch_dtype)
-    free = memory_bytes * utilization - model.weight_bytes(weight_dtype_bytes) / tp
+    experts = model.routed_expert_param_count() * weight_dtype_bytes
+    dense = model.weight_bytes(weight_dtype_bytes) - experts
+    free = memory_bytes * utilization - dense / tp - experts / max(expert_ranks or tp, tp)
     free -= NON_KV_RESERVE_BYTES
     per_block = model.kv_bytes_per_token(kv_dtype_bytes) / tp * block_size
     return max(0, int(free // per_block))
@@ -72,33 +78,40 @@ def expert_parallel(cfg: EngineConfig) -> int:
     return cfg.tensor_parallel * cfg.data_parallel if cfg.expert_parallel else 1
 
 
-def moe_table(moe: LatencyModel, model: ModelConfig, cfg: EngineConfig, link_bw_bytes_s: float,
-              link_latency_s: float) -> np.ndarray:
-    """One MoE layer's time (s) on one rank for a step of ``T`` tokens, ``T = 0..budget``.
+def dp_group(cfg: EngineConfig) -> int:
+    """Data-parallel ranks that run their MoE layers together: all of them with expert
+    parallelism (the experts are spread over every rank), else 1 (independent replicas)."""
+    return cfg.data_parallel if cfg.expert_parallel else 1
 
-    Tokens route to ``k`` of ``E`` experts. With expert parallelism over ``e`` ranks
-    (data-parallel ranks run their MoE layers in lockstep, each rank assumed as busy
-    as this one) a rank receives ``T * dp * k / e`` token-expert pairs for its
-    ``E / e`` experts, of which ``(E / e) * (1 - (1 - k/E) ** (T * dp))`` are hit; the
-    profile's ``moe(tokens, activated_experts)`` is looked up at the same pairs per
-    expert (``tokens = T * dp / e``). Dispatch and combine follow vLLM's default
-    expert-parallel exchange across data-parallel ranks (all-gather of the ranks'
-    hidden states, then reduce-scatter of the outputs): each moves the ``(dp - 1)``
-    other DP ranks' ``T`` hidden vectors through this rank's link. Within one DP
-    rank the TP ranks already hold every token, so expert parallelism over TP alone
-    (``dp = 1``) needs no exchange: the layer's TP all-reduce combines the experts'
-    outputs.
+
+def cuda_graph_limit(cfg: EngineConfig) -> int:
+    """Largest step (tokens) vLLM runs as a captured CUDA graph by default:
+    ``min(2 * max_num_seqs, 512, max_num_batched_tokens)`` (vLLM's default
+    ``max_cudagraph_capture_size`` without speculative decoding)."""
+    return min(2 * cfg.max_num_seqs, 512, cfg.max_num_batched_tokens)
+
+
+def moe_table(moe: LatencyModel, model: ModelConfig, cfg: EngineConfig) -> np.ndarray:
+    """One MoE layer's expert time (s) on one rank when ``G`` tokens reach the layer,
+    ``G = 0 .. ranks x budget`` (``ranks`` = :func:`dp_group`).
+
+    Tokens route to ``k`` of ``E`` experts. With expert parallelism over ``e = TP x DP``
+    ranks, vLLM's default exchange (all-gather of the DP ranks' hidden states, then
+    reduce-scatter of the outputs) hands every rank the ``G`` tokens of all DP ranks
+    together: a rank gets ``G * k / e`` token-expert pairs for its ``E / e`` experts, of
+    which ``(E / e) * (1 - (1 - k/E) ** G)`` are hit, and the profile's
+    ``moe(tokens, activated_experts)`` is looked up at the same pairs per expert
+    (``tokens = G / e``). Within one DP rank the TP ranks already hold every token, so
+    expert parallelism over TP alone needs no exchange (the layer's TP all-reduce
+    combines the experts' outputs) and ``G`` is the rank's own step. The exchange itself
+    is :meth:`replay.cost.StepCost.group_step_s`'s, since it depends on how the tokens are
+    spread over the ranks.
     """
     E, k = model.num_experts, max(model.num_experts_per_tok, 1)
     e = expert_parallel(cfg)
-    T = np.arange(cfg.max_num_batched_tokens + 1, dtype=float)
-    total = T * (cfg.data_parallel if cfg.expert_parallel else 1)
-    hit = (E / e) * (1.0 - (1.0 - k / E) ** total)
-    out = moe.predict(np.column_stack([total / e, np.maximum(hit, 1.0)]))
-    dp = cfg.data_parallel if cfg.expert_parallel else 1
-    if dp > 1:
-        moved = T * model.hidden_size * dtype_bytes(model.torch_dtype) * (dp - 1)
-        out += 2 * (link_latency_s + moved / link_bw_bytes_s)
+    G = np.arange(cfg.max_num_batched_tokens * dp_group(cfg) + 1, dtype=float)
+    hit = (E / e) * (1.0 - (1.0 - k / E) ** G)
+    out = moe.predict(np.column_stack([G / e, np.maximum(hit, 1.0)]))
     out[0] = 0.0
     return out
 
@@ -135,8 +148,18 @@ def build_step_cost(models: dict[str, LatencyModel], model: ModelConfig, cfg: En
                          for b in act_bytes])
     n_moe = model.num_moe_layers
     dense = once + model.num_layers * (layer + comm) + (model.num_layers - n_moe) * mlp
+    ranks = dp_group(cfg)
+    group = {}
     if n_moe:
-        dense = dense + n_moe * moe_table(models["moe"], model, cfg, link_bw_bytes_s, link_latency_s)
+        experts = n_moe * moe_table(models["moe"], model, cfg)
+        if ranks == 1:
+            dense = dense + experts
+        else:  # the DP ranks' MoE layers see all their tokens: costed per step of the group
+            hidden_bytes = model.hidden_size * dtype_bytes(model.torch_dtype)
+            group = dict(moe_s=tuple(experts.tolist()), data_parallel=ranks,
+                         exchange_s=n_moe * 2 * link_latency_s,
+                         exchange_s_per_token=n_moe * 2 * hidden_bytes / link_bw_bytes_s,
+                         graph_tokens=cuda_graph_limit(cfg))
     max_seqs = cfg.max_num_seqs + 1
     per_seq = integer_table(models["lm_head"], max_seqs) + integer_table(models["sampler"], max_seqs)
     return StepCost(
@@ -145,6 +168,7 @@ def build_step_cost(models: dict[str, LatencyModel], model: ModelConfig, cfg: En
         skew_alpha=skew.default if skew is not None else skew_alpha, skew=skew,
         overhead_s=cfg.step_overhead_s,
         host=GridLookup.from_model(models["step_overhead"]) if "step_overhead" in models else None,
+        **group,
     )
 
 
@@ -229,7 +253,9 @@ def engine_config(meta: dict, model: ModelConfig, memory_bytes=None, bundle_meta
         if memory is None:
             raise ReplayError("KV capacity unknown: the run gives no num_gpu_blocks and no device memory")
         weights, kv_bytes = served_dtype_bytes(model, kw.get("dtype"), kw.get("kv_cache_dtype"))
-        blocks = kv_blocks(model, memory, util, tp, block, kv_bytes, weights)
+        dp = int(kw.get("data_parallel_size") or 1)
+        blocks = kv_blocks(model, memory, util, tp, block, kv_bytes, weights,
+                           expert_ranks=tp * dp if kw.get("enable_expert_parallel") else tp)
     settings = dict(
         max_num_seqs=int(kw.get("max_num_seqs") or 256),
         max_num_batched_tokens=int(kw.get("max_num_batched_tokens") or 2048),

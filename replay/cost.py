@@ -10,6 +10,14 @@ layers takes::
 all multiplied by ``scale`` (drift correction: the machine's speed when the run
 was recorded relative to when it was profiled).
 
+Data-parallel ranks of an expert-parallel MoE model step together
+(:meth:`StepCost.group_step_s`): each rank's own layers as above without the MoE
+layers, and the MoE layers once for the group — their experts see every rank's
+tokens (vLLM all-gathers the DP ranks' hidden states before the experts and
+reduce-scatters after). When every rank's step is small enough to run as a CUDA graph
+vLLM pads all ranks to the largest one, so the experts then see ``ranks x largest``
+tokens; otherwise the ranks' own token counts.
+
 Dense ops are looked up by token count, ``lm_head``/``sampler`` by sequences (vLLM
 computes logits for the last scheduled token of every request in the step).
 Attention is looked up for the largest prefill chunk together with all decodes
@@ -52,6 +60,17 @@ class StepCost:
         Host time of a step outside the forward pass by (sequences, tokens).
     scale : float
         Multiplies every step's duration.
+    moe_s : tuple
+        Data-parallel expert-parallel groups only (else empty: the MoE layers are in
+        ``dense_s``): all MoE layers' expert time by the tokens of the whole group.
+    data_parallel : int
+        Ranks in the group (1: no group).
+    exchange_s, exchange_s_per_token : float
+        Expert exchange of all MoE layers (all-gather + reduce-scatter): a fixed cost
+        per step and the cost of each token a rank receives from the others.
+    graph_tokens : int
+        Largest step vLLM runs as a CUDA graph; steps of at most this many tokens on
+        every rank are padded to the largest rank's.
     """
 
     dense_s: tuple
@@ -63,6 +82,11 @@ class StepCost:
     overhead_s: float = 0.0
     host: GridLookup | None = None
     scale: float = 1.0
+    moe_s: tuple = ()
+    data_parallel: int = 1
+    exchange_s: float = 0.0
+    exchange_s_per_token: float = 0.0
+    graph_tokens: int = 0
 
     @cached_property
     def _decode_only(self) -> GridLookup:
@@ -111,3 +135,20 @@ class StepCost:
         if self.host is not None:
             t += self.host(num_seqs, num_tokens)
         return t * self.scale
+
+    def group_step_s(self, own_s: list, tokens: list) -> float:
+        """Duration (s) of one lockstep step of data-parallel ranks whose own steps
+        (:meth:`step_s`, MoE layers excluded) take ``own_s`` and schedule ``tokens``
+        (an idle rank: 0 s, 0 tokens). The group waits for its slowest rank and runs
+        the MoE layers on all ranks' tokens (see the module docs)."""
+        top = max(tokens)
+        if top == 0:
+            return max(own_s)
+        if top <= self.graph_tokens:  # padded to the largest rank (CUDA graphs)
+            total, received = top * len(tokens), top * (len(tokens) - 1)
+        else:
+            total = sum(tokens)
+            received = total - min(tokens)
+        moe = self.moe_s[total] if total < len(self.moe_s) else self.moe_s[-1] * total / (len(self.moe_s) - 1)
+        exchange = self.exchange_s + self.exchange_s_per_token * received
+        return max(own_s) + (moe + exchange) * self.scale

@@ -120,7 +120,9 @@ class Replay:
             for rep in group.members:
                 rep.current = None
             return []
-        d = max(self._duration(p) for p in plans)
+        own = [self._duration(p) for p in plans]
+        d = (self.cost.group_step_s(own, [p.num_tokens if p.items else 0 for p in plans])
+             if self.cost.moe_s else max(own))
         for rep, plan in zip(group.members, plans):
             rep.current = plan
             if plan.items or plan.preempted:

@@ -183,3 +183,24 @@ def test_check_profile_names_missing_operator():
     del models["sampler"]
     with pytest.raises(TraceError, match="sampler"):
         check_profile(models, _model(), 1, "p.parquet")
+
+
+def test_kv_blocks_with_experts_spread_over_data_parallel_ranks():
+    """A GPU of a DP x EP deployment keeps all the dense weights of its replica but only
+    its share of the routed experts (hand-computed)."""
+    from profiles.model import ModelConfig
+
+    moe = ModelConfig(name="tiny-moe", architecture="X", num_layers=2, hidden_size=64, num_heads=4,
+                      num_kv_heads=2, head_dim=16, intermediate_size=0, vocab_size=100, num_experts=16,
+                      num_experts_per_tok=2, moe_intermediate_size=32, tie_word_embeddings=False,
+                      torch_dtype="bfloat16", max_position_embeddings=1024)
+    experts = 2 * 16 * 3 * 64 * 32 * 2  # layers x experts x (gate, up, down) x h x i x bytes
+    assert moe.routed_expert_param_count() * 2 == experts
+    dense = moe.weight_bytes(2.0) - experts
+    mem = 4 * 2**30
+    block = moe.kv_bytes_per_token(2.0) * 16
+    spread = kv_blocks(moe, mem, 1.0, tp=1, block_size=16, expert_ranks=2)
+    assert spread == int((mem - dense - experts / 2 - NON_KV_RESERVE_BYTES) // block)
+    # without expert parallelism every rank holds every expert, as before
+    assert kv_blocks(moe, mem, 1.0, tp=1, block_size=16) == int((mem - dense - experts - NON_KV_RESERVE_BYTES) // block)
+    assert spread > kv_blocks(moe, mem, 1.0, tp=1, block_size=16)

@@ -36,23 +36,61 @@ def _moe_model():
 
 def test_moe_layer_without_expert_parallelism():
     cfg = EngineConfig(max_num_batched_tokens=64)
-    out = moe_table(_moe_model(), _model(), cfg, 1e9, 1e-5)
+    out = moe_table(_moe_model(), _model(), cfg)
     # 10 tokens, top-2 of 16: expected distinct experts 16 * (1 - (14/16)^10)
     hit = 16 * (1 - (14 / 16) ** 10)
     assert out[10] == pytest.approx(1e-4 * 10 + 1e-3 * hit)
     assert out[0] == 0.0
+    assert len(out) == 65  # indexed by the rank's own step
 
 
 def test_moe_layer_with_expert_parallelism_over_two_ranks():
     cfg = EngineConfig(max_num_batched_tokens=64, data_parallel=2, expert_parallel=True)
-    out = moe_table(_moe_model(), _model(), cfg, 1e9, 1e-5)
-    # T = 10 per rank, both ranks alike: 20 tokens in all; a rank holds 8 experts and gets
-    # 20 / 2 = 10 tokens' worth of pairs; hit = 8 * (1 - (14/16)^20);
-    # exchange: all-gather + reduce-scatter of the other rank's 10 hidden vectors
-    # (10 * 64 * 2 bytes = 1280 B) at 1 GB/s plus 10 us each
+    out = moe_table(_moe_model(), _model(), cfg)
+    # indexed by the tokens of both ranks together (up to 2 x 64): 20 tokens reach the
+    # layer; a rank holds 8 experts and gets 20 / 2 = 10 tokens' worth of pairs;
+    # hit = 8 * (1 - (14/16)^20)
+    assert len(out) == 129
     hit = 8 * (1 - (14 / 16) ** 20)
-    comm = 2 * (1e-5 + 1280 / 1e9)
-    assert out[10] == pytest.approx(1e-4 * 10 + 1e-3 * hit + comm)
+    assert out[20] == pytest.approx(1e-4 * 10 + 1e-3 * hit)
+
+
+def _group_cost(graph_tokens: int) -> StepCost:
+    attn = GridLookup.from_model(LatencyModel().fit(np.array([(0, 0, 0, 0), (1, 1, 1, 1)], float), [0.0, 0.0]))
+    return StepCost(dense_s=(0.0,), per_seq_s=(0.0,), attention=attn, num_layers=1,
+                    moe_s=tuple(1e-4 * g for g in range(1025)), data_parallel=2, exchange_s=1e-3,
+                    exchange_s_per_token=1e-5, graph_tokens=graph_tokens)
+
+
+def test_group_step_runs_the_experts_on_every_ranks_tokens():
+    # rank 0 prefills 300 tokens (own layers 0.2 s), rank 1 decodes 10 (0.05 s); too big
+    # for a CUDA graph, so no padding: the experts see 310 tokens and each rank receives
+    # the other's (the larger share, 300 tokens, bounds the exchange)
+    cost = _group_cost(graph_tokens=256)
+    assert cost.group_step_s([0.2, 0.05], [300, 10]) == pytest.approx(0.2 + 1e-4 * 310 + 1e-3 + 1e-5 * 300)
+    # both steps small enough for CUDA graphs: vLLM pads both ranks to 100 tokens
+    assert cost.group_step_s([0.1, 0.05], [100, 10]) == pytest.approx(0.1 + 1e-4 * 200 + 1e-3 + 1e-5 * 100)
+    # an idle group costs its ranks' own time and no exchange
+    assert cost.group_step_s([0.0, 0.0], [0, 0]) == 0.0
+
+
+def test_replay_charges_the_group_once_for_its_experts():
+    """Two requests on two lockstep ranks: the step lasts the slower rank's own layers plus
+    the experts over both ranks' tokens (hand-computed), not each rank's as if the other
+    were as busy."""
+    grid = [(c, k, d, kv) for c in (0, 512) for k in (0, 512) for d in (0, 64) for kv in (0, 512)]
+    attn = GridLookup.from_model(LatencyModel().fit(np.array(grid, float), np.zeros(len(grid))))
+    cost = StepCost(dense_s=tuple(1e-3 * t for t in range(513)), per_seq_s=tuple(0.0 for _ in range(65)),
+                    attention=attn, num_layers=1, moe_s=tuple(1e-4 * g for g in range(1025)),
+                    data_parallel=2, exchange_s=0.0, exchange_s_per_token=0.0, graph_tokens=16)
+    reqs = [Request(0, "a", 0.0, 100, 2), Request(1, "b", 0.0, 10, 2)]
+    cfg = EngineConfig(max_num_seqs=8, max_num_batched_tokens=512, num_gpu_blocks=64, data_parallel=2,
+                       expert_parallel=True, async_scheduling=False, enable_prefix_caching=False)
+    replay_requests(reqs, cfg, cost)
+    first = 0.100 + 1e-4 * 110  # own layers of the 100-token prompt; experts over 100 + 10 tokens
+    assert reqs[0].first_token_s == pytest.approx(first) and reqs[1].first_token_s == pytest.approx(first)
+    # second step: one decode token each (graph-sized, padded to 1 each: 2 tokens)
+    assert reqs[0].finished_s == pytest.approx(first + 0.001 + 1e-4 * 2)
 
 
 def _cost():
