@@ -23,32 +23,58 @@ from replay.request import Request
 from replay.skew import SkewAlpha
 from traces.errors import ReplayError, TraceError
 
-# Memory vLLM keeps outside weights and KV (activations of a max-size step, CUDA
-# graphs, NCCL/cuBLAS workspaces): a rule-of-thumb figure, bytes per GPU.
-NON_KV_RESERVE_BYTES = 3 * 2**30
+# Memory vLLM keeps outside weights and KV (:func:`non_kv_bytes`). Host-side figures
+# observed by ai-dynamo/aiconfigurator (systems/<gpu>.yaml, ``misc``, in
+# ../shared/data/profiles/aiconfigurator/h100_sxm.yaml): ``other_mem`` "increase from
+# 551MB to 3.5GB for safer deployment" (the observed 551 MB, before their planning margin)
+# and ``nccl_mem`` per TP degree.
+OTHER_NON_KV_BYTES = 551 * 2**20
+NCCL_BYTES = {1: 0, 2: 358612992, 4: 411041792}  # other TP degrees: the 4-GPU figure (8 GPUs measure the same)
 # Latency of one all-reduce launch (s): CUDA-graph captured NCCL / custom all-reduce
 # over PCIe/NVLink is of this order; bandwidth comes from the datasheet.
 ALLREDUCE_LATENCY_S = 8e-6
 
 
+def non_kv_bytes(model: ModelConfig, tp: int, max_num_batched_tokens: int, max_num_seqs: int,
+                 act_bytes: float = 2.0) -> float:
+    """Memory (bytes per GPU) vLLM keeps from the KV cache besides the weights.
+
+    vLLM sizes the KV cache after a profiling forward of a full token budget and a dummy
+    sampler run over ``max_num_seqs`` rows; what it keeps back is that run's activation
+    peak plus non-torch allocations. Here: the larger of the widest transient of one
+    layer over the budget (gate/up output, activation output and the residual stream:
+    ``T * (3 * w / tp + h)`` at ``act_bytes``, ``w`` the MLP width or ``top_k *
+    moe_intermediate_size``) and the sampler's fp32 logits and probabilities (``2 * S *
+    vocab * 4``), plus :data:`OTHER_NON_KV_BYTES` and the NCCL buffers of
+    :data:`NCCL_BYTES`.
+    """
+    width = max(model.intermediate_size, model.num_experts_per_tok * model.moe_intermediate_size)
+    layer = max_num_batched_tokens * (3 * width / tp + model.hidden_size) * act_bytes
+    sampler = 2 * min(max_num_seqs, max_num_batched_tokens) * model.vocab_size * 4
+    nccl = NCCL_BYTES.get(tp, NCCL_BYTES[4])
+    return max(layer, sampler) + OTHER_NON_KV_BYTES + nccl
+
+
 def kv_blocks(model: ModelConfig, memory_bytes: float, utilization: float, tp: int,
               block_size: int, kv_dtype_bytes: float = 2.0, weight_dtype_bytes: float | None = None,
-              expert_ranks: int | None = None) -> int:
+              expert_ranks: int | None = None, max_num_batched_tokens: int = 2048,
+              max_num_seqs: int = 256) -> int:
     """KV-cache blocks per replica, as vLLM sizes them.
 
-    ``memory * utilization - weights on one GPU - reserve``, divided by the per-rank
-    KV bytes of one block (all layers). Weights at ``weight_dtype_bytes`` per
-    parameter (default: the config's ``torch_dtype``); a GPU holds ``1/tp`` of the
-    dense weights and ``1/expert_ranks`` of the routed experts (default ``tp``: experts
-    sharded like the rest; with expert parallelism over TP x DP ranks each data-parallel
-    replica keeps its own dense weights but only its share of the experts).
+    ``memory * utilization - weights on one GPU - non-KV memory`` (:func:`non_kv_bytes`
+    for the engine's token budget and sequence cap), divided by the per-rank KV bytes
+    of one block (all layers). Weights at ``weight_dtype_bytes`` per parameter (default:
+    the config's ``torch_dtype``); a GPU holds ``1/tp`` of the dense weights and
+    ``1/expert_ranks`` of the routed experts (default ``tp``: experts sharded like the
+    rest; with expert parallelism over TP x DP ranks each data-parallel replica keeps its
+    own dense weights but only its share of the experts).
     """
     if weight_dtype_bytes is None:
         weight_dtype_bytes = dtype_bytes(model.torch_dtype)
     experts = model.routed_expert_param_count() * weight_dtype_bytes
     dense = model.weight_bytes(weight_dtype_bytes) - experts
     free = memory_bytes * utilization - dense / tp - experts / max(expert_ranks or tp, tp)
-    free -= NON_KV_RESERVE_BYTES
+    free -= non_kv_bytes(model, tp, max_num_batched_tokens, max_num_seqs)
     per_block = model.kv_bytes_per_token(kv_dtype_bytes) / tp * block_size
     return max(0, int(free // per_block))
 
@@ -255,7 +281,9 @@ def engine_config(meta: dict, model: ModelConfig, memory_bytes=None, bundle_meta
         weights, kv_bytes = served_dtype_bytes(model, kw.get("dtype"), kw.get("kv_cache_dtype"))
         dp = int(kw.get("data_parallel_size") or 1)
         blocks = kv_blocks(model, memory, util, tp, block, kv_bytes, weights,
-                           expert_ranks=tp * dp if kw.get("enable_expert_parallel") else tp)
+                           expert_ranks=tp * dp if kw.get("enable_expert_parallel") else tp,
+                           max_num_batched_tokens=int(kw.get("max_num_batched_tokens") or 2048),
+                           max_num_seqs=int(kw.get("max_num_seqs") or 256))
     settings = dict(
         max_num_seqs=int(kw.get("max_num_seqs") or 256),
         max_num_batched_tokens=int(kw.get("max_num_batched_tokens") or 2048),

@@ -60,9 +60,12 @@ def link_from(cluster: dict | None, hardware: Hardware | None) -> Link:
 
 
 def device_memory(cluster: dict | None, hardware: Hardware | None) -> float:
-    """GPU memory (bytes): ``cluster.json`` npu_mem.mem_size (GB) or the datasheet."""
+    """GPU memory (bytes): ``cluster.json`` npu_mem.mem_size or the datasheet.
+
+    ``mem_size`` is the device's memory as vendors label it ("24 GB" for an RTX 4090,
+    which reports 24,564 MiB): binary gigabytes, 2**30 bytes."""
     try:
-        return float(cluster["nodes"][0]["instances"][0]["npu_mem"]["mem_size"]) * 1e9
+        return float(cluster["nodes"][0]["instances"][0]["npu_mem"]["mem_size"]) * 2**30
     except (KeyError, IndexError, TypeError):
         pass
     if hardware is None:

@@ -11,11 +11,12 @@ from calibrate.estimator import LatencyModel
 from calibrate.lookup import GridLookup
 from profiles.model import ModelConfig
 from replay.build import (
-    NON_KV_RESERVE_BYTES,
+    OTHER_NON_KV_BYTES,
     allreduce_s,
     build_step_cost,
     check_profile,
     kv_blocks,
+    non_kv_bytes,
 )
 from replay.config import EngineConfig
 from replay.cost import StepCost
@@ -120,19 +121,35 @@ def test_tiny_model_sizes_by_hand():
     assert m.kv_bytes_per_token(2.0) == 256
 
 
+def test_non_kv_memory_closed_form():
+    m = _model()  # hidden 64, MLP 128, vocab 100
+    # layer transient over 2048 tokens: 2048 * (3 * 128 + 64) * 2 bytes = 1835008; sampler
+    # over 256 rows: 2 * 256 * 100 * 4 = 204800; the larger plus 551 MiB, no NCCL at TP 1
+    assert non_kv_bytes(m, 1, 2048, 256) == 1835008 + 551 * 2**20
+    # TP 2 halves the MLP part and adds the 2-GPU NCCL buffers (358612992 bytes)
+    assert non_kv_bytes(m, 2, 2048, 256) == 2048 * (3 * 64 + 64) * 2 + 551 * 2**20 + 358612992
+    # a sampler over many rows of a large vocabulary can be the peak
+    big = ModelConfig(**{**m.__dict__, "vocab_size": 100000})
+    assert non_kv_bytes(big, 1, 2048, 256) == 2 * 256 * 100000 * 4 + 551 * 2**20
+    assert OTHER_NON_KV_BYTES == 551 * 2**20
+
+
 def test_kv_blocks_closed_form():
     m = _model()
     mem = 4 * 2**30
-    # tp=1: free = 4 GiB - 160896 - 3 GiB = 1073580928 bytes; a block = 256 * 16 = 4096
-    # bytes -> floor(262104.7) = 262104 blocks.
-    assert kv_blocks(m, mem, 1.0, tp=1, block_size=16) == (mem - 160896 - NON_KV_RESERVE_BYTES) // 4096
-    assert kv_blocks(m, mem, 1.0, tp=1, block_size=16) == 262104
-    # tp=2: weights and KV both split: free = 4 GiB - 80448 - 3 GiB, block = 2048 bytes.
-    assert kv_blocks(m, mem, 1.0, tp=2, block_size=16) == 524248
-    # utilization 0.5 of 8 GiB is the same 4 GiB.
-    assert kv_blocks(m, 8 * 2**30, 0.5, tp=1, block_size=16) == 262104
+    reserve = non_kv_bytes(m, 1, 2048, 256)
+    # tp=1: free = 4 GiB - 160896 weight bytes - reserve; a block = 256 * 16 = 4096 bytes
+    assert kv_blocks(m, mem, 1.0, tp=1, block_size=16) == (mem - 160896 - reserve) // 4096
+    # tp=2: weights and KV both split, the reserve is TP 2's
+    reserve2 = non_kv_bytes(m, 2, 2048, 256)
+    assert kv_blocks(m, mem, 1.0, tp=2, block_size=16) == int((mem - 80448 - reserve2) // 2048)
+    # utilization 0.5 of 8 GiB is the same 4 GiB
+    assert kv_blocks(m, 8 * 2**30, 0.5, tp=1, block_size=16) == kv_blocks(m, mem, 1.0, tp=1, block_size=16)
+    # the engine's budget and sequence cap size the reserve
+    assert kv_blocks(m, mem, 1.0, tp=1, block_size=16, max_num_batched_tokens=8192) == int(
+        (mem - 160896 - non_kv_bytes(m, 1, 8192, 256)) // 4096)
     # Not even the reserve fits: 0 blocks, never negative.
-    assert kv_blocks(m, 2**30, 0.9, tp=1, block_size=16) == 0
+    assert kv_blocks(m, 2**29, 0.9, tp=1, block_size=16) == 0
 
 
 def _linear(slope, xs=(1.0, 64.0)):
@@ -200,7 +217,19 @@ def test_kv_blocks_with_experts_spread_over_data_parallel_ranks():
     mem = 4 * 2**30
     block = moe.kv_bytes_per_token(2.0) * 16
     spread = kv_blocks(moe, mem, 1.0, tp=1, block_size=16, expert_ranks=2)
-    assert spread == int((mem - dense - experts / 2 - NON_KV_RESERVE_BYTES) // block)
+    reserve = non_kv_bytes(moe, 1, 2048, 256)
+    assert spread == int((mem - dense - experts / 2 - reserve) // block)
     # without expert parallelism every rank holds every expert, as before
-    assert kv_blocks(moe, mem, 1.0, tp=1, block_size=16) == int((mem - dense - experts - NON_KV_RESERVE_BYTES) // block)
+    assert kv_blocks(moe, mem, 1.0, tp=1, block_size=16) == int((mem - dense - experts - reserve) // block)
     assert spread > kv_blocks(moe, mem, 1.0, tp=1, block_size=16)
+
+
+def test_device_memory_is_binary():
+    """``cluster.json`` and the catalog give GPU memory as vendors label it: a "24 GB" RTX
+    4090 holds 24 GiB."""
+    from profiles.hardware import get_hardware
+    from replay.run import device_memory
+
+    cluster = {"nodes": [{"instances": [{"npu_mem": {"mem_size": 24}}]}]}
+    assert device_memory(cluster, None) == 24 * 2**30
+    assert device_memory(None, get_hardware("RTX4090")) == 24 * 2**30
