@@ -182,7 +182,7 @@ def build_step_cost(models: dict[str, LatencyModel], model: ModelConfig, cfg: En
             dense = dense + experts
         else:  # the DP ranks' MoE layers see all their tokens: costed per step of the group
             hidden_bytes = model.hidden_size * dtype_bytes(model.torch_dtype)
-            group = dict(moe_s=tuple(experts.tolist()), data_parallel=ranks,
+            group = dict(moe_s=tuple(experts.tolist()),
                          exchange_s=n_moe * 2 * link_latency_s,
                          exchange_s_per_token=n_moe * 2 * hidden_bytes / link_bw_bytes_s,
                          graph_tokens=cuda_graph_limit(cfg))

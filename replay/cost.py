@@ -63,8 +63,6 @@ class StepCost:
     moe_s : tuple
         Data-parallel expert-parallel groups only (else empty: the MoE layers are in
         ``dense_s``): all MoE layers' expert time by the tokens of the whole group.
-    data_parallel : int
-        Ranks in the group (1: no group).
     exchange_s, exchange_s_per_token : float
         Expert exchange of all MoE layers (all-gather + reduce-scatter): a fixed cost
         per step and the cost of each token a rank receives from the others.
@@ -83,7 +81,6 @@ class StepCost:
     host: GridLookup | None = None
     scale: float = 1.0
     moe_s: tuple = ()
-    data_parallel: int = 1
     exchange_s: float = 0.0
     exchange_s_per_token: float = 0.0
     graph_tokens: int = 0

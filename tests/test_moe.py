@@ -58,7 +58,7 @@ def test_moe_layer_with_expert_parallelism_over_two_ranks():
 def _group_cost(graph_tokens: int) -> StepCost:
     attn = GridLookup.from_model(LatencyModel().fit(np.array([(0, 0, 0, 0), (1, 1, 1, 1)], float), [0.0, 0.0]))
     return StepCost(dense_s=(0.0,), per_seq_s=(0.0,), attention=attn, num_layers=1,
-                    moe_s=tuple(1e-4 * g for g in range(1025)), data_parallel=2, exchange_s=1e-3,
+                    moe_s=tuple(1e-4 * g for g in range(1025)), exchange_s=1e-3,
                     exchange_s_per_token=1e-5, graph_tokens=graph_tokens)
 
 
@@ -82,7 +82,7 @@ def test_replay_charges_the_group_once_for_its_experts():
     attn = GridLookup.from_model(LatencyModel().fit(np.array(grid, float), np.zeros(len(grid))))
     cost = StepCost(dense_s=tuple(1e-3 * t for t in range(513)), per_seq_s=tuple(0.0 for _ in range(65)),
                     attention=attn, num_layers=1, moe_s=tuple(1e-4 * g for g in range(1025)),
-                    data_parallel=2, exchange_s=0.0, exchange_s_per_token=0.0, graph_tokens=16)
+                    exchange_s=0.0, exchange_s_per_token=0.0, graph_tokens=16)
     reqs = [Request(0, "a", 0.0, 100, 2), Request(1, "b", 0.0, 10, 2)]
     cfg = EngineConfig(max_num_seqs=8, max_num_batched_tokens=512, num_gpu_blocks=64, data_parallel=2,
                        expert_parallel=True, async_scheduling=False, enable_prefix_caching=False)
