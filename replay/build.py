@@ -253,20 +253,52 @@ def served_dtype_bytes(model: ModelConfig, dtype=None, kv_cache_dtype=None) -> t
     return weights, kv
 
 
+def recorded_engine(meta: dict) -> dict:
+    """Settings the engine itself resolved, as later LLMServingSim recordings store them
+    beside ``engine_kwargs`` (vLLM 0.28 runs: ``resolved_config`` and ``kv_cache``).
+
+    KV blocks are per engine (one DP rank): ``resolved_config.cache_config.kv_cache_size_tokens``
+    over the block size where given; else ``kv_cache.num_gpu_blocks``, which such a
+    recording sums over its data-parallel ranks (a DP 2 run stores 75,638 blocks beside
+    605,104 tokens of 16-token blocks per rank), so it is divided by ``data_parallel_size``.
+    """
+    out: dict = {}
+    cache = meta.get("kv_cache") if isinstance(meta.get("kv_cache"), dict) else {}
+    resolved = meta.get("resolved_config") if isinstance(meta.get("resolved_config"), dict) else {}
+    sched = resolved.get("scheduler_config") if isinstance(resolved.get("scheduler_config"), dict) else {}
+    rcache = resolved.get("cache_config") if isinstance(resolved.get("cache_config"), dict) else {}
+    for key in ("async_scheduling", "max_num_batched_tokens", "max_num_seqs"):
+        if sched.get(key) is not None:
+            out[key] = sched[key]
+    for key in ("block_size", "gpu_memory_utilization", "enable_prefix_caching"):
+        if cache.get(key) is not None:
+            out[key] = cache[key]
+    block = int(out.get("block_size") or 16)
+    tokens = rcache.get("kv_cache_size_tokens")
+    if tokens:
+        out["num_gpu_blocks"] = int(tokens) // block
+    elif cache.get("num_gpu_blocks"):
+        dp = int((meta.get("engine_kwargs") or {}).get("data_parallel_size") or 1)
+        out["num_gpu_blocks"] = int(cache["num_gpu_blocks"]) // dp
+    return out
+
+
 def engine_config(meta: dict, model: ModelConfig, memory_bytes=None, bundle_meta: dict | None = None,
                   **overrides) -> EngineConfig:
     """Engine settings of a run, most trusted source first.
 
     1. ``meta["engine_effective"]``: what the live engine reported (``mist record``
        writes it: block size, real KV block count, async scheduling …);
-    2. ``meta["engine_kwargs"]``: what the engine was asked for;
-    3. vLLM defaults: block size from the profile's engine or 16 (GPU), prefix caching
+    2. what the engine resolved, where a recording stores it (:func:`recorded_engine`);
+    3. ``meta["engine_kwargs"]``: what the engine was asked for;
+    4. vLLM defaults: block size from the profile's engine or 16 (GPU), prefix caching
        and chunked prefill on (v1), async scheduling on from vLLM 0.14, KV blocks
        sized from memory (``memory_bytes``: a number or a zero-argument callable,
        only evaluated when the run does not say).
     """
     # a setting given as null is vLLM's default (e.g. async_scheduling: None = "decide"), not off
     kw = {k: v for k, v in (meta.get("engine_kwargs") or {}).items() if v is not None}
+    kw.update({k: v for k, v in recorded_engine(meta).items() if v is not None})
     kw.update({k: v for k, v in (meta.get("engine_effective") or {}).items() if v is not None})
     eff = dict((bundle_meta or {}).get("engine_effective") or {})
     tp = int(kw.get("tensor_parallel_size") or 1)

@@ -59,11 +59,17 @@ def link_from(cluster: dict | None, hardware: Hardware | None) -> Link:
     return Link(64e9, ALLREDUCE_LATENCY_S, "default PCIe Gen5 x16")
 
 
-def device_memory(cluster: dict | None, hardware: Hardware | None) -> float:
-    """GPU memory (bytes): ``cluster.json`` npu_mem.mem_size or the datasheet.
+def device_memory(cluster: dict | None, hardware: Hardware | None, recorded: dict | None = None) -> float:
+    """GPU memory (bytes): what the engine's device reported, where the run recorded it
+    (``meta.json`` ``hardware.device_total_memory_bytes``, torch's total memory: the
+    figure vLLM sizes its cache against), else ``cluster.json`` npu_mem.mem_size, else
+    the datasheet.
 
     ``mem_size`` is the device's memory as vendors label it ("24 GB" for an RTX 4090,
     which reports 24,564 MiB): binary gigabytes, 2**30 bytes."""
+    total = (recorded or {}).get("device_total_memory_bytes") if isinstance(recorded, dict) else None
+    if isinstance(total, (int, float)) and total > 0:
+        return float(total)
     try:
         return float(cluster["nodes"][0]["instances"][0]["npu_mem"]["mem_size"]) * 2**30
     except (KeyError, IndexError, TypeError):
@@ -95,7 +101,8 @@ def prepare(meta: dict, bundle: Bundle, model: ModelConfig, hardware: Hardware |
             skew_buckets: bool = False, **overrides) -> tuple[EngineConfig, StepCost, dict]:
     """Engine settings and compiled step cost for a run; plus notes on where figures came from."""
     cluster = meta.get("cluster")
-    cfg = engine_config(meta, model, lambda: device_memory(cluster, hardware), bundle.meta, **overrides)
+    cfg = engine_config(meta, model, lambda: device_memory(cluster, hardware, meta.get("hardware")), bundle.meta,
+                        **overrides)
     if bundle.tp_degrees and cfg.tensor_parallel not in bundle.tp_degrees:
         raise TraceError(bundle.root, f"no tp{cfg.tensor_parallel}/ folder: the run uses tensor parallelism "
                                       f"{cfg.tensor_parallel}, the bundle was profiled at {bundle.tp_degrees}")

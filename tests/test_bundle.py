@@ -120,6 +120,31 @@ def test_async_scheduling_follows_the_engine_versions_default(shared_data, versi
     assert cfg.async_scheduling is expected and cfg.enable_prefix_caching is True
 
 
+def test_engine_settings_a_recording_resolved_win_over_what_it_asked_for(shared_data):
+    """Later LLMServingSim recordings (vLLM 0.28) store what the engine resolved: the
+    per-rank KV tokens, a block count summed over DP ranks, the scheduler's settings and
+    the device's memory. Those are used as recorded; ``engine_effective`` still wins."""
+    from replay.build import engine_config
+    from replay.run import device_memory
+
+    model = load_model_config(shared_data / "models/llmservingsim/meta-llama/Llama-3.1-8B.json")
+    kwargs = {"data_parallel_size": 2, "max_num_seqs": 128, "max_num_batched_tokens": 2048}
+    meta = {"vllm_version": "0.28.0", "engine_kwargs": kwargs,
+            "kv_cache": {"num_gpu_blocks": 75638, "block_size": 16, "gpu_memory_utilization": 0.92},
+            "resolved_config": {"scheduler_config": {"async_scheduling": False, "max_num_seqs": 64},
+                                "cache_config": {"num_gpu_blocks": 75638, "kv_cache_size_tokens": 605104}}}
+    cfg = engine_config(meta, model, 1.0)  # no memory to size from: the recorded count must be used
+    assert cfg.num_gpu_blocks == 605104 // 16 == 37819
+    assert (cfg.async_scheduling, cfg.max_num_seqs, cfg.max_num_batched_tokens) == (False, 64, 2048)
+    del meta["resolved_config"]["cache_config"]  # only the summed count: one rank holds half
+    assert engine_config(meta, model, 1.0).num_gpu_blocks == 75638 // 2
+    meta["engine_effective"] = {"num_gpu_blocks": 500}  # what the live engine reported wins
+    assert engine_config(meta, model, 1.0).num_gpu_blocks == 500
+    cluster = {"nodes": [{"instances": [{"npu_mem": {"mem_size": 96}}]}]}
+    assert device_memory(cluster, None, {"device_total_memory_bytes": 101976440832}) == 101976440832
+    assert device_memory(cluster, None, {"kind": "cpu"}) == 96 * 2**30  # mist record's CPU runs say none
+
+
 def test_kv_blocks_follow_the_served_dtypes(shared_data):
     from replay.build import engine_config, served_dtype_bytes
 
