@@ -58,24 +58,33 @@ def non_kv_bytes(model: ModelConfig, tp: int, max_num_batched_tokens: int, max_n
 def kv_blocks(model: ModelConfig, memory_bytes: float, utilization: float, tp: int,
               block_size: int, kv_dtype_bytes: float = 2.0, weight_dtype_bytes: float | None = None,
               expert_ranks: int | None = None, max_num_batched_tokens: int = 2048,
-              max_num_seqs: int = 256) -> int:
+              max_num_seqs: int = 256, expert_dtype_bytes: float | None = None) -> int:
     """KV-cache blocks per replica, as vLLM sizes them.
 
     ``memory * utilization - weights on one GPU - non-KV memory`` (:func:`non_kv_bytes`
     for the engine's token budget and sequence cap), divided by the per-rank KV bytes
-    of one block (all layers). Weights at ``weight_dtype_bytes`` per parameter (default:
-    the config's ``torch_dtype``); a GPU holds ``1/tp`` of the dense weights and
+    of one block. Weights at ``weight_dtype_bytes`` per parameter (default: the config's
+    ``torch_dtype``), the routed experts at ``expert_dtype_bytes`` when given (gpt-oss
+    keeps them in MXFP4); a GPU holds ``1/tp`` of the dense weights and
     ``1/expert_ranks`` of the routed experts (default ``tp``: experts sharded like the
     rest; with expert parallelism over TP x DP ranks each data-parallel replica keeps its
-    own dense weights but only its share of the experts).
+    own dense weights but only its share of the experts). A model that mixes
+    sliding-window and full-attention layers grows per token only in its full-attention
+    layers (a sliding layer keeps its window: vLLM's hybrid KV-cache manager), so only
+    those count per block.
     """
     if weight_dtype_bytes is None:
         weight_dtype_bytes = dtype_bytes(model.torch_dtype)
-    experts = model.routed_expert_param_count() * weight_dtype_bytes
-    dense = model.weight_bytes(weight_dtype_bytes) - experts
+    if expert_dtype_bytes is None:
+        expert_dtype_bytes = weight_dtype_bytes
+    experts = model.routed_expert_param_count() * expert_dtype_bytes
+    dense = model.weight_bytes(weight_dtype_bytes, expert_dtype_bytes) - experts
     free = memory_bytes * utilization - dense / tp - experts / max(expert_ranks or tp, tp)
     free -= non_kv_bytes(model, tp, max_num_batched_tokens, max_num_seqs)
-    per_block = model.kv_bytes_per_token(kv_dtype_bytes) / tp * block_size
+    growing = 1.0
+    if 0 < model.num_sliding_layers < model.num_layers:
+        growing = (model.num_layers - model.num_sliding_layers) / model.num_layers
+    per_block = model.kv_bytes_per_token(kv_dtype_bytes) * growing / tp * block_size
     return max(0, int(free // per_block))
 
 

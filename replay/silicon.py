@@ -57,7 +57,7 @@ import pandas as pd
 from calibrate.calibration import ape_summary, fit_operators
 from calibrate.kernels import Datasheet, KernelSet
 from profiles.model import ModelConfig, dtype_bytes, load_model_config
-from replay.build import async_by_default, build_step_cost, non_kv_bytes
+from replay.build import async_by_default, build_step_cost, kv_blocks
 from replay.closed_loop import client_lengths, run_benchmark_client, run_closed_loop
 from replay.config import EngineConfig
 from replay.cost import StepCost
@@ -405,19 +405,13 @@ def vllm_defaults(sheet: Datasheet) -> tuple[int, int]:
 
 
 def kv_blocks_for(model: ModelConfig, sheet: Datasheet, tp: int, dtype: str, experts: str | None = None) -> int:
-    """KV blocks per rank: memory left after the weights (``dtype``; routed experts in
-    ``experts`` when given) and vLLM's non-KV memory at its default token budget and
-    sequence cap (:func:`replay.build.non_kv_bytes`) over the KV bytes a block of tokens
-    holds. Sliding-window layers keep only their window, so only the full-attention
-    layers count per token (vLLM's hybrid KV-cache manager)."""
-    weights = model.weight_bytes(dtype_bytes(dtype), None if experts is None else dtype_bytes(experts)) / tp
+    """KV blocks per rank (:func:`replay.build.kv_blocks`) on the datasheet's memory at
+    vLLM's default utilisation, token budget and sequence cap, weights in ``dtype``
+    (routed experts in ``experts`` when given) and a 16-bit KV cache."""
     budget, max_seqs = vllm_defaults(sheet)
-    free = sheet.memory_bytes * GPU_MEMORY_UTILIZATION - weights - non_kv_bytes(model, tp, budget, max_seqs)
-    growing = 1.0
-    if 0 < model.num_sliding_layers < model.num_layers:
-        growing = (model.num_layers - model.num_sliding_layers) / model.num_layers
-    per_block = model.kv_bytes_per_token(2.0) * growing / tp * BLOCK_SIZE
-    return max(0, int(free // per_block))
+    return kv_blocks(model, sheet.memory_bytes, GPU_MEMORY_UTILIZATION, tp, BLOCK_SIZE, 2.0, dtype_bytes(dtype),
+                     max_num_batched_tokens=budget, max_num_seqs=max_seqs,
+                     expert_dtype_bytes=None if experts is None else dtype_bytes(experts))
 
 
 def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests_per_user: int | None = None,

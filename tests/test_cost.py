@@ -222,6 +222,25 @@ def test_kv_blocks_with_experts_spread_over_data_parallel_ranks():
     # without expert parallelism every rank holds every expert, as before
     assert kv_blocks(moe, mem, 1.0, tp=1, block_size=16) == int((mem - dense - experts - reserve) // block)
     assert spread > kv_blocks(moe, mem, 1.0, tp=1, block_size=16)
+    # experts stored in 4 bits (gpt-oss's MXFP4) take a quarter of their bf16 bytes
+    assert kv_blocks(moe, mem, 1.0, tp=1, block_size=16, expert_dtype_bytes=0.5) == int(
+        (mem - dense - experts / 4 - reserve) // block)
+
+
+def test_kv_blocks_count_only_full_attention_layers_of_a_hybrid_model():
+    """With one of two layers sliding-window, a token's KV grows in one layer only: a
+    block costs half as much (vLLM's hybrid KV-cache manager); an all-sliding model
+    counts every layer."""
+    from dataclasses import replace
+
+    m = _model(num_layers=2)
+    mem = 4 * 2**30
+    free = mem - m.weight_bytes(2.0) - non_kv_bytes(m, 1, 2048, 256)
+    full_block = m.kv_bytes_per_token(2.0) * 16
+    hybrid = replace(m, sliding_window=128, num_sliding_layers=1)
+    assert kv_blocks(hybrid, mem, 1.0, tp=1, block_size=16) == int(free // (full_block / 2))
+    assert kv_blocks(replace(m, sliding_window=128, num_sliding_layers=2), mem, 1.0, tp=1, block_size=16) == int(
+        free // full_block)
 
 
 def test_device_memory_is_binary():
