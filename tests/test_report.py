@@ -96,3 +96,26 @@ def test_report_with_real_timeseries(tmp_path, shared_data):
     ts = pd.read_csv(shared_data / "vllm-runs/RTXPRO6000/Llama-3.1-8B/timeseries.csv")
     _write(tmp_path, timeseries=ts)
     assert (tmp_path / "queue.png").stat().st_size > 1000
+
+
+def test_kv_panel_sums_replicas_over_their_capacity(tmp_path):
+    """The KV panel's simulated line is the blocks held by all replicas over all their
+    blocks (each replica holding its last value between its steps); a timeseries whose
+    kv_cache_pct is 0 at every tick counts as not recorded."""
+    from validate.cmd_validate import kv_note
+    from validate.report import kv_usage_pct, measured_kv_pct, plot_queue
+
+    steps = pd.DataFrame({"replica": [0, 1, 0, 1], "start_s": [0.0, 0.5, 1.0, 1.5],
+                          "num_running": 1, "num_waiting": 0, "kv_blocks_used": [10, 30, 50, 20]})
+    pct = kv_usage_pct(steps, 200)  # two replicas of 100 blocks
+    assert pct.to_dict() == {0.0: 5.0, 0.5: 20.0, 1.0: 40.0, 1.5: 35.0}
+    ts = pd.DataFrame({"t": [1.0, 2.0], "running": [1, 1], "waiting": [0, 0], "kv_cache_pct": [0.0, 0.0]})
+    assert measured_kv_pct(ts) is None and measured_kv_pct(ts.drop(columns="kv_cache_pct")) is None
+    assert kv_note(steps, ts, 100, 2).startswith("KV cache (100 blocks per engine x 2): simulated peak 40.0 %; "
+                                                 "measured: not recorded")
+    ts["kv_cache_pct"] = [12.5, 30.0]
+    assert measured_kv_pct(ts).tolist() == [12.5, 30.0]
+    assert kv_note(steps, ts, 100, 2).endswith("measured peak 30.0 % (timeseries kv_cache_pct).")
+    assert len(plot_queue(steps, ts, 200).axes) == 3 and len(plot_queue(steps, ts).axes) == 2
+    _write(tmp_path, steps=steps, timeseries=ts, kv_capacity=200)
+    assert "Queue depth and KV cache over time" in (tmp_path / "report.md").read_text()

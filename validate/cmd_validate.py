@@ -61,6 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 #: the columns of a run's ``timeseries.csv`` the report plots (1 s ticks of the engine)
 TIMESERIES_COLUMNS = ("t", "running", "waiting")
+#: plotted when present: the KV cache in use, % (vLLM's kv_cache_usage gauge x 100)
+OPTIONAL_TIMESERIES_COLUMNS = ("kv_cache_pct",)
 
 
 def _timeseries(meta: dict, requests_meta: dict) -> pd.DataFrame | None:
@@ -76,7 +78,7 @@ def _timeseries(meta: dict, requests_meta: dict) -> pd.DataFrame | None:
     missing = [c for c in TIMESERIES_COLUMNS if c not in ts.columns]
     if missing:
         raise TraceError(path, f"missing columns {missing}")
-    for col in TIMESERIES_COLUMNS:
+    for col in TIMESERIES_COLUMNS + tuple(c for c in OPTIONAL_TIMESERIES_COLUMNS if c in ts.columns):
         values = pd.to_numeric(ts[col], errors="coerce")
         bad = values.isna().to_numpy().nonzero()[0]
         if len(bad):
@@ -86,6 +88,18 @@ def _timeseries(meta: dict, requests_meta: dict) -> pd.DataFrame | None:
         start = datetime.fromisoformat(str(meta["started_at"]).replace("Z", "+00:00")).timestamp()
         ts["t"] = ts["t"] + (start - float(origin))
     return ts
+
+
+def kv_note(steps: pd.DataFrame, timeseries: pd.DataFrame | None, blocks: int, replicas: int) -> str:
+    """One report line: peak KV-cache use, simulated and (where recorded) measured."""
+    from validate.report import kv_usage_pct, measured_kv_pct
+
+    sim = float(kv_usage_pct(steps, blocks * replicas).max()) if len(steps) and blocks else float("nan")
+    per = f"{blocks:,} blocks" + (f" per engine x {replicas}" if replicas > 1 else "")
+    measured = measured_kv_pct(timeseries)
+    meas = (f"measured peak {float(measured.max()):.1f} % (timeseries kv_cache_pct)" if measured is not None
+            else "measured: not recorded (the run's timeseries has no kv_cache_pct above 0)")
+    return f"KV cache ({per}): simulated peak {sim:.1f} %; {meas}."
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,7 +179,10 @@ def run(args: argparse.Namespace) -> int:
             lines.append("Errors without drift correction:\n\n" + format_table(uncorrected, markdown=True))
         intro = ("Error of each request split at the instant it was first scheduled: "
                  "queueing (waiting for admission) versus its own service (prefill and decode steps).\n\n")
-        path = write_report(args.out, aligned, metrics, steps=steps.to_pandas(),
+        steps_df = steps.to_pandas()
+        capacity = cfg.num_gpu_blocks * cfg.data_parallel
+        lines.append(kv_note(steps_df, timeseries, cfg.num_gpu_blocks, cfg.data_parallel))
+        path = write_report(args.out, aligned, metrics, steps=steps_df, kv_capacity=capacity,
                             timeseries=timeseries,
                             title=f"mist validate: {args.run.name}", notes=lines,
                             sections=[("Error attribution", intro + attribution_md(attribute(aligned)))])

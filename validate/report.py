@@ -116,24 +116,62 @@ def _replica_total(steps: pd.DataFrame, column: str) -> pd.Series:
     return wide.sort_index().ffill().fillna(0).sum(axis=1)
 
 
-def plot_queue(steps: pd.DataFrame | None, timeseries: pd.DataFrame | None) -> Figure:
-    """Running and waiting requests over time: simulated steps against measured ticks.
+def kv_usage_pct(steps: pd.DataFrame, capacity_blocks: int) -> pd.Series:
+    """Simulated KV-cache use over time (%): blocks held by requests, summed over
+    replicas, over ``capacity_blocks`` (all replicas' blocks). Freed blocks that stay
+    cached for prefix hits count as free, as in vLLM's ``kv_cache_usage`` gauge."""
+    return 100.0 * _replica_total(steps, "kv_blocks_used") / capacity_blocks
 
-    Simulated counts come from ``steps`` (``num_running``/``num_waiting`` at
-    ``start_s``, summed over replicas); measured ones from ``timeseries``
-    (``running``/``waiting`` at ``t``, s since the run start). The two clocks are
-    plotted as given: the caller must put both on one origin (``requests`` tables
-    start at the first arrival, vLLM's ``timeseries.csv`` at the benchmark start).
+
+def measured_kv_pct(timeseries: pd.DataFrame | None) -> pd.Series | None:
+    """The run's ``kv_cache_pct`` ticks, or None when it has none or reports 0 % at every
+    tick (a recorder that did not fill the column: a loaded engine never holds no KV)."""
+    if timeseries is None or "kv_cache_pct" not in timeseries or not len(timeseries):
+        return None
+    pct = timeseries["kv_cache_pct"]
+    return None if not (pct > 0).any() else pct
+
+
+def plot_queue(steps: pd.DataFrame | None, timeseries: pd.DataFrame | None,
+               kv_capacity: int | None = None) -> Figure:
+    """Running and waiting requests over time, and with ``kv_capacity`` (KV blocks of
+    all replicas) the KV cache in use (%): simulated steps against measured ticks.
+
+    Simulated counts come from ``steps`` (``num_running``/``num_waiting``/
+    ``kv_blocks_used`` at ``start_s``, summed over replicas); measured ones from
+    ``timeseries`` (``running``/``waiting``/``kv_cache_pct`` at ``t``, s since the run
+    start). The two clocks are plotted as given: the caller must put both on one origin
+    (``requests`` tables start at the first arrival, vLLM's ``timeseries.csv`` at the
+    benchmark start).
     """
-    fig, axes = _panels(2)
-    for ax, (sim_col, meas_col) in zip(axes, _QUEUE_COLUMNS, strict=True):
-        if timeseries is not None and len(timeseries):
-            ts = timeseries.sort_values("t", kind="mergesort")
+    with_kv = bool(kv_capacity) and steps is not None and "kv_blocks_used" in steps
+    fig, axes = _panels(3 if with_kv else 2)
+    ts = None
+    if timeseries is not None and len(timeseries):
+        ts = timeseries.sort_values("t", kind="mergesort")
+    for ax, (sim_col, meas_col) in zip(axes, _QUEUE_COLUMNS):
+        if ts is not None:
             ax.step(ts["t"], ts[meas_col], where="post", color=_MEAS, label="measured")
         if steps is not None and len(steps):
             total = _replica_total(steps, sim_col)
             ax.step(total.index, total.to_numpy(), where="post", color=_SIM, label="simulated")
         ax.set(xlabel="time (s)", ylabel=f"{meas_col} requests")
+    if with_kv:
+        ax = axes[2]
+        measured = measured_kv_pct(ts)
+        if measured is not None:
+            ax.step(ts["t"], measured, where="post", color=_MEAS, label="measured")
+        elif ts is not None:
+            ax.text(0.5, 0.04, "measured: not recorded (kv_cache_pct 0 at every tick)", transform=ax.transAxes,
+                    ha="center", va="bottom", fontsize=8, color=_MEAS)
+        top = float(measured.max()) if measured is not None else 0.0
+        if len(steps):
+            pct = kv_usage_pct(steps, kv_capacity)
+            ax.step(pct.index, pct.to_numpy(), where="post", color=_SIM, label="simulated")
+            top = max(top, float(pct.max()))
+        ax.set(xlabel="time (s)", ylabel=f"KV cache in use (% of {kv_capacity:,} blocks)")
+        ax.set_ylim(0, min(110.0, max(1.0, 1.15 * top)))  # room for the legend; a light load stays readable
+    for ax in axes:
         ax.grid(alpha=0.3)
         if ax.has_data():
             ax.legend(loc="upper right")
@@ -212,6 +250,7 @@ def write_report(
     *,
     steps: pd.DataFrame | None = None,
     timeseries: pd.DataFrame | None = None,
+    kv_capacity: int | None = None,
     title: str,
     notes=(),
     sections=(),
@@ -230,7 +269,10 @@ def write_report(
         Simulated ``steps`` table (times in s) for the queue-depth plot.
     timeseries : pandas.DataFrame, optional
         Measured engine ticks with columns ``t`` (s since run start), ``running``,
-        ``waiting``. The queue-depth plot is drawn when ``steps`` or this is given.
+        ``waiting`` (and optionally ``kv_cache_pct``). The queue-depth plot is drawn
+        when ``steps`` or this is given.
+    kv_capacity : int, optional
+        KV blocks of all replicas: adds the KV-cache use panel to the queue plot.
     title : str
         Report heading.
     notes : sequence of str, optional
@@ -251,7 +293,7 @@ def write_report(
         ("scatter.png", "Per-request simulated vs measured", lambda: plot_scatter(frame)),
     ]
     if steps is not None or timeseries is not None:
-        plots.append(("queue.png", "Queue depth over time", lambda: plot_queue(steps, timeseries)))
+        plots.append(("queue.png", "Queue depth and KV cache over time", lambda: plot_queue(steps, timeseries, kv_capacity)))
     plots.append(
         (
             "ape_vs_arrival.png",
