@@ -55,6 +55,23 @@ def test_moe_layer_with_expert_parallelism_over_two_ranks():
     assert out[20] == pytest.approx(1e-4 * 10 + 1e-3 * hit)
 
 
+def test_moe_layer_below_the_profiled_experts_scales_the_smallest_cell():
+    """A bundle's moe.csv starts at 1 token on top-k experts. With experts spread over
+    two ranks one token leaves a rank k/2 of them: the smallest cell scaled by the
+    experts hit (not the grid extended linearly, which reached ~0 on a real bundle)."""
+    pts = [(t, a) for t in (1, 2, 64) for a in (8, 16, 64) if a <= 8 * t]
+    per_expert = 6e-6  # s per expert hit, a little more per token
+    moe = LatencyModel().fit(np.array(pts, float), [per_expert * a + 1e-7 * t for t, a in pts])
+    model = ModelConfig(**{**_model().__dict__, "num_experts": 128, "num_experts_per_tok": 8})
+    cfg = EngineConfig(max_num_batched_tokens=64, tensor_parallel=2, expert_parallel=True)
+    out = moe_table(moe, model, cfg)
+    # G = 1: 0.5 tokens' pairs and 64 * (1 - (120/128)) = 4 experts on a rank
+    assert out[1] == pytest.approx((per_expert * 8 + 1e-7 * 1) * 4 / 8)
+    # G = 4: 2 tokens' pairs, 64 * (1 - (120/128)^4) = 14.6 experts: inside the grid, as before
+    hit = 64 * (1 - (120 / 128) ** 4)
+    assert out[4] == pytest.approx(moe.predict(np.array([[2.0, hit]]))[0])
+
+
 def _group_cost(graph_tokens: int) -> StepCost:
     attn = GridLookup.from_model(LatencyModel().fit(np.array([(0, 0, 0, 0), (1, 1, 1, 1)], float), [0.0, 0.0]))
     return StepCost(dense_s=(0.0,), per_seq_s=(0.0,), attention=attn, num_layers=1,
