@@ -40,16 +40,16 @@ class ClosedLoop(Replay):
         return Request(index, f"u{user}-{index}", t, self.isl, self.osl)
 
     def _on_step_end(self, now: float, group):
-        finished = [req for rep in group.members for req in rep.current.last]
-        events = super()._on_step_end(now, group)
-        for req in finished:
+        # the follow-ups are queued before the step's successor is planned, so that a
+        # replay coasting through quiet steps (Replay._coast) sees them coming
+        for req in [req for rep in group.members for req in rep.current.last]:
             user = self.user_of[req.index]
             if self.left[user] > 0:
                 self.left[user] -= 1
                 follow = self._new(user, now + self.think_s)
                 self.requests.append(follow)
-                events.append((follow.arrival_s, ARRIVAL, self._on_arrival, follow))
-        return events
+                self.loop.schedule(follow.arrival_s, ARRIVAL, self._on_arrival, follow)
+        return super()._on_step_end(now, group)
 
 
 @dataclass(frozen=True)
@@ -146,14 +146,12 @@ class BenchmarkClient(ClosedLoop):
         return Request(index, f"u{user}-{index}", t, int(isl), int(osl))
 
     def _on_step_end(self, now: float, group):
-        finished = [req for rep in group.members for req in rep.current.last]
-        events = Replay._on_step_end(self, now, group)
-        for req in finished:
+        for req in [req for rep in group.members for req in rep.current.last]:  # (as ClosedLoop's)
             if len(self.user_of) < len(self.lengths):
                 follow = self._new(self.user_of[req.index], now + self.think_s)
                 self.requests.append(follow)
-                events.append((follow.arrival_s, ARRIVAL, self._on_arrival, follow))
-        return events
+                self.loop.schedule(follow.arrival_s, ARRIVAL, self._on_arrival, follow)
+        return Replay._on_step_end(self, now, group)
 
 
 def run_benchmark_client(cfg: EngineConfig, cost: StepCost, users: int, lengths: np.ndarray) -> LoopSummary:

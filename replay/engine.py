@@ -29,6 +29,10 @@ class EventLoop:
         heapq.heappush(self._heap, (time_s, priority, self._seq, handler, payload))
         self._seq += 1
 
+    def next_time(self) -> float:
+        """Time (s) of the earliest pending event (infinity when none is left)."""
+        return self._heap[0][0] if self._heap else float("inf")
+
     def step(self) -> bool:
         """Process one event; return False when none is left."""
         if not self._heap:

@@ -88,6 +88,10 @@ class Replay:
         self.align = align_arrivals and cfg.async_scheduling and len(self.groups) == 1
         self.upcoming: list[Request] = []
         self.next_upcoming = 0
+        # one engine alone (no other group's events to interleave with): runs of quiet
+        # decode steps are stepped through without the event loop (:meth:`_coast`)
+        self.coast = len(self.groups) == 1 and len(self.replicas) == 1 and not self.align
+        self.coasted = 0  # steps run by _coast
 
     # -- planning -------------------------------------------------------------
     def _plan(self, rep: Replica, now: float) -> StepPlan:
@@ -155,9 +159,100 @@ class Replay:
         steps.append((len(steps), rep.index, now, d, len(plan.prefills), plan.num_tokens - n_decode, n_decode,
                       plan.kv_tokens, len(rep.running), len(rep.waiting), kv.num_blocks - len(kv.free), plan.preempted))
         group.busy = True
+        if (self.coast and not rep.waiting and n_decode == len(items) == len(rep.running)
+                and not plan.first and not plan.last and not plan.preempted
+                and self.loop.next_time() >= now + 2 * d):
+            return self._coast(group, rep, plan, now, d)
         if self.cfg.async_scheduling:
             if self.align:
                 self._take_early(now, now + d / 2)
+            rep.pending = self._plan(rep, now)
+        return [(now + d, STEP_END, self._on_step_end, group)]
+
+    def _coast(self, group: Group, rep: Replica, plan: StepPlan, now: float, d: float) -> list:
+        """Run quiet decode steps in a row, from the step ``plan`` starting at ``now``
+        (already logged, lasting ``d``), without the event loop or the scheduler's pass
+        over every request.
+
+        A step is quiet when every running request decodes one token, none samples its
+        first or last token, nothing waits and nothing is preempted: then the next plan
+        is the same requests one token further on, and a step's cost needs only their
+        count and KV-length sum, maximum and minimum. Coasting stops before a plan in
+        which a request would finish or KV blocks would run out, or at a step end that
+        an arrival precedes; the requests' token counts are then brought up to date and
+        the ordinary loop takes over. KV blocks are taken and their hashes committed in
+        the order :func:`replay.scheduler.plan_step` would (requests in running order,
+        allocations before commits), so the replay is the same event for event, bit for
+        bit. Coasting reads what is coming from the event loop, so an event a subclass
+        creates at a step end must be on the loop before the step's successor is planned
+        (:class:`replay.closed_loop.ClosedLoop` queues its follow-up requests first).
+        """
+        running, kv, cost, steps = rep.running, rep.kv, self.cost, self.steps
+        block, free = kv.block_size, kv.free
+        sync = not self.cfg.async_scheduling
+        n = len(running)
+        kv_sum, kv_max, kv_min = plan.kv_decode_sum, plan.kv_decode_max, plan.kv_decode_min
+        last_plan = min(r.output_len - r.num_generated for r in running)  # first plan with a finish
+        # per request, the plans (counted from 1 after ``plan``) that take a KV block or
+        # fill one (its hashes committed): every ``block`` plans from the first, so kept
+        # by the first's phase, in running order
+        takes = [[] for _ in range(block)]
+        fills = [[] for _ in range(block)] if kv.prefix_caching else None
+        for r in running:
+            c = r.num_computed
+            first = max(len(r.blocks) * block - c + 1, 1)
+            takes[first % block].append((first, r))
+            if fills is not None:
+                first = max((r.num_committed + 1) * block - c, 1)
+                fills[first % block].append((first, r))
+        next_arrival = self.loop.next_time()
+        done = 0  # plans built here beyond ``plan``
+        current = plan
+        quiet = StepPlan()  # a coasted step: no first or last token to emit at its end
+        while True:
+            end = now + d
+            if sync and next_arrival < end:
+                break
+            k = done + 1
+            if k >= last_plan:
+                break
+            phase = k % block
+            due = [r for first, r in takes[phase] if first <= k]
+            if len(due) > len(free):
+                break
+            for r in due:
+                kv.allocate(r, r.num_computed + k)
+            if fills is not None:
+                for first, r in fills[phase]:
+                    if first <= k:  # commit reads the request's computed tokens as of this plan
+                        had = r.num_computed
+                        r.num_computed = had + k
+                        kv.commit(r)
+                        r.num_computed = had
+            done = k
+            kv_sum += n
+            kv_max += 1
+            kv_min += 1
+            if not sync and next_arrival < end:  # the plan just built waits for this step's end
+                pending = StepPlan()
+                pending.items = [(r, 1) for r in running]
+                pending.num_tokens = pending.n_decode = n
+                pending.kv_decode_sum = pending.kv_tokens = kv_sum
+                pending.kv_decode_max, pending.kv_decode_min = kv_max, kv_min
+                rep.pending = pending
+                break
+            now = end
+            d = cost.step_s(n, n, [], n, kv_sum, kv_max, kv_min)
+            current = quiet
+            self.coasted += 1
+            steps.append((len(steps), rep.index, now, d, 0, 0, n, kv_sum, n, 0,
+                          kv.num_blocks - len(free), 0))
+        for r in running:
+            r.num_computed += done
+            r.num_generated += done
+            r.num_tokens += done
+        rep.current = current
+        if not sync and rep.pending is None:
             rep.pending = self._plan(rep, now)
         return [(now + d, STEP_END, self._on_step_end, group)]
 
