@@ -58,15 +58,14 @@ class StepPlan:
         self.kv_decode_sum = self.kv_decode_max = self.kv_decode_min = self.kv_tokens = 0
 
 
-def _preempt(running: list, waiting: deque, kv: KVCache, lo: int) -> Request:
-    """Preempt the last running request at index ``lo`` or later that still has tokens
-    to produce (with async scheduling a request whose last token is in flight is
-    finishing, not preemptible; requests before ``lo`` are already in this step).
+def _preempt(running: list, waiting: deque, kv: KVCache) -> Request:
+    """Preempt the last running request, as vLLM's FCFS scheduler does (``running.pop()``),
+    even one whose last token is in flight under async scheduling: its blocks are freed
+    now and it still finishes when that step ends (vLLM then drops it from the waiting
+    queue; :meth:`replay.simulate.Replay._on_step_end` does the same). The request being
+    scheduled sits at or before the end, so the victim is never one already in this step.
     """
-    i = len(running) - 1
-    while i > lo and running[i].num_generated >= running[i].output_len:
-        i -= 1
-    victim = running.pop(i)
+    victim = running.pop()
     kv.release(victim, preempted=True)
     victim.num_computed = 0
     victim.num_preemptions += 1
@@ -114,10 +113,9 @@ def _build(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now: f
     add_decode = decode_kv.append
     to_commit: list[Request] = []
     prefill_kv = 0
-    # A for loop over a list that preemption shrinks behind the current request: when
-    # the current request preempts itself, the loop skips the next one, which is
-    # finishing (only finishing requests are passed over by _preempt), as it would be.
-    for i, req in enumerate(running):
+    # A for loop over a list that preemption shrinks from the back: when the current
+    # request preempts itself it was the last, and the loop ends.
+    for req in running:
         if budget <= 0:
             break
         computed = req.num_computed
@@ -134,7 +132,7 @@ def _build(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now: f
         if need > len(req.blocks) * block and not kv.allocate(req, need):
             fits = False
             while not fits:  # preempt from the back until this request fits, or is the victim
-                victim = _preempt(running, waiting, kv, i)
+                victim = _preempt(running, waiting, kv)
                 plan.preempted += 1
                 if victim is req:
                     break

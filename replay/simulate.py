@@ -296,8 +296,11 @@ class Replay:
                 running, release = rep.running, rep.kv.release
                 for req in plan.last:
                     req.finished_s = now
-                    running.remove(req)
-                    release(req)
+                    if req.num_computed:
+                        running.remove(req)
+                        release(req)
+                    else:  # preempted while its last token was in flight: done all the same
+                        rep.waiting.remove(req)
         return self._kick(group, now)
 
     def run(self) -> None:

@@ -213,13 +213,21 @@ def test_invariants_under_kv_pressure_sync():
 
 
 def test_async_preemption_of_request_finishing_in_flight():
-    # 2 blocks of 4 tokens. a (2 prompt, 4 out) and b (1 prompt, 1 out) at t=0.
-    # Step 3 = a decode + b prefill (b's only token) uses both blocks; planning step 4
-    # while step 3 runs, a needs a 2nd block and the last running request, b, is
-    # preempted although it is finished once step 3 ends.
-    cfg = _cfg(async_scheduling=True, block_size=4, num_gpu_blocks=2)
-    reqs, rep = _run([(0.0, 2, 4), (0.0, 1, 1)], cfg)
+    # 3 blocks of 4 tokens. a (7 prompt, 6 out) and b (3 prompt, 2 out) at t=0: step 1
+    # prefills both (a holds 2 blocks, b 1: none left) and step 2, planned while step 1
+    # runs, decodes both (b's last token). Step 3 is planned while step 2 runs: a's 9th
+    # token needs a 3rd block. vLLM's FCFS scheduler pops the last running request
+    # whatever its state, so b, whose last token is in flight, is the victim (not a): its
+    # block goes to a and it still ends when step 2 does.
+    cfg = _cfg(async_scheduling=True, block_size=4, num_gpu_blocks=3)
+    reqs, rep = _run([(0.0, 7, 6), (0.0, 3, 2)], cfg)
     _check_invariants(reqs, rep)
+    a, b = reqs
+    assert (a.num_preemptions, b.num_preemptions) == (0, 1)
+    step1 = A * 10 + B * 2 + 2 * L * C  # two prefill chunks, each with its attention
+    assert b.first_token_s == pytest.approx(step1)
+    assert b.finished_s == pytest.approx(step1 + decode_s(2))  # the end of step 2
+    assert not rep.replicas[0].waiting and not rep.replicas[0].running
 
 
 def test_data_parallel_round_robin():
