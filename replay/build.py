@@ -289,12 +289,13 @@ def recorded_engine(meta: dict) -> dict:
     for key in ("block_size", "gpu_memory_utilization", "enable_prefix_caching"):
         if cache.get(key) is not None:
             out[key] = cache[key]
-    block = int(out.get("block_size") or 16)
+    kwargs = meta.get("engine_kwargs") or {}
+    block = int(out.get("block_size") or rcache.get("block_size") or kwargs.get("block_size") or 16)
     tokens = rcache.get("kv_cache_size_tokens")
     if tokens:
         out["num_gpu_blocks"] = int(tokens) // block
     elif cache.get("num_gpu_blocks"):
-        dp = int((meta.get("engine_kwargs") or {}).get("data_parallel_size") or 1)
+        dp = int(kwargs.get("data_parallel_size") or 1)
         out["num_gpu_blocks"] = int(cache["num_gpu_blocks"]) // dp
     return out
 

@@ -138,6 +138,10 @@ def test_engine_settings_a_recording_resolved_win_over_what_it_asked_for(shared_
     assert (cfg.async_scheduling, cfg.max_num_seqs, cfg.max_num_batched_tokens) == (False, 64, 2048)
     del meta["resolved_config"]["cache_config"]  # only the summed count: one rank holds half
     assert engine_config(meta, model, 1.0).num_gpu_blocks == 75638 // 2
+    meta["resolved_config"]["cache_config"] = {"kv_cache_size_tokens": 6400}
+    del meta["kv_cache"]["block_size"]
+    meta["engine_kwargs"]["block_size"] = 32  # tokens over the block size the run asked for
+    assert engine_config(meta, model, 1.0).num_gpu_blocks == 200
     meta["engine_effective"] = {"num_gpu_blocks": 500}  # what the live engine reported wins
     assert engine_config(meta, model, 1.0).num_gpu_blocks == 500
     cluster = {"nodes": [{"instances": [{"npu_mem": {"mem_size": 96}}]}]}
