@@ -155,6 +155,7 @@ def test_replayed_makespan_matches_the_measured_run_duration(shared_data, tmp_pa
     measured = t["finished_at"] - t["started_at"]
     simulated = json.loads((tmp_path / "summary.json").read_text())["simulated_s"]
     assert abs(simulated - measured) / measured < 0.10
+    assert {"report.md", "latency.png", "queue.png"} <= {p.name for p in tmp_path.iterdir()}
 
 
 def test_validate_reproduces_its_own_replay_of_the_moe_run(shared_data, tmp_path):

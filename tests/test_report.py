@@ -119,3 +119,24 @@ def test_kv_panel_sums_replicas_over_their_capacity(tmp_path):
     assert len(plot_queue(steps, ts, 200).axes) == 3 and len(plot_queue(steps, ts).axes) == 2
     _write(tmp_path, steps=steps, timeseries=ts, kv_capacity=200)
     assert "Queue depth and KV cache over time" in (tmp_path / "report.md").read_text()
+
+
+def test_replay_report_is_deterministic_and_long_series_are_sampled(tmp_path):
+    """``mist replay``'s report: the same files byte for byte, and a long step series
+    drawn at MAX_PLOTTED_STEPS instants, each the value holding then."""
+    from validate.report import MAX_PLOTTED_STEPS, _for_plot, write_replay_report
+
+    n = 3 * MAX_PLOTTED_STEPS
+    steps = pd.DataFrame({"replica": 0, "start_s": np.arange(n) * 0.01, "num_running": np.arange(n) % 50,
+                          "num_waiting": 0, "kv_blocks_used": np.arange(n) % 50})
+    rng = np.random.default_rng(0)
+    lat = pd.DataFrame({"ttft": rng.uniform(0.05, 2, 200), "tpot": rng.uniform(0.01, 0.03, 200),
+                        "e2e": rng.uniform(1, 9, 200)})
+    paths = [write_replay_report(tmp_path / d, lat, steps, 100, title="t", summary_md="s") for d in "ab"]
+    for name in ("report.md", "latency.png", "queue.png"):
+        assert (paths[0].parent / name).read_bytes() == (paths[1].parent / name).read_bytes(), name
+    series = pd.Series(np.arange(n, dtype=float), index=np.arange(n) * 0.01)
+    drawn = _for_plot(series)
+    assert len(drawn) == MAX_PLOTTED_STEPS and drawn.iloc[0] == 0 and drawn.iloc[-1] == n - 1
+    # each drawn value is the one holding at its instant (the last step started by then)
+    assert np.all(drawn.to_numpy() == np.floor(np.round(drawn.index.to_numpy() / 0.01, 6)))

@@ -4,7 +4,8 @@ No measured timings are needed: TRACE is any format `mist ingest` reads (a vLLM
 run, a `vllm bench` result, the ShareGPT workload JSONL, Azure/Vidur CSV, Mooncake
 JSONL), the engine settings come from a run's ``meta.json`` (and the
 ``cluster.json`` beside it, if any). Writes the simulated ``requests`` and
-``steps`` tables and a JSON summary (latency percentiles, replay speed).
+``steps`` tables, a JSON summary (latency percentiles, replay speed) and ``report.md``
+with the simulated latency CDFs and the queue and KV-cache use over time.
 
 Example::
 
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from traces.derive import latencies
     from traces.formats import read_trace
     from traces.readers.vllm_run import read_run_meta
+    from validate.report import write_replay_report
 
     trace = read_trace(args.trace, args.format)
     if args.engine.is_file() and args.engine.name != "meta.json":
@@ -73,9 +75,18 @@ def run(args: argparse.Namespace) -> int:
     write_table(sim, args.out / "simulated.requests.parquet")
     write_table(steps, args.out / "simulated.steps.parquet")
     atomic_write_json(args.out / "summary.json", summary)
+    table = ["| metric | mean s | P50 s | P90 s | P99 s |", "| --- | ---: | ---: | ---: | ---: |"]
+    table += [f"| {m} | " + " | ".join(f"{p[k]:.4f}" for k in ("mean", "p50", "p90", "p99")) + " |"
+              for m, p in summary["latency_s"].items() if p]
+    report = write_replay_report(
+        args.out, lat, steps.to_pandas(), cfg.num_gpu_blocks * cfg.data_parallel,
+        title=f"mist replay: {args.trace.name}",
+        summary_md=(f"{sim.num_rows} requests, {steps.num_rows} steps, {span:.1f} s simulated; engine "
+                    f"{cfg}\n\n" + "\n".join(table)))
     skipped = "".join(f"; skipped {n}: {reason}" for reason, n in trace.skipped.items())
     print(f"{args.trace}: {sim.num_rows} requests{skipped}, {steps.num_rows} steps, {span:.1f} s simulated "
           f"in {wall:.2f} s wall ({sim.num_rows / wall:.0f} requests/s)")
     for m, p in summary["latency_s"].items():
         print(f"  {m:5s} " + "  ".join(f"{k} {v:.4f}" for k, v in p.items()))
+    print(f"report: {report}")
     return 0

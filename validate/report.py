@@ -74,22 +74,51 @@ def _log_axes(ax, decades: float, *axes: str) -> None:
         axis.set_minor_formatter(NullFormatter())
 
 
-def plot_cdfs(frame: pd.DataFrame) -> Figure:
-    """Measured and simulated empirical CDFs of TTFT, TPOT and E2E (3 panels)."""
+def _cdf_panels(series: list[tuple[dict, str, str]]) -> Figure:
+    """Empirical CDFs of TTFT, TPOT and E2E (3 panels), one line per ``(values by
+    metric, colour, label)`` of ``series``."""
     fig, axes = _panels(len(METRICS))
     for ax, metric in zip(axes, METRICS, strict=True):
-        meas, sim = _pairs(frame, metric)
-        for values, color, label in ((meas, _MEAS, "measured"), (sim, _SIM, "simulated")):
-            x = np.sort(values)
+        for values, color, label in series:
+            x = np.sort(values[metric])
             ax.step(
                 x, np.arange(1, x.size + 1) / max(x.size, 1), where="post", color=color, label=label
             )
-        if (decades := _decades(meas, sim)) > 1:
+        if (decades := _decades(*(values[metric] for values, _, _ in series))) > 1:
             _log_axes(ax, decades, "x")
         ax.set(xlabel=LABELS[metric], ylabel="fraction of requests", ylim=(0, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
     return fig
+
+
+def plot_cdfs(frame: pd.DataFrame) -> Figure:
+    """Measured and simulated empirical CDFs of TTFT, TPOT and E2E (3 panels)."""
+    pairs = {metric: _pairs(frame, metric) for metric in METRICS}
+    return _cdf_panels([({m: p[0] for m, p in pairs.items()}, _MEAS, "measured"),
+                        ({m: p[1] for m, p in pairs.items()}, _SIM, "simulated")])
+
+
+def write_replay_report(out_dir, latencies: pd.DataFrame, steps: pd.DataFrame, kv_capacity: int, *,
+                        title: str, summary_md: str) -> Path:
+    """``report.md`` of a replay without measurements (``mist replay``): the simulated
+    latency CDFs (``latency.png``, from per-request ``ttft``/``tpot``/``e2e`` in s), the
+    running/waiting queue and KV-cache use over time (``queue.png``), and
+    ``summary_md`` (a Markdown table) above them. Byte-identical for the same inputs."""
+    out = Path(out_dir)
+    values = {m: latencies[m].to_numpy(dtype=float) for m in METRICS}
+    values = {m: v[np.isfinite(v) & (v > 0)] for m, v in values.items()}
+    plots = [("latency.png", "Simulated latency CDFs", lambda: _cdf_panels([(values, _SIM, "simulated")])),
+             ("queue.png", "Queue depth and KV cache over time", lambda: plot_queue(steps, None, kv_capacity))]
+    with matplotlib.style.context("default"):
+        for name, _, draw in plots:
+            atomic_write_bytes(out / name, _png(draw()))
+    lines = [f"# {title}", "", summary_md, ""]
+    for name, caption, _ in plots:
+        lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
 
 
 def plot_scatter(frame: pd.DataFrame) -> Figure:
@@ -110,10 +139,25 @@ def plot_scatter(frame: pd.DataFrame) -> Figure:
     return fig
 
 
+#: most instants a time-series panel draws: a longer replay's step series is sampled
+#: at this many evenly spaced times (drawing 190,000 steps costs seconds and shows no more)
+MAX_PLOTTED_STEPS = 4000
+
+
 def _replica_total(steps: pd.DataFrame, column: str) -> pd.Series:
     """Sum over replicas of ``column``, each replica holding its last value between steps."""
     wide = steps.pivot_table(index="start_s", columns="replica", values=column, aggfunc="last")
     return wide.sort_index().ffill().fillna(0).sum(axis=1)
+
+
+def _for_plot(series: pd.Series) -> pd.Series:
+    """A step series as drawn: sampled at :data:`MAX_PLOTTED_STEPS` evenly spaced
+    instants (the value holding at each) when it is longer."""
+    if len(series) <= MAX_PLOTTED_STEPS:
+        return series
+    t = np.linspace(series.index[0], series.index[-1], MAX_PLOTTED_STEPS)
+    at = np.searchsorted(series.index.to_numpy(), t, side="right") - 1
+    return pd.Series(series.to_numpy()[at], index=t)
 
 
 def kv_usage_pct(steps: pd.DataFrame, capacity_blocks: int) -> pd.Series:
@@ -153,7 +197,7 @@ def plot_queue(steps: pd.DataFrame | None, timeseries: pd.DataFrame | None,
         if ts is not None:
             ax.step(ts["t"], ts[meas_col], where="post", color=_MEAS, label="measured")
         if steps is not None and len(steps):
-            total = _replica_total(steps, sim_col)
+            total = _for_plot(_replica_total(steps, sim_col))
             ax.step(total.index, total.to_numpy(), where="post", color=_SIM, label="simulated")
         ax.set(xlabel="time (s)", ylabel=f"{meas_col} requests")
     if with_kv:
@@ -166,7 +210,7 @@ def plot_queue(steps: pd.DataFrame | None, timeseries: pd.DataFrame | None,
                     ha="center", va="bottom", fontsize=8, color=_MEAS)
         top = float(measured.max()) if measured is not None else 0.0
         if len(steps):
-            pct = kv_usage_pct(steps, kv_capacity)
+            pct = _for_plot(kv_usage_pct(steps, kv_capacity))
             ax.step(pct.index, pct.to_numpy(), where="post", color=_SIM, label="simulated")
             top = max(top, float(pct.max()))
         ax.set(xlabel="time (s)", ylabel=f"KV cache in use (% of {kv_capacity:,} blocks)")
