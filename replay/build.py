@@ -150,7 +150,7 @@ def moe_table(moe: LatencyModel, model: ModelConfig, cfg: EngineConfig) -> np.nd
     # on top-k experts; G < e tokens leave a rank fewer) the grid is not extended
     # linearly, which can reach zero: the smallest measured cell is scaled by the
     # experts hit, as a layer this small streams the hit experts' weights and little else.
-    lo_tokens, lo_experts = (float(a[0]) for a in getattr(moe, "axes_", ((0.0,), (1.0,))))
+    lo_tokens, lo_experts = (float(a[0]) for a in moe.axes_)
     hit = np.maximum(hit, 1.0)
     out = moe.predict(np.column_stack([np.maximum(G / e, lo_tokens), np.maximum(hit, lo_experts)]))
     out *= np.minimum(hit / lo_experts, 1.0)

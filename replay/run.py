@@ -67,7 +67,7 @@ def device_memory(cluster: dict | None, hardware: Hardware | None, recorded: dic
 
     ``mem_size`` is the device's memory as vendors label it ("24 GB" for an RTX 4090,
     which reports 24,564 MiB): binary gigabytes, 2**30 bytes."""
-    total = (recorded or {}).get("device_total_memory_bytes") if isinstance(recorded, dict) else None
+    total = recorded.get("device_total_memory_bytes") if isinstance(recorded, dict) else None
     if isinstance(total, (int, float)) and total > 0:
         return float(total)
     try:

@@ -74,6 +74,14 @@ def _log_axes(ax, decades: float, *axes: str) -> None:
         axis.set_minor_formatter(NullFormatter())
 
 
+def _write_plots(out: Path, plots) -> None:
+    """Draw each ``(file name, caption, draw)`` of ``plots`` under matplotlib's default
+    style (a user's matplotlibrc cannot change the bytes) into ``out``."""
+    with matplotlib.style.context("default"):
+        for name, _, draw in plots:
+            atomic_write_bytes(out / name, _png(draw()))
+
+
 def _cdf_panels(series: list[tuple[dict, str, str]]) -> Figure:
     """Empirical CDFs of TTFT, TPOT and E2E (3 panels), one line per ``(values by
     metric, colour, label)`` of ``series``."""
@@ -110,9 +118,7 @@ def write_replay_report(out_dir, latencies: pd.DataFrame, steps: pd.DataFrame, k
     values = {m: v[np.isfinite(v) & (v > 0)] for m, v in values.items()}
     plots = [("latency.png", "Simulated latency CDFs", lambda: _cdf_panels([(values, _SIM, "simulated")])),
              ("queue.png", "Queue depth and KV cache over time", lambda: plot_queue(steps, None, kv_capacity))]
-    with matplotlib.style.context("default"):
-        for name, _, draw in plots:
-            atomic_write_bytes(out / name, _png(draw()))
+    _write_plots(out, plots)
     lines = [f"# {title}", "", summary_md, ""]
     for name, caption, _ in plots:
         lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
@@ -345,9 +351,7 @@ def write_report(
             lambda: plot_ape_vs_arrival(frame),
         )
     )
-    with matplotlib.style.context("default"):
-        for name, _, draw in plots:
-            atomic_write_bytes(out / name, _png(draw()))
+    _write_plots(out, plots)
     path = out / "report.md"
     atomic_write_text(path, _markdown(title, aligned, metrics, list(notes), [p[:2] for p in plots], sections))
     return path
