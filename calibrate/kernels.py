@@ -368,14 +368,15 @@ class KernelSet:
         return self._attention("generation_attention", "kv_decode", b, kv, heads, kv_heads, head_dim, kv_dtype)
 
     # -- collectives -----------------------------------------------------------
-    def all_reduce(self, nbytes, gpus: int) -> np.ndarray:
-        """TP all-reduce time (s) of ``nbytes`` over ``gpus``: the faster of vLLM's custom
-        all-reduce (CUDA-graph variant) and NCCL where measured, else a ring over the link."""
+    def _collective(self, family: str, ops: tuple, nbytes, gpus: int, ring_share: float) -> np.ndarray:
+        """The fastest measured of ``ops`` (``(operator, engine or None)``) for messages of
+        ``nbytes`` over ``gpus``, else a ring over the datasheet link moving ``ring_share``
+        x the message per rank."""
         nbytes = np.atleast_1d(np.asarray(nbytes, dtype=float))
         if gpus <= 1:
             return np.zeros(len(nbytes))
         best = None
-        for op, engine in (("custom_all_reduce", "vllm_graph"), ("nccl_all_reduce", None)):
+        for op, engine in ops:
             frame = self._frames.get(op)
             if frame is None:
                 continue
@@ -394,10 +395,21 @@ class KernelSet:
                 best = np.where(take, t, best)
                 best_src = np.where(take, src, best_src)
         if best is None:
-            best = self.sheet.link_latency_s + 2.0 * (gpus - 1) / gpus * nbytes / self.sheet.link_bw_bytes_s
+            best = self.sheet.link_latency_s + ring_share * (gpus - 1) / gpus * nbytes / self.sheet.link_bw_bytes_s
             best_src = np.full(len(nbytes), "roofline")
-        self._count("all_reduce", best_src)
+        self._count(family, best_src)
         return best
+
+    def all_reduce(self, nbytes, gpus: int) -> np.ndarray:
+        """TP all-reduce time (s) of ``nbytes`` over ``gpus``: the faster of vLLM's custom
+        all-reduce (CUDA-graph variant) and NCCL where measured, else a ring over the link."""
+        return self._collective("all_reduce", (("custom_all_reduce", "vllm_graph"), ("nccl_all_reduce", None)),
+                                nbytes, gpus, 2.0)
+
+    def all_gather(self, nbytes, gpus: int) -> np.ndarray:
+        """NCCL all-gather time (s) of a tensor of ``nbytes`` in all (nccl-tests' size: the
+        gathered output), ``1/gpus`` of it from each rank, else a ring over the link."""
+        return self._collective("all_gather", (("nccl_all_gather", None),), nbytes, gpus, 1.0)
 
     # -- memory-bound elementwise kernels ------------------------------------------
     def elementwise(self, nbytes) -> np.ndarray:

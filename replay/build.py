@@ -108,6 +108,15 @@ def allreduce_s(num_bytes: float, tp: int, link_bw_bytes_s: float,
     return latency_s + 2.0 * (tp - 1) / tp * num_bytes / link_bw_bytes_s
 
 
+def allgather_s(num_bytes: float, tp: int, link_bw_bytes_s: float,
+                latency_s: float = ALLREDUCE_LATENCY_S) -> float:
+    """Ring all-gather time (s) of a tensor of ``num_bytes`` in all, ``1/tp`` of it on each
+    of ``tp`` ranks: every rank receives the other ranks' ``(tp - 1) / tp`` share."""
+    if tp <= 1:
+        return 0.0
+    return latency_s + (tp - 1) / tp * num_bytes / link_bw_bytes_s
+
+
 def expert_parallel(cfg: EngineConfig) -> int:
     """Ranks the experts are spread over: TP x DP with expert parallelism, else 1."""
     return cfg.tensor_parallel * cfg.data_parallel if cfg.expert_parallel else 1
@@ -161,7 +170,7 @@ def moe_table(moe: LatencyModel, model: ModelConfig, cfg: EngineConfig) -> np.nd
 def build_step_cost(models: dict[str, LatencyModel], model: ModelConfig, cfg: EngineConfig,
                     link_bw_bytes_s: float, skew_alpha: float = 0.0,
                     link_latency_s: float = ALLREDUCE_LATENCY_S, skew: SkewAlpha | None = None,
-                    all_reduce=None) -> StepCost:
+                    all_reduce=None, all_gather=None) -> StepCost:
     """Compile the per-step cost tables for one replica.
 
     ``all_reduce``: optional ``f(bytes array) -> seconds array`` for one TP all-reduce
@@ -189,7 +198,8 @@ def build_step_cost(models: dict[str, LatencyModel], model: ModelConfig, cfg: En
         comm = np.array([2 * allreduce_s(b, cfg.tensor_parallel, link_bw_bytes_s, link_latency_s) if b else 0.0
                          for b in act_bytes])
     n_moe = model.num_moe_layers
-    dense = once + model.num_layers * (layer + comm) + (model.num_layers - n_moe) * mlp
+    # the vocabulary-parallel embedding sums its ranks' lookups: one more all-reduce a step
+    dense = once + comm / 2 + model.num_layers * (layer + comm) + (model.num_layers - n_moe) * mlp
     ranks = dp_group(cfg)
     group = {}
     if n_moe:
@@ -204,6 +214,15 @@ def build_step_cost(models: dict[str, LatencyModel], model: ModelConfig, cfg: En
                          graph_tokens=cuda_graph_limit(cfg))
     max_seqs = cfg.max_num_seqs + 1
     per_seq = integer_table(models["lm_head"], max_seqs) + integer_table(models["sampler"], max_seqs)
+    if cfg.tensor_parallel > 1:  # each rank computes its vocabulary shard's logits; vLLM all-gathers them
+        logit_bytes = np.arange(max_seqs + 1) * model.vocab_size * dtype_bytes(model.torch_dtype)
+        if all_gather is not None:
+            gather = np.asarray(all_gather(np.maximum(logit_bytes, 1)), dtype=float)
+        else:
+            gather = np.array([allgather_s(b, cfg.tensor_parallel, link_bw_bytes_s, link_latency_s)
+                               for b in logit_bytes])
+        gather[0] = 0.0
+        per_seq = per_seq + gather
     return StepCost(
         dense_s=tuple(dense.tolist()), per_seq_s=tuple(per_seq.tolist()),
         attention=GridLookup.from_model(models["attention"]), num_layers=model.num_layers,

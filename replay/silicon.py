@@ -470,7 +470,8 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
                                         moe_efficiency=moe_eff)
         models = fit_operators(table, tp)
         cost = build_step_cost(models, model, cfg, kernels.sheet.link_bw_bytes_s,
-                               all_reduce=lambda b: kernels.all_reduce(b, tp))
+                               all_reduce=lambda b: kernels.all_reduce(b, tp),
+                               all_gather=lambda b: kernels.all_gather(b, tp))
         if cache is not None:
             cache[key] = cost
     if overhead is not None:

@@ -166,16 +166,18 @@ def test_build_step_cost_dense_and_per_seq_tables():
     # Activation of T tokens: 64 * 2 = 128 T bytes; at 1.28e8 B/s with tp=2 one all-reduce
     # takes 8e-6 + 1 * 128 T / 1.28e8 = 8e-6 + 1e-6 T.
     cost = build_step_cost(models, m, cfg, link_bw_bytes_s=1.28e8, skew_alpha=0.3)
-    # Per layer: 5 ops + 2 layernorms = 7e-6 T, plus 2 all-reduces; once: 2e-6 T.
-    # dense(T) = 2e-6 T + 2 * (7e-6 T + 2 * (8e-6 + 1e-6 T)) = 20e-6 T + 32e-6 for T > 0.
+    # Per layer: 5 ops + 2 layernorms = 7e-6 T, plus 2 all-reduces; once: 2e-6 T and the
+    # vocabulary-parallel embedding's all-reduce.
+    # dense(T) = 2e-6 T + (8e-6 + 1e-6 T) + 2 * (7e-6 T + 2 * (8e-6 + 1e-6 T)) = 21e-6 T + 40e-6.
     assert len(cost.dense_s) == 65
     assert cost.dense_s[0] == 0.0
     for t in (1, 10, 64):
-        assert cost.dense_s[t] == pytest.approx(20e-6 * t + 32e-6)
-    # per_seq(S) = (1e-4 + 1e-5) S, at least up to max_num_seqs.
+        assert cost.dense_s[t] == pytest.approx(21e-6 * t + 40e-6)
+    # per_seq(S) = (1e-4 + 1e-5) S plus the all-gather of S x 100 bf16 logits, half of them
+    # from the other rank: 8e-6 + 0.5 * 200 S / 1.28e8 (at least up to max_num_seqs).
     assert cost.per_seq_s[0] == 0.0
     assert len(cost.per_seq_s) >= 9
-    assert cost.per_seq_s[8] == pytest.approx(8 * 1.1e-4)
+    assert cost.per_seq_s[8] == pytest.approx(8 * 1.1e-4 + 8e-6 + 0.5 * 200 * 8 / 1.28e8)
     assert (cost.num_layers, cost.skew_alpha, cost.overhead_s) == (2, 0.3, 0.25)
     assert cost.attention(2, 0, 1, 50) == pytest.approx(attn_formula(2, 0, 1, 50))
 
@@ -186,8 +188,9 @@ def test_build_step_cost_tp1_has_no_communication():
     models |= {"embedding": _linear(1e-6), "final_layernorm": _linear(1e-6),
                "lm_head": _linear(1e-4), "sampler": _linear(1e-5), "attention": _attention_model()}
     cost = build_step_cost(models, _model(), EngineConfig(max_num_batched_tokens=16), link_bw_bytes_s=1.0)
-    # dense(T) = 2e-6 T + 2 layers * 7e-6 T = 16e-6 T.
+    # dense(T) = 2e-6 T + 2 layers * 7e-6 T = 16e-6 T; no logits to gather either.
     assert cost.dense_s[16] == pytest.approx(16 * 16e-6)
+    assert cost.per_seq_s[8] == pytest.approx(8 * 1.1e-4)
 
 
 def test_check_profile_names_missing_operator():

@@ -548,3 +548,19 @@ def test_fp8_rows_on_a_device_without_fp8_are_predicted_weight_only(shared_data)
     bf16 = predict_row(pd.Series({**row, "gemm_quant_mode": "bfloat16", "precision": "bf16"}), model, kernels,
                        requests_per_user=2)
     assert 0.5 * bf16.tpot_ms < fp8.tpot_ms < bf16.tpot_ms
+
+
+def test_all_gather_reads_nccl_rows_and_falls_back_to_a_ring_over_the_link():
+    # NCCL all-gather measured at 2 GPUs (nccl-tests' size: the gathered tensor)
+    sheet = Datasheet(name="toy", mem_bw_bytes_s=1e12, peak_flops={"bfloat16": 1e15},
+                      link_bw_bytes_s=1e11, link_latency_s=5e-6)
+    prof = pa.table({"operator": ["nccl_all_gather"] * 3, "dtype": ["half"] * 3, "tp": [2, 2, 2],
+                     "message_bytes": [1_000, 100_000, 10_000_000], "latency_s": [6e-6, 8e-6, 60e-6]})
+    ks = KernelSet(prof, sheet)
+    assert ks.all_gather([100_000], 2)[0] == pytest.approx(8e-6)
+    assert ks.all_gather([100_000], 1)[0] == 0.0  # one GPU: nothing to gather
+    # 4 GPUs not measured: a ring in which every rank receives 3/4 of the 8 MB tensor
+    assert ks.all_gather([8e6], 4)[0] == pytest.approx(5e-6 + 0.75 * 8e6 / 1e11)
+    assert ks.tally()["all_gather"] == {"measured": 1, "roofline": 1}
+    # an all-reduce moves twice the ring share (reduce-scatter + all-gather)
+    assert ks.all_reduce([8e6], 4)[0] == pytest.approx(5e-6 + 2 * 0.75 * 8e6 / 1e11)
