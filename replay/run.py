@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, replace
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from calibrate.calibration import fit_operators
 from calibrate.lookup import GridLookup
@@ -170,14 +171,27 @@ def check_capacity(reqs: list[Request], cfg: EngineConfig) -> None:
 
 
 #: how request arrivals are fed: the real engine's stamp, the stamp aligned to the
-#: nearest replayed step boundary, or the client's send time
+#: nearest replayed step boundary (vLLM takes it between steps), or the client's send time
 ARRIVALS = ("engine", "engine-aligned", "client")
+
+
+def effective_arrival(requests: pa.Table, arrival: str) -> str:
+    """The rule ``arrival`` comes to for ``requests``: aligning needs every request to
+    carry the engine's stamp (``queued_s``); a client's send time is no step boundary, so
+    without stamps ``"engine-aligned"`` is ``"engine"`` (stamp where recorded, else the
+    send time)."""
+    if arrival != "engine-aligned" or not requests.num_rows:
+        return arrival
+    queued = requests.column("queued_s")
+    stamped = queued.null_count == 0 and not pc.any(pc.is_nan(queued)).as_py()
+    return arrival if stamped else "engine"
 
 
 def simulate(requests: pa.Table, cfg: EngineConfig, cost: StepCost, arrival: str = "engine"):
     """Replay ``requests``; return (simulated requests table, steps table, wall seconds).
 
-    ``arrival``: one of :data:`ARRIVALS`.
+    ``arrival``: one of :data:`ARRIVALS` (see :func:`effective_arrival`). Aligned arrivals
+    apply with async scheduling and one engine group (see :class:`replay.simulate.Replay`).
 
     Raises
     ------
@@ -190,7 +204,7 @@ def simulate(requests: pa.Table, cfg: EngineConfig, cost: StepCost, arrival: str
     reqs = requests_from_table(requests, "client" if arrival == "client" else "engine")
     check_capacity(reqs, cfg)
     t0 = time.perf_counter()
-    rep = replay_requests(reqs, cfg, cost, align_arrivals=arrival == "engine-aligned")
+    rep = replay_requests(reqs, cfg, cost, align_arrivals=effective_arrival(requests, arrival) == "engine-aligned")
     wall = time.perf_counter() - t0
     stuck = [r for r in reqs if r.finished_s is None]
     if stuck:

@@ -144,6 +144,20 @@ def test_arrivals_aligned_to_the_nearest_step_boundary():
     assert late[1].first_token_s == pytest.approx(0.21 + 0.111 + 0.171)
 
 
+def test_arrivals_align_only_when_every_request_carries_the_engine_stamp():
+    import pyarrow as pa
+
+    from replay.run import effective_arrival
+
+    stamped = pa.table({"queued_s": [0.0, 0.1, 0.2]})
+    assert effective_arrival(stamped, "engine-aligned") == "engine-aligned"
+    # a send time stands in for a missing stamp: it is no step boundary, so nothing aligns
+    for queued in ([0.0, float("nan"), 0.2], [0.0, None, 0.2]):
+        assert effective_arrival(pa.table({"queued_s": queued}), "engine-aligned") == "engine"
+    assert effective_arrival(pa.table({"queued_s": [0.0, None]}), "client") == "client"
+    assert effective_arrival(stamped, "engine") == "engine"
+
+
 def test_async_single_request_matches_sync():
     # Alone, a request's steps are the same in both modes: only admission timing differs.
     (s,), _ = _run([(0.0, 300, 4)], _cfg(async_scheduling=False))

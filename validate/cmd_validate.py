@@ -35,6 +35,24 @@ HELP = "replay a recorded run and report simulated-vs-measured errors"
 DRIFT_WARN = 0.05  # warn when the speed probes differ by more than this fraction
 
 
+def arrival_note(requests, cfg, arrival: str) -> str:
+    """What the replay did with the requests' arrival times, for the report."""
+    from replay.run import effective_arrival
+
+    rule = effective_arrival(requests, arrival)
+    if rule == "client":
+        return "Arrivals fed at the client's send times."
+    if rule == "engine-aligned":
+        if cfg.async_scheduling and (cfg.data_parallel == 1 or cfg.expert_parallel):
+            return ("Arrivals: the real engine's stamps, each request joining the plan made at the "
+                    "replayed step boundary nearest its stamp (engine-aligned).")
+        why = "no async scheduling" if not cfg.async_scheduling else "independent data-parallel engines"
+        return f"Arrivals fed at the real engine's stamps (not aligned: {why})."
+    if arrival == "engine-aligned":
+        return "Arrivals fed at the real engine's stamps where recorded (not aligned: the run has no engine stamps)."
+    return "Arrivals fed at the real engine's stamps where recorded, else the client's send times."
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, type=Path, help="run folder with requests.jsonl and meta.json")
     p.add_argument("--profiles", required=True, type=Path, help="layer-profile bundle root (holds meta.yaml, tp<N>/)")
@@ -47,8 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arrival", choices=("engine", "engine-aligned", "client"), default="engine",
                    help="feed requests when the real engine received them (engine, default), at the "
                    "replayed step boundary nearest that stamp (engine-aligned: vLLM stamps requests "
-                   "between steps; see docs/replay.md; the same as engine without async scheduling "
-                   "or with several independent data-parallel engines) or when the client sent them (client)")
+                   "between steps; see docs/replay.md; the same as engine without async scheduling, "
+                   "with several independent data-parallel engines or when the run has no engine "
+                   "stamps) or when the client sent them (client)")
     p.add_argument("--drift", choices=("auto", "off"), default="auto",
                    help="auto (default): when both the run and the profile carry a speed probe, "
                    "rescale the profile by their ratio and report errors with and without")
@@ -171,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         write_table(steps, args.out / "simulated.steps.parquet")
         lines = [f"Engine: {cfg}", f"Link: {notes['link']}; skew alpha {notes['skew_alpha']}",
                  f"Host time per step: {notes['host']}",
-                 f"Arrivals fed at the {args.arrival} clock."]
+                 arrival_note(requests, cfg, args.arrival)]
         if ratio is not None:
             lines.append(f"Speed-probe drift ratio (recording / profiling): {ratio:.3f}; "
                          f"{'profile rescaled by it' if uncorrected is not None else 'not applied'}.")
