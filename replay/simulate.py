@@ -314,8 +314,11 @@ class Replay:
         names = ("step_id", "replica", "start_s", "duration_s", "num_prefill_seqs", "prefill_tokens",
                  "num_decode_seqs", "kv_tokens", "num_running", "num_waiting", "kv_blocks_used",
                  "num_preempted")
-        cols = list(zip(*self.steps)) if self.steps else [[] for _ in names]
-        return {n: np.asarray(c) for n, c in zip(names, cols)}
+        if not self.steps:
+            return {n: np.asarray([], dtype=float if n.endswith("_s") else np.int64) for n in names}
+        # one 2-D conversion (every count is an integer far below 2**53, so exact in float64)
+        grid = np.array(self.steps, dtype=np.float64)
+        return {n: grid[:, i] if n.endswith("_s") else grid[:, i].astype(np.int64) for i, n in enumerate(names)}
 
 
 def replay_requests(requests: list[Request], cfg: EngineConfig, cost: StepCost,
