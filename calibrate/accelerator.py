@@ -253,7 +253,7 @@ def leave_one_accelerator_out(table: pd.DataFrame, target: str, k: int, seed: in
     for fw in too_few:
         rows.loc[(rows["framework"] == fw) & (rows["skip_reason"] == ""), "skip_reason"] = TOO_FEW
         rows.loc[rows["skip_reason"] == TOO_FEW, "role"] = "skipped"
-    thetas = _calibrate_frameworks(rows, terms, y, table.index, prior, sampling == "per-framework")
+    thetas, scale = _calibrate_frameworks(rows, terms, y, table.index, prior, sampling == "per-framework")
     per_fw = {}
     for fw, theta in thetas.items():
         rest = np.flatnonzero(table.index.isin(rows.index[(rows["framework"] == fw)
@@ -271,23 +271,26 @@ def leave_one_accelerator_out(table: pd.DataFrame, target: str, k: int, seed: in
                 "skipped_rows": int((~tmask & ~same & ~train).sum())}
     report = _report(target, rows, per_fw, training, k=k, seed=seed, sampling=sampling,
                      device=tdev[0] if len(tdev) == 1 else None)
+    if scale is not None:
+        report["prior_scale"] = scale
     return report, rows
 
 
-def _calibrate_frameworks(rows, terms, y, index, prior, per_framework) -> dict:
-    """``{framework: theta}`` of the target's frameworks that have rows to predict."""
+def _calibrate_frameworks(rows, terms, y, index, prior, per_framework) -> tuple[dict, float | None]:
+    """``{framework: theta}`` of the target's frameworks that have rows to predict, and
+    the prior scale the joint calibration chose (None for per-framework fits)."""
     usable = rows[rows["skip_reason"] == ""]
     frameworks = sorted(usable["framework"].unique())
     pts = usable[usable["role"] == "point"]
     at = index.get_indexer(pts.index)
     if not frameworks:
-        return {}
+        return {}, None
     if not per_framework:  # K in all: the frameworks share one accelerator deviation
         group = np.searchsorted(frameworks, pts["framework"].to_numpy())
         return calibrate_joint(terms[at], y[at], group, prior, frameworks)
     fw_of = pts["framework"].to_numpy()
     return {fw: calibrate(terms[at[fw_of == fw]], y[at[fw_of == fw]], *prior.mean_and_sd(fw))
-            for fw in frameworks}
+            for fw in frameworks}, None
 
 
 def _report(target, rows, per_fw, training, *, k, seed, sampling, device) -> dict:

@@ -12,7 +12,8 @@ per-sequence overheads, all-reduce hops and bytes, pipeline hand-offs, a run con
    accelerators and accelerator x framework interactions stray: the prior of a new one.
 3. :func:`calibrate_joint` fits the target's ``theta`` of every framework from K rows
    drawn across them: a deviation shared by the accelerator's frameworks (Gaussian, sd
-   the spread of the training accelerators' effects) plus a tight per-framework one;
+   the spread of the training accelerators' effects times the scale the K rows give the
+   most evidence for) plus a tight per-framework one;
    :func:`calibrate` fits one framework alone on its rows (Student-t prior).  Both MAP,
    from several starts.
 
@@ -56,6 +57,9 @@ IDENTIFIED_SD = 1.5  # a group's parameter informs the prior when its posterior 
 #: accelerator deviation, Student-t, carries what the frameworks agree on).
 INTERACTION_SCALE = 0.5
 STARTS = 20
+#: scales of the training accelerators' spread tried as a new accelerator's prior sd
+#: (:func:`calibrate_joint` keeps the one its K rows give the most evidence for)
+PRIOR_SCALES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 _TI = {t: i for i, t in enumerate(TERMS)}
 _PI = {p: i for i, p in enumerate(NAMES)}
@@ -228,23 +232,50 @@ def _nnls_start(terms: np.ndarray, y: np.ndarray, mean: np.ndarray) -> np.ndarra
 
 
 def calibrate_joint(terms: np.ndarray, y: np.ndarray, group: np.ndarray, prior: Prior,
-                    frameworks: list, starts: int = STARTS) -> dict:
+                    frameworks: list, starts: int = STARTS, scales=PRIOR_SCALES) -> tuple[dict, float]:
     """MAP parameters of several frameworks of one new accelerator from rows of all of them.
 
     ``theta_f = mean_f + d + e_f``: a deviation ``d`` shared by the accelerator's
-    frameworks (Gaussian, prior sd :attr:`Prior.accelerator_sd`; a Student-t prior let
-    weakly identified parameters wander on unlucky draws of 10 rows, and did no better on
-    the most different accelerator, Intel PVC's vLLM) and one per framework
-    (Gaussian, :data:`INTERACTION_SCALE` x :attr:`Prior.interaction_sd`, plus
+    frameworks (Gaussian, prior sd :attr:`Prior.accelerator_sd` times a scale) and one per
+    framework (Gaussian, :data:`INTERACTION_SCALE` x :attr:`Prior.interaction_sd`, plus
     :attr:`Prior.framework_sd` for a framework no other accelerator ran), so a framework
     with few or no rows falls back on its mean plus what the accelerator's other
-    frameworks' rows say. ``group[i]`` indexes ``frameworks`` for row i. Returns
-    ``{framework: theta}``.
+    frameworks' rows say. ``group[i]`` indexes ``frameworks`` for row i.
+
+    The scale of ``d``'s prior is chosen among ``scales`` by the evidence of the K rows
+    (:func:`_fit_joint`, a Laplace approximation): the training accelerators' spread is
+    right for a device like them, and the rows themselves say when the device is not
+    (Intel PVC's vLLM stack: a 17 s run constant where others have milliseconds), in
+    which case a wider prior explains them better than its Occam penalty costs. (A
+    Student-t prior instead let weakly identified parameters wander on unlucky draws.)
+
+    Returns
+    -------
+    thetas : dict
+        ``{framework: theta}``.
+    scale : float
+        The chosen prior scale.
     """
+    best, x0 = None, None
+    for i, scale in enumerate(sorted(scales)):
+        # the first scale from ``starts`` starts; each wider one from the last optimum
+        # and a quarter as many random starts (the optimum moves little between scales)
+        fit = _fit_joint(terms, y, group, prior, frameworks, scale, starts if i == 0 else max(starts // 4, 1), x0)
+        x0 = fit[3]
+        best = fit if best is None or fit[1] > best[1] else best
+    return best[0], best[2]
+
+
+def _fit_joint(terms, y, group, prior: Prior, frameworks: list, scale: float, starts: int, x_first=None):
+    """One MAP fit of :func:`calibrate_joint` at prior scale ``scale``: ``(thetas, log
+    evidence, scale, optimum)``. The evidence is Laplace's, ``-cost - log det(J'J) / 2 -
+    sum(log prior sd)`` (terms common to every scale dropped), with ``J`` the
+    loss-weighted Jacobian of the residuals at the optimum. The first start is
+    ``x_first`` (default: the prior mean), the others random from a fixed generator."""
     free = np.array([n not in FRAMEWORK_ONLY for n in NAMES])
     nf, nfree = len(frameworks), int(free.sum())
     means = np.array([prior.mean_and_sd(f)[0] for f in frameworks])
-    acc_sd = np.maximum(prior.accelerator_sd, PRIOR_FLOOR)[free]
+    acc_sd = scale * np.maximum(prior.accelerator_sd, PRIOR_FLOOR)[free]
     int_sd = INTERACTION_SCALE * np.array([np.maximum(np.sqrt(prior.interaction_sd**2 + (
         0 if str(f).casefold() in prior.framework_mean else prior.framework_sd**2)), PRIOR_FLOOR)[free]
         for f in frameworks])
@@ -266,9 +297,13 @@ def calibrate_joint(terms: np.ndarray, y: np.ndarray, group: np.ndarray, prior: 
         x0 = np.zeros(nfree * (1 + nf))
         if i:
             x0[:nfree] = rng.normal(0, 2 * np.maximum(acc_sd, 1.0))
+        elif x_first is not None:
+            x0 = x_first.copy()
         r = least_squares(residual, x0, loss="soft_l1", f_scale=2.0)
         best = r if best is None or r.cost < best.cost else best
-    return dict(zip(frameworks, thetas(best.x)))
+    _, logdet = np.linalg.slogdet(best.jac.T @ best.jac)
+    evidence = -best.cost - 0.5 * logdet - np.log(acc_sd).sum()
+    return dict(zip(frameworks, thetas(best.x))), float(evidence), float(scale), best.x
 
 
 def calibrate(terms: np.ndarray, y: np.ndarray, mean: np.ndarray, sd: np.ndarray,

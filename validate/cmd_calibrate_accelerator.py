@@ -7,7 +7,10 @@ any ``--hardware FILE`` of your own) give a
 prior over a physical batch-latency model (prompt FLOPs and memory traffic under a
 roofline, per-pass and per-sequence overheads, tensor-parallel all-reduces, KV-cache
 capacity); K randomly drawn rows of NAME calibrate it; every other row of NAME is
-predicted and its batch latency compared with the measurement.
+predicted and its batch latency compared with the measurement. How far NAME may stray
+from the other accelerators is itself chosen from its K rows: the prior's spread is
+widened (x1 to x32) as far as the rows' evidence asks (``prior_scale`` in the JSON; 1 for
+an accelerator like the others, more for one unlike any of them).
 
 Exactly K rows of NAME are drawn in all, at random (seeded) within strata
 (``--sampling stratified``, the default): every framework of NAME gets 2 rows when K
@@ -23,7 +26,7 @@ bound) are counted by reason under "skipped", never guessed.
 
 The JSON holds ``target, points, rows_predicted, mape, median_ape`` (percent), plus
 ``points_used``, ``sampling``, ``strata``, ``p90_ape``, ``skipped`` {reason: rows}, ``frameworks`` {name: points, rows_predicted,
-mape, median_ape, p90_ape}, ``training`` and the sampling settings. Same inputs and
+mape, median_ape, p90_ape}, ``training``, ``prior_scale`` and the sampling settings. Same inputs and
 seed give the same file.
 
 Example::
@@ -97,7 +100,9 @@ def summary(report: dict) -> str:
         lines.append(f"skipped {n} row(s): {reason}")
     t = report["training"]
     lines.append(f"prior from {t['rows']} rows of {len(t['accelerators'])} other accelerator(s), "
-                 f"{t['groups']} accelerator x framework group(s)")
+                 f"{t['groups']} accelerator x framework group(s)"
+                 + (f"; its spread x{report['prior_scale']:g}, as the calibration rows' evidence chose"
+                    if report.get("prior_scale") is not None else ""))
     return "\n".join(lines) + "\n"
 
 
