@@ -191,7 +191,8 @@ def simulate(requests: pa.Table, cfg: EngineConfig, cost: StepCost, arrival: str
     """Replay ``requests``; return (simulated requests table, steps table, wall seconds).
 
     ``arrival``: one of :data:`ARRIVALS` (see :func:`effective_arrival`). Aligned arrivals
-    apply with async scheduling and one engine group (see :class:`replay.simulate.Replay`).
+    apply with async scheduling and one engine group (see :class:`replay.simulate.Replay`);
+    the rule applied is the simulated table's ``mist.arrival`` metadata.
 
     Raises
     ------
@@ -220,6 +221,7 @@ def simulate(requests: pa.Table, cfg: EngineConfig, cost: StepCost, arrival: str
         first_token_s=[r.first_token_s for r in by_index],
         finished_s=[r.finished_s for r in by_index],
     )
-    sim = from_columns(REQUESTS, cols, metadata={"mist.source_format": "mist-replay"})
+    applied = "engine-aligned" if rep.align else "client" if arrival == "client" else "engine"
+    sim = from_columns(REQUESTS, cols, metadata={"mist.source_format": "mist-replay", "mist.arrival": applied})
     steps = from_columns(STEPS, rep.step_columns())
     return sim, steps, wall

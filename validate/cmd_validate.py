@@ -35,22 +35,20 @@ HELP = "replay a recorded run and report simulated-vs-measured errors"
 DRIFT_WARN = 0.05  # warn when the speed probes differ by more than this fraction
 
 
-def arrival_note(requests, cfg, arrival: str) -> str:
-    """What the replay did with the requests' arrival times, for the report."""
-    from replay.run import effective_arrival
-
-    rule = effective_arrival(requests, arrival)
-    if rule == "client":
+def arrival_note(sim, arrival: str) -> str:
+    """What the replay did with the requests' arrival times (``sim``: its requests table,
+    whose ``mist.arrival`` metadata names the rule applied), for the report."""
+    applied = (sim.schema.metadata or {}).get(b"mist.arrival", arrival.encode()).decode()
+    if applied == "client":
         return "Arrivals fed at the client's send times."
-    if rule == "engine-aligned":
-        if cfg.async_scheduling and (cfg.data_parallel == 1 or cfg.expert_parallel):
-            return ("Arrivals: the real engine's stamps, each request joining the plan made at the "
-                    "replayed step boundary nearest its stamp (engine-aligned).")
-        why = "no async scheduling" if not cfg.async_scheduling else "independent data-parallel engines"
-        return f"Arrivals fed at the real engine's stamps (not aligned: {why})."
-    if arrival == "engine-aligned":
-        return "Arrivals fed at the real engine's stamps where recorded (not aligned: the run has no engine stamps)."
-    return "Arrivals fed at the real engine's stamps where recorded, else the client's send times."
+    if applied == "engine-aligned":
+        return ("Arrivals: the real engine's stamps, each request joining the plan made at the "
+                "replayed step boundary nearest its stamp (engine-aligned).")
+    note = "Arrivals fed at the real engine's stamps where recorded, else the client's send times"
+    if arrival == "engine-aligned":  # asked for, not applicable
+        note += (" (not aligned: that needs an engine stamp on every request, async scheduling "
+                 "and a single engine group)")
+    return note + "."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -190,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         write_table(steps, args.out / "simulated.steps.parquet")
         lines = [f"Engine: {cfg}", f"Link: {notes['link']}; skew alpha {notes['skew_alpha']}",
                  f"Host time per step: {notes['host']}",
-                 arrival_note(requests, cfg, args.arrival)]
+                 arrival_note(sim, args.arrival)]
         if ratio is not None:
             lines.append(f"Speed-probe drift ratio (recording / profiling): {ratio:.3f}; "
                          f"{'profile rescaled by it' if uncorrected is not None else 'not applied'}.")
