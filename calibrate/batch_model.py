@@ -301,8 +301,8 @@ def _fit_joint(terms, y, group, prior: Prior, frameworks: list, scale: float, st
             x0 = x_first.copy()
         r = least_squares(residual, x0, loss="soft_l1", f_scale=2.0)
         best = r if best is None or r.cost < best.cost else best
-    _, logdet = np.linalg.slogdet(best.jac.T @ best.jac)
-    evidence = -best.cost - 0.5 * logdet - np.log(acc_sd).sum()
+    sign, logdet = np.linalg.slogdet(best.jac.T @ best.jac)
+    evidence = -best.cost - 0.5 * logdet - np.log(acc_sd).sum() if sign > 0 else -np.inf
     return dict(zip(frameworks, thetas(best.x))), float(evidence), float(scale), best.x
 
 
