@@ -47,3 +47,17 @@ def test_no_regression_against_baselines(summaries):
     current = {name: s["metrics"] for name, s in summaries.items()}
     assert check(current, baselines) == []
 
+
+
+def test_the_summary_names_the_arrival_rule_the_replay_applied(summaries, shared_data, tmp_path):
+    # by default the engine's stamps as they are; aligned when asked on an async run with
+    # a stamp on every request
+    assert {s["arrival"] for s in summaries.values()} == {"engine"}
+    name = next(iter(RUNS))
+    path = tmp_path / "aligned.json"
+    assert main([*validate_args(name, shared_data), "--arrival", "engine-aligned", "--json", str(path)]) == 0
+    assert json.loads(path.read_text())["arrival"] == "engine-aligned"
+    # without async scheduling there are no in-flight plans to join: not aligned
+    assert main([*validate_args(name, shared_data), "--arrival", "engine-aligned", "--no-async-scheduling",
+                 "--json", str(path)]) == 0
+    assert json.loads(path.read_text())["arrival"] == "engine"

@@ -35,10 +35,15 @@ HELP = "replay a recorded run and report simulated-vs-measured errors"
 DRIFT_WARN = 0.05  # warn when the speed probes differ by more than this fraction
 
 
+def applied_arrival(sim, asked: str) -> str:
+    """The arrival rule the replay applied (its requests table's ``mist.arrival``)."""
+    return (sim.schema.metadata or {}).get(b"mist.arrival", asked.encode()).decode()
+
+
 def arrival_note(sim, arrival: str) -> str:
     """What the replay did with the requests' arrival times (``sim``: its requests table,
     whose ``mist.arrival`` metadata names the rule applied), for the report."""
-    applied = (sim.schema.metadata or {}).get(b"mist.arrival", arrival.encode()).decode()
+    applied = applied_arrival(sim, arrival)
     if applied == "client":
         return "Arrivals fed at the client's send times."
     if applied == "engine-aligned":
@@ -165,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
         "requests": {"measured": aligned.measured, "simulated": aligned.simulated, "matched": aligned.matched},
         "metrics": rounded(metrics),
         "replay_wall_s": round(wall, 4),
+        "arrival": applied_arrival(sim, args.arrival),
     }
     print(f"{args.run}: {aligned.matched} of {aligned.measured} requests matched; "
           f"replay {wall:.3f} s wall, {steps.num_rows} steps")
