@@ -9,7 +9,8 @@
 For every accelerator in ``All_results.csv`` and every seed it runs the project's own
 command, ``python -m validate.cli calibrate-accelerator``, and prints per accelerator the
 rows predicted and the errors (%) over all frameworks and over vLLM rows alone: mean over
-seeds of MAPE and of the median APE, and the worst seed's median APE. Nothing is typed in.
+seeds of MAPE and of the median APE, the worst seed's median APE, and the prior scale each
+seed's K rows chose (1: the target is like the training accelerators). Nothing is typed in.
 
 ``--only-framework vLLM`` simulates an accelerator measured with one framework only (say
 AMD MI300X with vLLM rows and nothing else): before each run, the target's rows of other
@@ -88,10 +89,10 @@ def main() -> int:
     if args.only_framework:
         mode += f"; target keeps only its {args.only_framework} rows"
     print(f"K = {args.points} ({mode}), seeds {' '.join(map(str, args.seeds))}; errors in %: "
-          "mean over seeds, and the worst seed's median APE\n")
+          "mean over seeds, and the worst seed's median APE; the prior scale each seed chose\n")
     print("| accelerator | frameworks | points used | rows predicted | MAPE | median APE | worst median "
-          "| vLLM rows | vLLM MAPE | vLLM median APE | vLLM worst median | s/run |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| vLLM rows | vLLM MAPE | vLLM median APE | vLLM worst median | prior scales | s/run |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for target in targets:
         with tempfile.TemporaryDirectory() as tmp:
             csv = args.bench
@@ -109,6 +110,7 @@ def main() -> int:
               f"| {_worst(r['median_ape'] for r in reports)} "
               f"| {v[0].get('rows_predicted', '–')} | {_mean(x.get('mape') for x in v)} "
               f"| {_mean(x.get('median_ape') for x in v)} | {_worst(x.get('median_ape') for x in v)} "
+              f"| {' '.join(format(r.get('prior_scale', 1), 'g') for r in reports)} "
               f"| {np.mean(walls):.1f} |", flush=True)
     return 0
 
