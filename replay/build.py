@@ -108,10 +108,10 @@ def allreduce_s(num_bytes: float, tp: int, link_bw_bytes_s: float,
     return latency_s + 2.0 * (tp - 1) / tp * num_bytes / link_bw_bytes_s
 
 
-def allgather_s(num_bytes: float, tp: int, link_bw_bytes_s: float,
-                latency_s: float = ALLREDUCE_LATENCY_S) -> float:
-    """Ring all-gather time (s) of a tensor of ``num_bytes`` in all, ``1/tp`` of it on each
-    of ``tp`` ranks: every rank receives the other ranks' ``(tp - 1) / tp`` share."""
+def allgather_s(num_bytes, tp: int, link_bw_bytes_s: float, latency_s: float = ALLREDUCE_LATENCY_S):
+    """Ring all-gather time (s) of a tensor of ``num_bytes`` in all (a number or an
+    array), ``1/tp`` of it on each of ``tp`` ranks: every rank receives the other ranks'
+    ``(tp - 1) / tp`` share."""
     if tp <= 1:
         return 0.0
     return latency_s + (tp - 1) / tp * num_bytes / link_bw_bytes_s
@@ -216,11 +216,8 @@ def build_step_cost(models: dict[str, LatencyModel], model: ModelConfig, cfg: En
     per_seq = integer_table(models["lm_head"], max_seqs) + integer_table(models["sampler"], max_seqs)
     if cfg.tensor_parallel > 1:  # each rank computes its vocabulary shard's logits; vLLM all-gathers them
         logit_bytes = np.arange(max_seqs + 1) * model.vocab_size * dtype_bytes(model.torch_dtype)
-        if all_gather is not None:
-            gather = np.asarray(all_gather(np.maximum(logit_bytes, 1)), dtype=float)
-        else:
-            gather = np.array([allgather_s(b, cfg.tensor_parallel, link_bw_bytes_s, link_latency_s)
-                               for b in logit_bytes])
+        gather = np.asarray(all_gather(np.maximum(logit_bytes, 1)) if all_gather is not None else
+                            allgather_s(logit_bytes, cfg.tensor_parallel, link_bw_bytes_s, link_latency_s), dtype=float)
         gather[0] = 0.0
         per_seq = per_seq + gather
     return StepCost(
