@@ -41,7 +41,9 @@ Engine settings the rows do not carry are vLLM's defaults for its OpenAI server
 (``vllm/engine/arg_utils.py``, ``get_batch_defaults``): a token budget of 8192 and
 ``max_num_seqs`` 1024 on GPUs with at least 70 GiB that are not A100s, else 2048
 and 256; chunked prefill, 90 % of memory for weights and KV cache, block size 16,
-prefix caching on (random prompts share nothing).
+prefix caching on (random prompts share nothing). A user who knows the deployment's
+launch flags gives its token budget and sequence cap instead (``max_num_batched_tokens``,
+``max_num_seqs``; ``mist silicon --max-num-batched-tokens/--max-num-seqs``).
 """
 
 from __future__ import annotations
@@ -404,11 +406,22 @@ def vllm_defaults(sheet: Datasheet) -> tuple[int, int]:
     return 2048, 256
 
 
-def kv_blocks_for(model: ModelConfig, sheet: Datasheet, tp: int, dtype: str, experts: str | None = None) -> int:
+def engine_limits(sheet: Datasheet, max_num_batched_tokens: int | None = None,
+                  max_num_seqs: int | None = None) -> tuple[int, int]:
+    """The deployment's ``(max_num_batched_tokens, max_num_seqs)``: those given (its
+    launch flags, when known), else :func:`vllm_defaults` for the device."""
+    budget, seqs = vllm_defaults(sheet)
+    return (budget if max_num_batched_tokens is None else int(max_num_batched_tokens),
+            seqs if max_num_seqs is None else int(max_num_seqs))
+
+
+def kv_blocks_for(model: ModelConfig, sheet: Datasheet, tp: int, dtype: str, experts: str | None = None,
+                  max_num_batched_tokens: int | None = None, max_num_seqs: int | None = None) -> int:
     """KV blocks per rank (:func:`replay.build.kv_blocks`) on the datasheet's memory at
-    vLLM's default utilisation, token budget and sequence cap, weights in ``dtype``
-    (routed experts in ``experts`` when given) and a 16-bit KV cache."""
-    budget, max_seqs = vllm_defaults(sheet)
+    vLLM's default utilisation, the token budget and sequence cap of
+    :func:`engine_limits`, weights in ``dtype`` (routed experts in ``experts`` when
+    given) and a 16-bit KV cache."""
+    budget, max_seqs = engine_limits(sheet, max_num_batched_tokens, max_num_seqs)
     return kv_blocks(model, sheet.memory_bytes, GPU_MEMORY_UTILIZATION, tp, BLOCK_SIZE, 2.0, dtype_bytes(dtype),
                      max_num_batched_tokens=budget, max_num_seqs=max_seqs,
                      expert_dtype_bytes=None if experts is None else dtype_bytes(experts))
@@ -417,7 +430,8 @@ def kv_blocks_for(model: ModelConfig, sheet: Datasheet, tp: int, dtype: str, exp
 def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests_per_user: int | None = None,
                 cache: dict | None = None, arrivals: str = "benchmark", exclude_warmup: bool = True,
                 overhead: StepOverhead | None = None, moe_efficiency: dict | None = None,
-                length_ratio: float = 1.0, seed: int = 0) -> Prediction:
+                length_ratio: float = 1.0, seed: int = 0, max_num_batched_tokens: int | None = None,
+                max_num_seqs: int | None = None) -> Prediction:
     """Closed-loop prediction of one row (times in ms).
 
     ``arrivals``:
@@ -442,6 +456,11 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
 
     ``moe_efficiency``: the device's fused-MoE rate per compute dtype
     (:mod:`replay.fused_moe`); None composes MoE layers from the GEMM table alone.
+
+    ``max_num_batched_tokens`` and ``max_num_seqs``: the deployment's own engine limits
+    when its launch flags are known (the rows do not record them); by default vLLM's
+    (:func:`vllm_defaults`), the sequence cap raised to the row's concurrency. A cap
+    that is given is kept as it is: users beyond it wait for a slot, as in vLLM.
     """
     if arrivals not in ARRIVALS:
         raise ValueError(f"arrivals must be one of {ARRIVALS}, not {arrivals!r}")
@@ -452,16 +471,18 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
     isl, osl = int(row["isl"]), int(row["osl"])
     dt = measured_dtype(gemm_dtype(row, model), kernels)
     md = measured_dtype(moe_dtype(row, model), kernels) if model.is_moe() else None
-    budget, max_seqs = vllm_defaults(kernels.sheet)
+    budget, max_seqs = engine_limits(kernels.sheet, max_num_batched_tokens, max_num_seqs)
     ep = expert_parallel_of(row, tp) if model.is_moe() else 1
     if ep is None:
         raise Unmodelled(MOE_LAYOUT)
-    cfg = EngineConfig(max_num_seqs=max(max_seqs, users), max_num_batched_tokens=budget,
-                       block_size=BLOCK_SIZE, num_gpu_blocks=kv_blocks_for(model, kernels.sheet, tp, dt, md),
+    cfg = EngineConfig(max_num_seqs=max(max_seqs, users) if max_num_seqs is None else max_seqs,
+                       max_num_batched_tokens=budget, block_size=BLOCK_SIZE,
+                       num_gpu_blocks=kv_blocks_for(model, kernels.sheet, tp, dt, md, budget, max_seqs),
                        tensor_parallel=tp, expert_parallel=ep > 1,
                        async_scheduling=async_by_default(row_version(row)) if _is_vllm(row) else True)
     moe_eff = moe_efficiency if model.is_moe() else None
-    key = (id(kernels), model.name, tp, ep, dt, md, cfg.max_num_seqs, tuple(sorted((moe_eff or {}).items())))
+    key = (id(kernels), model.name, tp, ep, dt, md, cfg.max_num_seqs, cfg.max_num_batched_tokens,
+           tuple(sorted((moe_eff or {}).items())))
     cost = None if cache is None else cache.get(key)
     if cost is None:
         max_len = max(1 << 15, isl + osl)
@@ -532,12 +553,14 @@ def predict_silicon(rows: pd.DataFrame, kernels: KernelSet | KernelVersions, mod
                     requests_per_user: int | None = None, progress=None, arrivals: str = "benchmark",
                     exclude_warmup: bool = True, overhead: StepOverhead | None = None,
                     moe_efficiency: dict | None = None, length_ratio: float = 1.0,
-                    seed: int = 0) -> tuple[pd.DataFrame, dict]:
+                    seed: int = 0, max_num_batched_tokens: int | None = None,
+                    max_num_seqs: int | None = None) -> tuple[pd.DataFrame, dict]:
     """Predict every row; return per-row results and the summary JSON object.
 
     ``kernels``: one set for every row, or :class:`KernelVersions` so that each row
     reads the tables of its own engine version. ``overhead``, ``moe_efficiency``,
-    ``length_ratio`` and ``seed``: see :func:`predict_row`.
+    ``length_ratio``, ``seed``, ``max_num_batched_tokens`` and ``max_num_seqs``: see
+    :func:`predict_row`.
     """
     index = model_index(models_dir)
     configs: dict = {}
@@ -560,7 +583,7 @@ def predict_silicon(rows: pd.DataFrame, kernels: KernelSet | KernelVersions, mod
             model = configs[row["model_path"]]
             try:
                 p = predict_row(row, model, kernels, requests_per_user, cache, arrivals, exclude_warmup, overhead,
-                                moe_efficiency, length_ratio, seed)
+                                moe_efficiency, length_ratio, seed, max_num_batched_tokens, max_num_seqs)
             except Unmodelled as exc:
                 reason = str(exc)
             else:

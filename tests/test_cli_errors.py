@@ -126,6 +126,15 @@ def test_seeds_numpy_cannot_take_are_usage_errors(seed, capsys):
     assert exc.value.code == 2 and "a seed is an integer" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", ["--max-num-batched-tokens", "--max-num-seqs"])
+@pytest.mark.parametrize("value", ["0", "-3", "1.5"])
+def test_silicon_engine_limits_below_one_are_usage_errors(flag, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["silicon", "--silicon", "s.csv", "--kernels", "k", "--models", "m", "--system", "h100_sxm",
+              flag, value])
+    assert exc.value.code == 2 and "a whole number of at least 1" in capsys.readouterr().err
+
+
 SILICON_HEADER = ("system,backend,backend_version,model_path,mode,isl,osl,batch_size,tp_size,"
                   "silicon_ttft_ms,silicon_tpot_ms\n")
 

@@ -265,3 +265,49 @@ def test_varied_lengths_break_the_lock_step(llama_rows):
     longer["isl"] = 8 * int(row.isl)
     ratio = predict_row(longer, model, kernels, 1, cache, "benchmark").lone_ttft_ms / bench.lone_ttft_ms
     assert 5 < ratio < 12
+
+
+def test_engine_limits_are_vllms_defaults_unless_given():
+    from calibrate.kernels import Datasheet
+    from replay.silicon import engine_limits
+
+    h100 = Datasheet(name="h100_sxm", mem_bw_bytes_s=3.35e12, peak_flops={"bfloat16": 989e12},
+                     link_bw_bytes_s=450e9, memory_bytes=80 * 2**30)
+    a100 = Datasheet(name="a100_sxm", mem_bw_bytes_s=2.0e12, peak_flops={"bfloat16": 312e12},
+                     link_bw_bytes_s=300e9, memory_bytes=80 * 2**30)
+    assert engine_limits(h100) == (8192, 1024)
+    assert engine_limits(a100) == (2048, 256)
+    assert engine_limits(h100, 2532, 8) == (2532, 8)
+    assert engine_limits(a100, max_num_seqs=64) == (2048, 64)
+
+
+def test_a_given_sequence_cap_queues_the_users_beyond_it_littles_law(llama_rows):
+    # 64 users, C slots, always full in the steady state: 64 - C users wait, and by
+    # Little's law each waits (64 - C) / C times a request's time in its slot (its
+    # prefill, about the uncapped TTFT, plus OSL - 1 decode steps at the capped batch)
+    from replay.silicon import predict_row
+
+    rows, model, kernels = llama_rows
+    row, cache = rows.iloc[-1], {}
+    users, osl = int(row.batch_size), int(row.osl)
+    assert users == 64
+    free = predict_row(row, model, kernels, 12, cache, "staggered")
+    for cap in (32, 16):
+        capped = predict_row(row, model, kernels, 12, cache, "staggered", max_num_seqs=cap)
+        in_slot = free.ttft_ms + (osl - 1) * capped.tpot_ms
+        assert capped.ttft_ms - free.ttft_ms == pytest.approx((users - cap) / cap * in_slot, rel=0.1)
+        assert capped.tpot_ms < free.tpot_ms  # fewer sequences decode together
+
+
+def test_a_given_token_budget_chunks_the_prompt(llama_rows):
+    # a 1024-token prompt alone: one step under vLLM's 8192 budget, four under 256
+    from replay.silicon import predict_row
+
+    rows, model, kernels = llama_rows
+    row, cache = rows.iloc[0], {}
+    whole = predict_row(row, model, kernels, None, cache, "staggered")
+    chunked = predict_row(row, model, kernels, None, cache, "staggered", max_num_batched_tokens=256)
+    assert chunked.lone_ttft_ms > whole.lone_ttft_ms
+    # every chunk re-reads the weights: at least three more weight-bound steps than one
+    decode_step = whole.tpot_ms
+    assert chunked.lone_ttft_ms - whole.lone_ttft_ms > 2 * decode_step

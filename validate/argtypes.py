@@ -25,3 +25,14 @@ def ratio(text: str) -> float:
     if not 0.0 < r <= 1.0:
         raise argparse.ArgumentTypeError(f"a ratio is a number in (0, 1], got {r}")
     return r
+
+
+def positive_int(text: str) -> int:
+    """An integer of at least 1."""
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {k}")
+    return k

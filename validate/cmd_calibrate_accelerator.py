@@ -42,17 +42,11 @@ import argparse
 import time
 from pathlib import Path
 
-from validate.argtypes import seed
+from validate.argtypes import positive_int, seed
 
 SAMPLINGS = ("stratified", "random", "per-framework")  # calibrate.accelerator.SAMPLINGS
 HELP = "calibrate a new accelerator from K benchmark rows and predict the rest"
 
-
-def _positive(text: str) -> int:
-    k = int(text)
-    if k < 1:
-        raise argparse.ArgumentTypeError(f"need at least 1 point, got {k}")
-    return k
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="LLM-Inference-Bench CSV file(s), read and concatenated")
     p.add_argument("--target", required=True, metavar="NAME",
                    help='accelerator to treat as new: a Hardware value ("Nvidia H100 GPU") or catalogue name/alias (h100_sxm)')
-    p.add_argument("--points", required=True, type=_positive, metavar="K",
+    p.add_argument("--points", required=True, type=positive_int, metavar="K",
                    help="calibration rows of NAME drawn at random, in all (see --points-per-framework)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the draw (default 0)")
     p.add_argument("--json", required=True, type=Path, metavar="FILE", help="where to write the report")

@@ -33,15 +33,10 @@ import time
 from pathlib import Path
 
 from traces.errors import TraceError
+from validate.argtypes import positive_int
 
 HELP = "measure CPU operator latencies and vLLM step overhead into a profile bundle"
 
-
-def _positive(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,13 +44,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path, metavar="CONFIG_JSON", help="Hugging Face config.json")
     p.add_argument("--out", required=True, type=Path, metavar="BUNDLE_DIR", help="bundle folder to create")
     p.add_argument("--name", default="", help="model name in meta.yaml (default: from the config)")
-    p.add_argument("--max-num-batched-tokens", type=_positive, default=512, metavar="N",
+    p.add_argument("--max-num-batched-tokens", type=positive_int, default=512, metavar="N",
                    help="engine token budget per step; dense grid maximum (default 512)")
-    p.add_argument("--max-num-seqs", type=_positive, default=64, metavar="N",
+    p.add_argument("--max-num-seqs", type=positive_int, default=64, metavar="N",
                    help="engine sequence limit; per-sequence grid maximum (default 64)")
-    p.add_argument("--max-kv", type=_positive, default=2048, metavar="N",
+    p.add_argument("--max-kv", type=positive_int, default=2048, metavar="N",
                    help="largest KV length of the attention grid, the engine's max_model_len (default 2048)")
-    p.add_argument("--repeats", type=_positive, default=5, metavar="R",
+    p.add_argument("--repeats", type=positive_int, default=5, metavar="R",
                    help="timed samples per grid point (default 5; --quick caps it at 3)")
     p.add_argument("--threads-bind", default="0", metavar="CPUS",
                    help='CPUs to run on, VLLM_CPU_OMP_THREADS_BIND syntax (default "0": one thread)')
@@ -63,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sampling temperature (default 0: greedy, as mist record; vLLM's server default is 1.0)")
     p.add_argument("--enable-prefix-caching", action="store_true",
                    help="engine prefix caching on (default off, as mist record)")
-    p.add_argument("--block-size", type=_positive, default=128, help="KV block size (default 128, vLLM CPU)")
+    p.add_argument("--block-size", type=positive_int, default=128, help="KV block size (default 128, vLLM CPU)")
     p.add_argument("--flush-mb", type=int, default=64, metavar="MB",
                    help="cache-evicting buffer read before every sample; GEMMs rotate over 2x this much weight (default 64; 0: warm caches)")
     p.add_argument("--quick", action="store_true", help="coarse grids, few repeats (about 30 s; for tests)")

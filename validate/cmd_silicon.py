@@ -27,6 +27,10 @@ request's lengths drawn from ``[r x ISL, ISL]`` and ``[r x OSL, OSL]``
 fork of it, run with r = 0.8; today's ``vllm bench serve`` draws ``[L(1-r), L(1+r)]``
 instead); with fixed lengths (r = 1) identical requests stay in lock-step.
 
+The rows do not record the engine's launch flags: its token budget per step and cap
+on running sequences are vLLM's defaults for the GPU unless given
+(``--max-num-batched-tokens``, ``--max-num-seqs``; the JSON's ``settings`` say which).
+
 Kernel databases do not time the rest of an engine step (sampling, host-side input
 and output handling, launch gaps). The step overhead shipped in
 ``profiles/silicon_step_overhead.yaml`` adds it (``--step-overhead FILE`` for
@@ -69,7 +73,7 @@ from pathlib import Path
 
 from traces.errors import ReplayError, TraceError
 from traces.io import atomic_write_json
-from validate.argtypes import ratio, seed
+from validate.argtypes import positive_int, ratio, seed
 
 HELP = "predict measured deployments (silicon CSV) from a system's kernel database"
 
@@ -97,6 +101,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "[ratio x ISL, ISL] and [ratio x OSL, OSL], as vLLM's legacy benchmark_serving.py "
                         "--random-range-ratio does (InferenceX's fork runs 0.8); default 1: fixed lengths")
     p.add_argument("--seed", type=seed, default=None, help="client: seed of the request lengths (default 0)")
+    p.add_argument("--max-num-batched-tokens", type=positive_int, metavar="N",
+                   help="the deployment's token budget per engine step, when its launch flags are known "
+                        "(the rows do not record it; default: vLLM's for the GPU, 8192 on GPUs of at least "
+                        "70 GiB that are not A100s, else 2048)")
+    p.add_argument("--max-num-seqs", type=positive_int, metavar="N",
+                   help="the deployment's cap on running sequences, when known (default: vLLM's, 1024 or 256, "
+                        "raised to each row's concurrency); a cap below a row's concurrency makes the rest wait")
     p.add_argument("--include-warmup", action="store_true",
                    help="staggered/burst: average over every request, first wave included")
     p.add_argument("--step-overhead", type=Path, default=None,
@@ -255,7 +266,8 @@ def run(args: argparse.Namespace) -> int:
                                                                disable=None),
                                arrivals=args.arrivals, exclude_warmup=not args.include_warmup,
                                overhead=step_overhead, moe_efficiency=moe_rates,
-                               length_ratio=args.length_ratio, seed=args.seed)
+                               length_ratio=args.length_ratio, seed=args.seed,
+                               max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs)
 
     if args.fit_step_overhead is not None:
         bare, _ = predict(None, "rows (no overhead)")
@@ -279,6 +291,8 @@ def run(args: argparse.Namespace) -> int:
                            "kernel_tables": "nearest each row's backend_version (rows without one: the "
                                             "newest); kernel_cv on the newest",
                            "datasheet": sheet_source, "arrivals": args.arrivals,
+                           "max_num_batched_tokens": args.max_num_batched_tokens or "vLLM default",
+                           "max_num_seqs": args.max_num_seqs or "vLLM default",
                            "requests_per_user": args.requests_per_user,
                            "warmup_excluded": args.arrivals == "benchmark" or (
                                args.arrivals != "client" and not args.include_warmup),
