@@ -48,7 +48,6 @@ SAMPLINGS = ("stratified", "random", "per-framework")  # calibrate.accelerator.S
 HELP = "calibrate a new accelerator from K benchmark rows and predict the rest"
 
 
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bench", required=True, type=Path, nargs="+", metavar="CSV",
                    help="LLM-Inference-Bench CSV file(s), read and concatenated")

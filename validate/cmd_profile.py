@@ -38,7 +38,6 @@ from validate.argtypes import positive_int
 HELP = "measure CPU operator latencies and vLLM step overhead into a profile bundle"
 
 
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Declare ``--model CONFIG_JSON --out BUNDLE_DIR`` and the measurement options."""
     p.add_argument("--model", required=True, type=Path, metavar="CONFIG_JSON", help="Hugging Face config.json")
