@@ -8,6 +8,9 @@ prefill KV) into ``skew_fit.csv``; buckets are right-closed intervals whose edge
 ``meta.yaml`` lists under ``skew_fit.bucket_axes``. A batch outside every
 measured bucket uses the degree's ``alpha_default``. The skew rate is
 ``(mean - min) / (max - min)`` of the decode KV lengths.
+
+:func:`skew_errors` measures how well each correction reproduces the bundle's own
+skewed batches (``skew.csv``); ``mist calibrate`` reports it.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
+from calibrate.calibration import ape_summary
 from profiles.bundle import Bundle
 from traces.errors import TraceError
 
@@ -83,3 +88,76 @@ def skew_from_bundle(bundle: Bundle, tp: int, buckets: bool = True) -> SkewAlpha
         kvb_bins=tuple(axes["kv_big_bins"]), kvb_labels=tuple(axes["kv_big_labels"]),
         kp_bins=tuple(axes["kp_bins"]), kp_labels=tuple(axes["kp_labels"]),
     )
+
+
+SKEW_COLUMNS = ("regime", "n", "pc", "kp", "kvs", "kv_big", "kv_mean", "t_mean_us", "t_max_us", "t_skew_us")
+
+
+def skew_errors(bundle: Bundle, tp: int) -> dict | None:
+    """How well each skew correction reproduces the measured skewed batches of ``skew.csv``.
+
+    Each row of ``skew.csv`` is a batch of ``n`` decodes, ``n - nb`` of them at KV length
+    ``kvs`` and the others at ``kv_big`` (with a prefill chunk ``pc`` over ``kp`` cached
+    tokens in the ``mixed`` regime), timed as it is (``t_skew``), with every KV length at
+    the mean (``t_mean``) and at the maximum (``t_max``). Its time is predicted from its own
+    ``t_mean`` and ``t_max`` as the replay does, ``t_mean + alpha (t_max - t_mean)``, with
+    alpha 0 (the mean KV length alone), the degree's ``alpha_default`` and, when the bundle
+    has them, the per-bucket alphas of ``skew_fit.csv``. Batches timed faster at the
+    maximum than at the mean (``t_max < t_mean``: timing noise, no alpha defined) are
+    counted apart (``inverted``); the rest are the batches the profiler fitted on.
+
+    The profiler fitted the alphas on these same batches, so the errors are in-sample:
+    they say what each form of correction can represent, not how it generalises.
+
+    Returns None when the degree has no ``skew.csv``; else ``{"batches",
+    "inverted", "alpha_default", "regimes": {regime or "all": {"batches",
+    "measured_extra_pct", "mean_kv", "default", "buckets"}}}`` with each variant's
+    :func:`calibrate.calibration.ape_summary` (percent; ``buckets`` None without a bucket
+    table) and ``measured_extra_pct`` the median of ``t_skew / t_mean - 1`` (percent).
+
+    Raises
+    ------
+    TraceError
+        A column is missing, or a time is not a positive number (file and line).
+    """
+    if (tp, "skew") not in bundle.tables:
+        return None
+    df = bundle.tables[(tp, "skew")]
+    where = bundle.root / f"tp{tp}" / "skew.csv"
+    missing = [c for c in SKEW_COLUMNS if c not in df.columns]
+    if missing:
+        raise TraceError(where, f"missing columns {missing}", line=1)
+    times = {}
+    for col in ("t_mean_us", "t_max_us", "t_skew_us"):
+        t = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
+        bad = np.flatnonzero(~np.isfinite(t) | (t <= 0))
+        if bad.size:
+            raise TraceError(where, f"{col} must be a positive number, got {df[col].iloc[bad[0]]!r}",
+                             line=int(bad[0]) + 2)
+        times[col] = t
+    t_mean, t_max, t_skew = times["t_mean_us"], times["t_max_us"], times["t_skew_us"]
+    keep = t_max >= t_mean
+    rows = df[keep]
+    gap = (t_max - t_mean)[keep]
+    base, meas = t_mean[keep], t_skew[keep]
+    default = skew_from_bundle(bundle, tp, buckets=False)
+    alphas = {"mean_kv": np.zeros(len(rows)), "default": np.full(len(rows), default.default)}
+    try:
+        bucketed = skew_from_bundle(bundle, tp)
+    except TraceError:
+        bucketed = None
+    if bucketed is not None:
+        alphas["buckets"] = np.array([bucketed(int(r.pc), int(r.n), r.kvs, r.kv_mean, r.kv_big, int(r.kp))
+                                      for r in rows.itertuples(index=False)], dtype=float)
+    regime = rows["regime"].astype(str).to_numpy()
+    regimes = {}
+    for name in [*sorted(set(regime)), "all"]:
+        m = np.ones(len(rows), bool) if name == "all" else regime == name
+        entry = {"batches": int(m.sum()),
+                 "measured_extra_pct": round(float(np.median(meas[m] / base[m] - 1) * 100), 4)}
+        for variant in ("mean_kv", "default", "buckets"):
+            a = alphas.get(variant)
+            entry[variant] = None if a is None else ape_summary(base[m] + a[m] * gap[m], meas[m], digits=4)
+        regimes[name] = entry
+    return {"batches": int(keep.sum()), "inverted": int((~keep).sum()),
+            "alpha_default": default.default, "regimes": regimes}
