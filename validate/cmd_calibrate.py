@@ -93,9 +93,12 @@ def skew_table(tp: str, skew: dict) -> list[str]:
     """Markdown lines: how each KV-skew correction reproduces the bundle's skewed batches."""
     lines = [f"### tp={tp}: KV-skew correction against `skew.csv`", "",
              f"{skew['batches']:,} measured decode batches with uneven KV lengths (and {skew['inverted']} "
-             "timed faster with every KV length at the maximum than at the mean, left out). Each batch's time is predicted from its own measured uniform-mean and "
-             "uniform-max times, `t_mean + alpha (t_max - t_mean)`, as the replay does; the "
-             "profiler fitted the alphas on these same batches, so the errors are in-sample.", "",
+             "timed faster with every KV length at the maximum than at the mean, left out). Each "
+             "batch's time is predicted from its own measured uniform-mean and uniform-max times, "
+             "`t_mean + alpha (t_max - t_mean)`, as the replay does; the "
+             "profiler fitted the alphas on these same batches, so the errors are in-sample. (Buckets "
+             "are keyed by the exact profiled prefill chunk: in a replay with `--skew buckets` a mixed "
+             "step whose chunk is not a profiled size takes the one alpha.)", "",
              f"| regime | batches | measured over mean KV (median %) | mean KV alone: MAPE / P90 % | "
              f"one alpha ({skew['alpha_default']:g}): MAPE / P90 % | per-bucket alphas: MAPE / P90 % |",
              "|---|---:|---:|---:|---:|---:|"]
