@@ -132,7 +132,7 @@ def skew_errors(bundle: Bundle, tp: int) -> dict | None:
         t = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
         bad = np.flatnonzero(~np.isfinite(t) | (t <= 0))
         if bad.size:
-            raise TraceError(where, f"{col} must be a positive number, got {df[col].iloc[bad[0]]!r}",
+            raise TraceError(where, f"{col} must be a positive number, got {str(df[col].iloc[bad[0]])!r}",
                              line=int(bad[0]) + 2)
         times[col] = t
     t_mean, t_max, t_skew = times["t_mean_us"], times["t_max_us"], times["t_skew_us"]

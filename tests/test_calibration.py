@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -122,6 +124,9 @@ def test_mist_calibrate_end_to_end_is_deterministic(shared_data, tmp_path, capsy
         assert main(["calibrate", "--profiles", str(shared_data / LLAMA), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "## tp=1" in printed and "| qkv_proj | tokens | 152 |" in printed
+    assert "### tp=1: KV-skew correction against `skew.csv`" in printed
+    skew = json.loads((outs[0] / "report.json").read_text())["tp"]["1"]["skew"]
+    assert skew["batches"] > 0 and set(skew["regimes"]["all"]) >= {"mean_kv", "default", "buckets"}
     for name in ("grids.parquet", "report.json", "report.md", "cv.png"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
     assert (outs[0] / "cv.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
