@@ -144,9 +144,9 @@ def skew_errors(bundle: Bundle, tp: int) -> dict | None:
     alphas = {"mean_kv": np.zeros(len(rows)), "default": np.full(len(rows), default.default)}
     try:
         bucketed = skew_from_bundle(bundle, tp)
-    except TraceError:
-        bucketed = None
-    if bucketed is not None:
+    except TraceError:  # no skew_fit.csv at this degree: no per-bucket figures
+        pass
+    else:
         alphas["buckets"] = np.array([bucketed(int(r.pc), int(r.n), r.kvs, r.kv_mean, r.kv_big, int(r.kp))
                                       for r in rows.itertuples(index=False)], dtype=float)
     regime = rows["regime"].astype(str).to_numpy()
