@@ -32,12 +32,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import yaml
 
-from traces.errors import TraceError
+from traces.errors import TraceError, positive_numbers
 from traces.schema import OPERATOR_PROFILE, from_columns
 
 # table name -> (required columns, feature columns mapped to operator_profile names);
@@ -99,11 +98,8 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     if missing:
         raise TraceError(path, f"missing columns {missing}; found {list(df.columns)}", line=1)
     if "time_us" in df.columns:
-        t = pd.to_numeric(df["time_us"], errors="coerce")
-        bad = np.flatnonzero(~np.isfinite(t.to_numpy(float)) | (t.to_numpy(float) <= 0))
-        if bad.size:
-            raise TraceError(path, f"time_us must be a positive number (got {df['time_us'].iloc[bad[0]]!r})", line=int(bad[0]) + 2)
-        df = df.drop(columns="time_us").assign(latency_s=t.to_numpy(float) * 1e-6)
+        t = positive_numbers(df["time_us"], path, "time_us", first_line=2)
+        df = df.drop(columns="time_us").assign(latency_s=t * 1e-6)
     return df
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 
 from calibrate.calibration import ape_summary
 from profiles.bundle import Bundle
-from traces.errors import TraceError
+from traces.errors import TraceError, positive_numbers
 
 
 @dataclass(frozen=True)
@@ -127,15 +127,8 @@ def skew_errors(bundle: Bundle, tp: int) -> dict | None:
     missing = [c for c in SKEW_COLUMNS if c not in df.columns]
     if missing:
         raise TraceError(where, f"missing columns {missing}", line=1)
-    times = {}
-    for col in ("t_mean_us", "t_max_us", "t_skew_us"):
-        t = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
-        bad = np.flatnonzero(~np.isfinite(t) | (t <= 0))
-        if bad.size:
-            raise TraceError(where, f"{col} must be a positive number, got {str(df[col].iloc[bad[0]])!r}",
-                             line=int(bad[0]) + 2)
-        times[col] = t
-    t_mean, t_max, t_skew = times["t_mean_us"], times["t_max_us"], times["t_skew_us"]
+    t_mean, t_max, t_skew = (positive_numbers(df[col], where, col, first_line=2)
+                             for col in ("t_mean_us", "t_max_us", "t_skew_us"))
     keep = t_max >= t_mean
     rows = df[keep]
     gap = (t_max - t_mean)[keep]

@@ -27,3 +27,18 @@ class TraceError(ValueError):
 class ReplayError(ValueError):
     """A replay that cannot run as configured (no room for a KV cache, a request larger
     than the cache, a simulation that stalled); the message says what to change."""
+
+
+def positive_numbers(column, path, name: str, first_line: int, unit: str = ""):
+    """A table column (pandas Series) as a float array; TraceError naming the first entry
+    that is not a positive number, at line ``first_line`` + its position (``unit`` is
+    added to the message, e.g. ``" (ms)"``)."""
+    import numpy as np
+    import pandas as pd
+
+    values = pd.to_numeric(column, errors="coerce").to_numpy(float)
+    bad = np.flatnonzero(~np.isfinite(values) | (values <= 0))
+    if bad.size:
+        raise TraceError(path, f"{name} must be a positive number{unit}, got {str(column.iloc[bad[0]])!r}",
+                         line=first_line + int(bad[0]))
+    return values

@@ -42,7 +42,7 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
-from traces.errors import TraceError
+from traces.errors import TraceError, positive_numbers
 from traces.schema import OPERATOR_PROFILE, from_columns
 
 # table file stem -> (family folder, columns it must have)
@@ -112,11 +112,7 @@ def _read(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise TraceError(path, f"missing columns {missing}")
-    lat = pd.to_numeric(df["latency"], errors="coerce")
-    bad = np.flatnonzero(~np.isfinite(lat.to_numpy(dtype=float)) | (lat.to_numpy(dtype=float) <= 0))
-    if len(bad):
-        raise TraceError(path, f"latency must be a positive number (ms), got {df['latency'].iloc[bad[0]]!r}",
-                         line=int(bad[0]) + 1)
+    positive_numbers(df["latency"], path, "latency", first_line=1, unit=" (ms)")
     return df
 
 
