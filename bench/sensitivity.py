@@ -2,7 +2,8 @@
 
     python bench/sensitivity.py
 
-For every shared real run, replays it as `mist validate` does, then again with every
+For every shared real run, replays it as `mist validate` does (these GPU runs carry no
+speed probe, so there is no drift correction to apply), then again with every
 step's modelled duration changed by a small factor (0.1 % and 1 %, both ways), and
 prints the per-request MAPE (%) of each perturbed replay against the unperturbed one,
 beside the unperturbed replay's error against the measured run.
@@ -38,18 +39,18 @@ def replays(name: str) -> tuple[dict, dict]:
     from validate.align import align
     from validate.metrics import summarize
 
+    def mape(reference, sim) -> dict:
+        return {m: v["mape"] for m, v in summarize(align(reference, sim)).items()}
+
     run, bundle_dir, model_json, workload = (SHARED / p for p in RUNS[name])
     measured = read_vllm_run(run)
     requests = attach_workload(measured.requests, workload)
     bundle, model, hardware = load_deployment(bundle_dir, model_json)
     cfg, cost, _ = prepare(measured.meta, bundle, model, hardware)
     base = simulate(requests, cfg, cost)[0].to_pandas()
-    real = {m: v["mape"] for m, v in summarize(align(requests.to_pandas(), base)).items()}
-    moved = {}
-    for f in FACTORS:
-        sim = simulate(requests, cfg, replace(cost, scale=cost.scale * f))[0].to_pandas()
-        moved[f] = {m: v["mape"] for m, v in summarize(align(base, sim)).items()}
-    return real, moved
+    moved = {f: mape(base, simulate(requests, cfg, replace(cost, scale=cost.scale * f))[0].to_pandas())
+             for f in FACTORS}
+    return mape(requests.to_pandas(), base), moved
 
 
 def main() -> int:
