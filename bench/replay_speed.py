@@ -20,22 +20,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import REPO, RUNS, SHARED  # noqa: E402
+from runs import REPO, RUNS, SHARED, replay_inputs  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    from replay.run import load_deployment, prepare, simulate
-    from traces.readers.vllm_run import attach_workload, read_vllm_run
+    from replay.run import simulate
 
     print(f"{'run':28s} {'requests':>8s} {'steps':>6s} {'wall s':>7s} {'sim s':>7s} {'sim s/wall s':>12s} {'us/step':>8s} {'prepare s':>9s}")
-    for name, (run, bundle, model, workload) in RUNS.items():
+    for name in RUNS:
         t0 = time.perf_counter()
-        measured = read_vllm_run(SHARED / run)
-        requests = attach_workload(measured.requests, SHARED / workload)
-        cfg, cost, _ = prepare(measured.meta, *load_deployment(SHARED / bundle, SHARED / model))
+        requests, cfg, cost = replay_inputs(name)
         prep = time.perf_counter() - t0
         if name.endswith("Llama-3.1-8B"):
             cfg_llama, cost_llama = cfg, cost

@@ -1,4 +1,5 @@
-"""The shared real runs the benchmarks and the fidelity gate replay (paths only)."""
+"""The shared real runs the benchmarks and the fidelity gate replay: their paths, and
+what a benchmark that drives the replay library directly needs to replay one."""
 
 from __future__ import annotations
 
@@ -29,3 +30,17 @@ def validate_args(name: str, shared: Path = SHARED) -> list[str]:
     run, bundle, model, workload = (shared / p for p in RUNS[name])
     return ["validate", "--run", str(run), "--profiles", str(bundle), "--model", str(model),
             "--workload", str(workload)]
+
+
+def replay_inputs(name: str, shared: Path = SHARED):
+    """``(requests, cfg, cost)`` of run ``name``, built as ``mist validate`` builds them
+    (its workload attached, engine settings from its ``meta.json``), for
+    :func:`replay.run.simulate`."""
+    from replay.run import load_deployment, prepare
+    from traces.readers.vllm_run import attach_workload, read_vllm_run
+
+    run, bundle, model, workload = (shared / p for p in RUNS[name])
+    measured = read_vllm_run(run)
+    requests = attach_workload(measured.requests, workload)
+    cfg, cost, _ = prepare(measured.meta, *load_deployment(bundle, model))
+    return requests, cfg, cost

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from runs import RUNS, SHARED  # noqa: E402
+from runs import RUNS, SHARED, replay_inputs  # noqa: E402
 
 #: factors applied to every step's modelled duration
 FACTORS = (0.999, 1.001, 0.99, 1.01)
@@ -34,19 +34,14 @@ FACTORS = (0.999, 1.001, 0.99, 1.01)
 def replays(name: str) -> tuple[dict, dict]:
     """(error of the replay against the run, {factor: error of the perturbed replay
     against the replay}), each ``{metric: MAPE %}``."""
-    from replay.run import load_deployment, prepare, simulate
-    from traces.readers.vllm_run import attach_workload, read_vllm_run
+    from replay.run import simulate
     from validate.align import align
     from validate.metrics import summarize
 
     def mape(reference, sim) -> dict:
         return {m: v["mape"] for m, v in summarize(align(reference, sim)).items()}
 
-    run, bundle_dir, model_json, workload = (SHARED / p for p in RUNS[name])
-    measured = read_vllm_run(run)
-    requests = attach_workload(measured.requests, workload)
-    bundle, model, hardware = load_deployment(bundle_dir, model_json)
-    cfg, cost, _ = prepare(measured.meta, bundle, model, hardware)
+    requests, cfg, cost = replay_inputs(name)
     base = simulate(requests, cfg, cost)[0].to_pandas()
     moved = {f: mape(base, simulate(requests, cfg, replace(cost, scale=cost.scale * f))[0].to_pandas())
              for f in FACTORS}
