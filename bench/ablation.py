@@ -37,7 +37,7 @@ def mape(args: list[str]) -> dict | str:
     without per-bucket skew tables)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "s.json"
-        done = subprocess.run([sys.executable, "-m", "validate.cli", *args, "--json", str(out)],
+        done = subprocess.run([sys.executable, "-m", "mist.validate.cli", *args, "--json", str(out)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if done.returncode == 2:
             return done.stderr.strip().splitlines()[-1].split(": ")[-1]

@@ -7,7 +7,7 @@
     python bench/accelerators.py --only-framework vLLM    # target keeps only its vLLM rows
 
 For every accelerator in ``All_results.csv`` and every seed it runs the project's own
-command, ``python -m validate.cli calibrate-accelerator``, and prints per accelerator the
+command, ``mist calibrate-accelerator``, and prints per accelerator the
 rows predicted and the errors (%) over all frameworks and over vLLM rows alone: mean over
 seeds of MAPE and of the median APE, the worst seed's median APE, and the prior scale each
 seed's K rows chose (1: the target is like the training accelerators). Nothing is typed in.
@@ -48,7 +48,7 @@ def only_framework(csv: Path, target: str, framework: str, folder: Path) -> Path
 def run_one(csv: Path, target: str, k: int, seed: int, sampling: str) -> tuple[dict, float]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.json"
-        cmd = [sys.executable, "-m", "validate.cli", "calibrate-accelerator", "--bench", str(csv),
+        cmd = [sys.executable, "-m", "mist.validate.cli", "calibrate-accelerator", "--bench", str(csv),
                "--target", target, "--points", str(k), "--seed", str(seed), "--json", str(out),
                "--sampling", sampling]
         start = time.perf_counter()
@@ -79,7 +79,7 @@ def main() -> int:
         print(f"benchmark table not found at {args.bench}", file=sys.stderr)
         return 2
     sys.path.insert(0, str(ROOT))
-    from traces.readers.llm_inference_bench import read_llm_inference_bench
+    from mist.traces.readers.llm_inference_bench import read_llm_inference_bench
 
     bench = read_llm_inference_bench(args.bench)
     raw_hw = np.array(bench.column("hardware").to_pylist())

@@ -60,7 +60,7 @@ def main() -> int:
         return 2
     for name in RUNS:
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "validate.cli", *validate_args(name), "--out", tmp]
+            cmd = [sys.executable, "-m", "mist.validate.cli", *validate_args(name), "--out", tmp]
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             steps = pd.read_parquet(Path(tmp) / "simulated.steps.parquet")
         run_dir = SHARED / RUNS[name][0]

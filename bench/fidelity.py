@@ -25,7 +25,7 @@ BASELINES = Path(__file__).resolve().parent / "baselines.json"
 def run_one(name: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "summary.json"
-        cmd = [sys.executable, "-m", "validate.cli", *validate_args(name), "--json", str(out)]
+        cmd = [sys.executable, "-m", "mist.validate.cli", *validate_args(name), "--json", str(out)]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())
 
@@ -46,7 +46,7 @@ def main() -> int:
             print(f"{name:28s} {metric:6s} {m['mape']:7.2f} {m['p50_error']:+8.2f} {m['p90_error']:+8.2f} "
                   f"{m['p99_error']:+8.2f} {summary['replay_wall_s']:7.3f}")
     if args.update:
-        from validate.baseline import update
+        from mist.validate.baseline import update
 
         update(BASELINES, results)
         print(f"wrote {BASELINES}")

@@ -27,7 +27,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    from replay.run import simulate
+    from mist.replay.run import simulate
 
     print(f"{'run':28s} {'requests':>8s} {'steps':>6s} {'wall s':>7s} {'sim s':>7s} {'sim s/wall s':>12s} {'us/step':>8s} {'prepare s':>9s}")
     for name in RUNS:
@@ -44,7 +44,7 @@ def main() -> int:
         print(f"{name:28s} {sim.num_rows:8d} {steps.num_rows:6d} {best:7.3f} {span:7.1f} {span / best:12.0f} "
               f"{best / steps.num_rows * 1e6:8.1f} {prep:9.2f}")
     # the large replay-only case: a production arrival trace, no measured timings
-    from traces.formats import read_trace
+    from mist.traces.formats import read_trace
 
     trace = read_trace(SHARED / "arrivals/vidur/splitwise_conv.csv").requests
     best = float("inf")
@@ -60,7 +60,7 @@ def main() -> int:
     run_dir, bundle, model, _ = RUNS["RTXPRO6000/Llama-3.1-8B"]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "validate.cli", "replay",
+        subprocess.run([sys.executable, "-m", "mist.validate.cli", "replay",
                         "--trace", str(SHARED / "arrivals/vidur/splitwise_conv.csv"),
                         "--profiles", str(SHARED / bundle), "--model", str(SHARED / model),
                         "--engine", str(SHARED / run_dir / "meta.json"), "--out", tmp],

@@ -35,9 +35,9 @@ def validate_args(name: str, shared: Path = SHARED) -> list[str]:
 def replay_inputs(name: str, shared: Path = SHARED):
     """``(requests, cfg, cost)`` of run ``name``, built as ``mist validate`` builds them
     (its workload attached, engine settings from its ``meta.json``), for
-    :func:`replay.run.simulate`."""
-    from replay.run import load_deployment, prepare
-    from traces.readers.vllm_run import attach_workload, read_vllm_run
+    :func:`mist.replay.run.simulate`."""
+    from mist.replay.run import load_deployment, prepare
+    from mist.traces.readers.vllm_run import attach_workload, read_vllm_run
 
     run, bundle, model, workload = (shared / p for p in RUNS[name])
     measured = read_vllm_run(run)

@@ -34,9 +34,9 @@ FACTORS = (0.999, 1.001, 0.99, 1.01)
 def replays(name: str) -> tuple[dict, dict]:
     """(error of the replay against the run, {factor: error of the perturbed replay
     against the replay}), each ``{metric: MAPE %}``."""
-    from replay.run import simulate
-    from validate.align import align
-    from validate.metrics import summarize
+    from mist.replay.run import simulate
+    from mist.validate.align import align
+    from mist.validate.metrics import summarize
 
     def mape(reference, sim) -> dict:
         return {m: v["mape"] for m, v in summarize(align(reference, sim)).items()}

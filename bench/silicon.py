@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runs import SHARED  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from validate.argtypes import ratio  # noqa: E402
+from mist.validate.cli.argtypes import ratio  # noqa: E402
 
 SILICON = SHARED / "silicon" / "aiconfigurator_silicon_sample.csv"
 KERNELS = SHARED / "profiles" / "aiconfigurator"
@@ -62,7 +62,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "s.json"
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "validate.cli", "silicon", "--silicon", str(SILICON),
+            subprocess.run([sys.executable, "-m", "mist.validate.cli", "silicon", "--silicon", str(SILICON),
                             "--kernels", str(folder), "--models", str(SHARED / "models"),
                             "--system", folder.name, "--backend", args.backend, "--arrivals", args.arrivals,
                             "--json", str(out), "--out", tmp]

@@ -3,18 +3,18 @@
 :func:`leave_one_accelerator_out` is what ``mist calibrate-accelerator`` runs:
 
 1. resolve every row's hardware (datasheet catalogue) and model (architecture catalogue)
-   and compute its physical terms (:mod:`calibrate.batch_physics`); rows that cannot be
+   and compute its physical terms (:mod:`mist.calibrate.batch_physics`); rows that cannot be
    modelled are counted by reason, never guessed;
 2. the *target* is the rows whose ``hardware`` is the given name (case-insensitive), or
    else whose hardware resolves to the same datasheet; rows of the same device under other
    names are held out too, so nothing of the target's device is trained on;
-3. the other accelerators' rows give the prior (:func:`calibrate.batch_model.learn_prior`);
+3. the other accelerators' rows give the prior (:func:`mist.calibrate.batch_model.learn_prior`);
 4. K target rows in all are drawn at random (``numpy.random.default_rng(seed)``) within
    strata (:func:`draw_points`: at least 2 per framework when K allows, the rest in
    proportion; within a framework, one-device and multi-device rows in proportion), so
    an unlucky draw cannot leave a framework or the multi-device terms without a row;
    ``sampling="random"`` draws K of all rows uniformly.  The frameworks are calibrated
-   together (:func:`calibrate.batch_model.calibrate_joint`): a deviation from the prior
+   together (:func:`mist.calibrate.batch_model.calibrate_joint`): a deviation from the prior
    shared by the accelerator's frameworks plus a tight one per framework.  With
    ``sampling="per-framework"`` (opt-in, *not* the K-rows contract) K rows of every
    framework are drawn instead and each framework is calibrated alone;
@@ -27,11 +27,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from calibrate.batch_model import calibrate, calibrate_joint, fit_group, learn_prior, predict
-from calibrate.batch_physics import TERMS, batch_terms
-from calibrate.calibration import ape_summary
-from profiles.hardware import get_hardware, load_catalog
-from profiles.model_catalog import load_model_catalog, resolve_model
+from mist.calibrate.batch_model import calibrate, calibrate_joint, fit_group, learn_prior, predict
+from mist.calibrate.batch_physics import TERMS, batch_terms
+from mist.calibrate.calibration import ape_summary
+from mist.profiles.hardware import get_hardware, load_catalog
+from mist.profiles.model_catalog import load_model_catalog, resolve_model
 
 TOO_FEW = "at most K modelled rows: all would be calibration points, none left to predict"
 MIN_GROUP_ROWS = 12  # an (accelerator, framework) with fewer rows does not inform the prior
@@ -203,7 +203,7 @@ def leave_one_accelerator_out(table: pd.DataFrame, target: str, k: int, seed: in
     Parameters
     ----------
     table : pd.DataFrame
-        :data:`traces.readers.llm_inference_bench.SCHEMA` rows (one or more files).
+        :data:`mist.traces.readers.llm_inference_bench.SCHEMA` rows (one or more files).
     target : str
         ``hardware`` value or catalogue name/alias.
     k, seed : int

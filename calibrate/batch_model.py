@@ -1,7 +1,7 @@
 """Latency model of offline batches: fit on known accelerators, calibrate a new one.
 
 Latency of an offline batch is a positive combination of the physical terms of
-:mod:`calibrate.batch_physics`, each scaled by an inefficiency ``exp(theta_j)``
+:mod:`mist.calibrate.batch_physics`, each scaled by an inefficiency ``exp(theta_j)``
 (:data:`PARAMS`): prompt FLOPs and memory traffic under a roofline, per-pass and
 per-sequence overheads, all-reduce hops and bytes, pipeline hand-offs, a run constant.
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import least_squares, nnls
 
-from calibrate.batch_physics import TERMS
+from mist.calibrate.batch_physics import TERMS
 
 #: parameter -> (meaning, default log value); times in the unit its name states.
 PARAMS = {
@@ -79,7 +79,7 @@ def predict(theta: np.ndarray, terms: np.ndarray) -> np.ndarray:
     theta : array, shape (P,) or (n_rows, P)
         Log inefficiencies in :data:`NAMES` order.
     terms : array, shape (n_rows, len(TERMS))
-        From :func:`calibrate.batch_physics.batch_terms`.
+        From :func:`mist.calibrate.batch_physics.batch_terms`.
     """
     e = np.exp(np.broadcast_to(theta, (len(terms), len(NAMES))))
     c = {t: terms[:, i] for t, i in _TI.items()}

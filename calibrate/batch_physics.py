@@ -3,7 +3,7 @@
 A benchmark row runs ``batch_size`` requests of ``input_tokens`` prompt tokens and
 ``output_tokens`` generated tokens on ``num_devices`` accelerators.  Each *term* below is
 a time (s) the row would take on its datasheet's peaks, or a count, so that latency is a
-positive combination of terms with fitted efficiencies (:mod:`calibrate.accelerator`):
+positive combination of terms with fitted efficiencies (:mod:`mist.calibrate.accelerator`):
 
 ``const_1dev``, ``const_multi``   1 for runs on one / several devices (a run constant)
 ``prefill``                      prompt FLOPs (linear layers + causal attention) / peak
@@ -127,12 +127,12 @@ def batch_terms(table: pd.DataFrame, hardware: list, models: list) -> tuple[pd.D
     Parameters
     ----------
     table : pd.DataFrame
-        :data:`traces.readers.llm_inference_bench.SCHEMA` columns (``num_devices``,
+        :data:`mist.traces.readers.llm_inference_bench.SCHEMA` columns (``num_devices``,
         ``framework``, ``input_tokens``, ``output_tokens``, ``batch_size``,
         ``parallelism``, ``latency_s``).
     hardware, models : list
-        Per row, the :class:`profiles.hardware.Hardware` and
-        :class:`profiles.model.ModelConfig`, or None when unknown.
+        Per row, the :class:`mist.profiles.hardware.Hardware` and
+        :class:`mist.profiles.model.ModelConfig`, or None when unknown.
 
     Returns
     -------

@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sklearn.model_selection import KFold
 
-from calibrate.estimator import LatencyModel
-from calibrate.features import COMMON, MLP, OPERATORS
-from traces.errors import TraceError
-from traces.io import atomic_write_bytes, atomic_write_json, read_table
+from mist.calibrate.estimator import LatencyModel
+from mist.calibrate.features import COMMON, MLP, OPERATORS
+from mist.traces.errors import TraceError
+from mist.traces.io import atomic_write_bytes, atomic_write_json, read_table
 
 GRIDS_TABLE = "calibration_grids"
 GRIDS_VERSION = "2"  # 2 added n_measured and out_of_range; version 1 files still load
@@ -154,7 +154,7 @@ def calibrate_bundle(bundle, tps: Iterable[int] | None = None, k: int = 5, seed:
     TraceError
         A requested degree is not in the bundle, or has no known operator.
     """
-    from profiles.bundle import to_operator_profile  # profiles sits left of calibrate
+    from mist.profiles.bundle import to_operator_profile  # profiles sits left of calibrate
 
     tps = sorted(set(bundle.tp_degrees if tps is None else tps))
     missing = [tp for tp in tps if tp not in bundle.tp_degrees]

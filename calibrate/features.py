@@ -1,7 +1,7 @@
 """Which feature columns drive each operator's latency, and how often it runs.
 
 Vary data, not classes: every operator is fitted by the same
-:class:`calibrate.estimator.LatencyModel`; this table says which columns of the
+:class:`mist.calibrate.estimator.LatencyModel`; this table says which columns of the
 ``operator_profile`` table are its inputs and how the step cost model counts it.
 
 ``scope``: ``"layer"`` ops run once per decoder layer; ``"model"`` ops once per step.

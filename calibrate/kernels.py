@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 from scipy.interpolate import RegularGridInterpolator
 
-from calibrate.calibration import ape_summary
+from mist.calibrate.calibration import ape_summary
 
 SOURCES = ("measured", "filled", "extrapolated", "scaled", "roofline")
 # Local power-law exponents allowed when filling holes: kernel time never falls
@@ -209,7 +209,7 @@ class KernelSet:
     profile : pyarrow.Table
         Rows of operators ``gemm``, ``context_attention``, ``generation_attention``,
         ``nccl_all_reduce``, ``custom_all_reduce`` (e.g. from
-        :func:`traces.readers.aiconfigurator.read_kernel_db`).
+        :func:`mist.traces.readers.aiconfigurator.read_kernel_db`).
     sheet : Datasheet
         Roofline figures for kernels the table lacks.
     """

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calibrate.estimator import LatencyModel
+from mist.calibrate.estimator import LatencyModel
 
 
 def integer_table(model: LatencyModel, upto: int) -> np.ndarray:

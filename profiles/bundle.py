@@ -36,8 +36,8 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
-from traces.errors import TraceError, positive_numbers
-from traces.schema import OPERATOR_PROFILE, from_columns
+from mist.traces.errors import TraceError, positive_numbers
+from mist.traces.schema import OPERATOR_PROFILE, from_columns
 
 # table name -> (required columns, feature columns mapped to operator_profile names);
 # tables without a ``layer`` column hold one operator, named like the table.

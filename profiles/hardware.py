@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from traces.errors import TraceError
+from mist.traces.errors import TraceError
 
 DEFAULT_CATALOG = Path(__file__).with_name("hardware.yaml")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from traces.errors import TraceError
-from traces.io import read_json_object
+from mist.traces.errors import TraceError
+from mist.traces.io import read_json_object
 
 #: canonical field -> raw config keys, first present wins.
 FIELD_ALIASES: dict[str, tuple[str, ...]] = {

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from profiles.model import ModelConfig, load_model_config
-from traces.errors import TraceError
+from mist.profiles.model import ModelConfig, load_model_config
+from mist.traces.errors import TraceError
 
 DEFAULT_MODEL_CATALOG = Path(__file__).with_name("model_catalog.yaml")
 
@@ -89,7 +89,7 @@ def resolve_model(name: str, catalog: dict[str, ModelConfig], configs_dir=None) 
 
     Matching ignores case; a bare name without ``org/`` matches when unambiguous.  When
     the catalog has no entry and ``configs_dir`` is given, ``<org>--<name>_config.json``
-    or ``<name>.json`` there is read with :func:`profiles.model.load_model_config`.
+    or ``<name>.json`` there is read with :func:`mist.profiles.model.load_model_config`.
     """
     key = _key(name)
     by_key = {_key(k): m for k, m in catalog.items()}

@@ -26,7 +26,7 @@ class EngineConfig:
         MoE experts spread over all TP x DP ranks (vLLM ``enable_expert_parallel``);
         the DP ranks then step in lockstep.
     router : str
-        How requests are spread over data-parallel replicas (``replay.simulate.ROUTERS``).
+        How requests are spread over data-parallel replicas (``mist.replay.engine.ROUTERS``).
     enable_prefix_caching : bool
     enable_chunked_prefill : bool
         When off, a waiting prompt that does not fit the step's remaining token

@@ -1,51 +1,334 @@
-"""A small deterministic discrete-event loop.
+"""Replay a request stream through simulated vLLM replicas.
 
-Events are ``(time_s, priority, seq, handler, payload)`` in a heap; ``seq`` is a
-per-loop counter, so ties break in scheduling order and two loops fed the same
-events pop them identically. Handlers return the events they cause as
-``(time_s, priority, handler, payload)`` tuples; the loop only pops and pushes.
+Each replica runs the loop "plan a step, run it for its modelled duration, emit its
+tokens" (data-parallel ranks of an expert-parallel MoE model run it in lockstep).
+Requests are routed to replicas by a policy of :data:`ROUTERS`. Without async scheduling the next step is planned when the previous one
+ends. With it (vLLM's default since 0.11), step ``k+1`` is planned while step ``k``
+runs, so admissions see only requests that arrived before step ``k`` started; a
+step's plan advances the requests' token counts at once, and the tokens it samples
+are emitted (timestamped) when it ends.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Callable, Iterable
+from collections import deque
+from dataclasses import dataclass, field
 
-Handler = Callable[[float, object], Iterable[tuple]]
+import numpy as np
+
+from mist.replay.config import EngineConfig
+from mist.replay.kvcache import KVCache
+from mist.replay.loop import EventLoop
+from mist.replay.request import Request
+from mist.replay.scheduler import StepPlan, plan_step
+from mist.replay.step_cost import StepCost
+
+# At equal times: finish a step, then queue arrivals, then start an idle replica,
+# so requests arriving together share their first step.
+STEP_END, ARRIVAL, KICK = 0, 1, 2
 
 
-class EventLoop:
-    """Pop events in time order and push the events their handlers return."""
+@dataclass
+class Replica:
+    """One simulated engine instance and its queues."""
 
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._heap: list = []
-        self._seq = 0
+    index: int
+    kv: KVCache
+    running: list = field(default_factory=list)
+    waiting: deque = field(default_factory=deque)
+    current: StepPlan | None = None
+    pending: StepPlan | None = None
 
-    def schedule(self, time_s: float, priority: int, handler: Handler, payload=None) -> None:
-        """Add an event at ``time_s`` (s); lower ``priority`` pops first at equal times."""
-        if time_s < self.now:
-            raise ValueError(f"cannot schedule in the past ({time_s} < {self.now})")
-        heapq.heappush(self._heap, (time_s, priority, self._seq, handler, payload))
-        self._seq += 1
 
-    def next_time(self) -> float:
-        """Time (s) of the earliest pending event (infinity when none is left)."""
-        return self._heap[0][0] if self._heap else float("inf")
+@dataclass
+class Group:
+    """Replicas that step together: one alone, or all data-parallel ranks of an
+    expert-parallel MoE deployment, whose layers exchange tokens every step (vLLM runs
+    idle ranks on dummy batches), so every rank's step lasts as long as the slowest."""
 
-    def step(self) -> bool:
-        """Process one event; return False when none is left."""
-        if not self._heap:
-            return False
-        time_s, _, _, handler, payload = heapq.heappop(self._heap)
-        self.now = time_s
-        for event in handler(time_s, payload) or ():
-            self.schedule(*event)
-        return True
+    members: list
+    busy: bool = False
+    kick_scheduled: bool = False
 
-    def run(self, until: float = float("inf")) -> float:
-        """Process events up to time ``until`` (s); return the simulated time reached."""
-        heap = self._heap
-        while heap and heap[0][0] <= until:
-            self.step()
-        return self.now
+
+def _round_robin(replay: Replay, req: Request) -> Replica:
+    rep = replay.replicas[replay.next_replica]
+    replay.next_replica = (replay.next_replica + 1) % len(replay.replicas)
+    return rep
+
+
+def _least_loaded(replay: Replay, req: Request) -> Replica:
+    # vLLM's data-parallel front end: the engine with the smallest 4 x waiting + running
+    return min(replay.replicas, key=lambda r: (4 * len(r.waiting) + len(r.running), r.index))
+
+
+ROUTERS = {"round_robin": _round_robin, "least_loaded": _least_loaded}
+
+
+class Replay:
+    """One replay run: owns its clock, requests, replicas and step log."""
+
+    def __init__(self, requests: list[Request], cfg: EngineConfig, cost: StepCost, align_arrivals: bool = False):
+        self.requests = requests
+        self.cfg = cfg
+        self.cost = cost
+        self.loop = EventLoop()
+        self.replicas = [
+            Replica(i, KVCache(cfg.num_gpu_blocks, cfg.block_size, cfg.enable_prefix_caching))
+            for i in range(cfg.data_parallel)
+        ]
+        lockstep = cfg.expert_parallel and cfg.data_parallel > 1
+        self.groups = [Group(self.replicas)] if lockstep else [Group([r]) for r in self.replicas]
+        self.group_of = {r.index: g for g in self.groups for r in g.members}
+        self.route = ROUTERS[cfg.router]
+        self.steps: list[tuple] = []
+        self.next_replica = 0
+        # arrivals stamped at real step boundaries (vLLM's queued_ts): each joins the plan
+        # made at the replayed step boundary nearest its stamp (one group only)
+        self.align = align_arrivals and cfg.async_scheduling and len(self.groups) == 1
+        self.upcoming: list[Request] = []
+        self.next_upcoming = 0
+        # one engine alone (no other group's events to interleave with): runs of quiet
+        # decode steps are stepped through without the event loop (:meth:`_coast`)
+        self.coast = len(self.groups) == 1 and len(self.replicas) == 1 and not self.align
+        self.coasted = 0  # steps run by _coast
+
+    # -- planning -------------------------------------------------------------
+    def _plan(self, rep: Replica, now: float) -> StepPlan:
+        """Schedule a step and apply it at once (vLLM advances requests at plan time)."""
+        return plan_step(self.cfg, rep.running, rep.waiting, rep.kv, now)
+
+    def _duration(self, plan: StepPlan) -> float:
+        if not plan.items:
+            return 0.0
+        return self.cost.step_s(plan.num_tokens, len(plan.items), plan.prefills, plan.n_decode,
+                                plan.kv_decode_sum, plan.kv_decode_max, plan.kv_decode_min)
+
+    def _log(self, rep: Replica, plan: StepPlan, now: float, d: float) -> None:
+        self.steps.append((len(self.steps), rep.index, now, d, len(plan.prefills),
+                           plan.num_tokens - plan.n_decode, plan.n_decode, plan.kv_tokens,
+                           len(rep.running), len(rep.waiting), rep.kv.used_blocks, plan.preempted))
+
+    def _kick(self, group: Group, now: float) -> list:
+        """Start the group's next step if any member has work; with async scheduling
+        pre-plan one more."""
+        if len(group.members) == 1:
+            return self._kick_one(group, group.members[0], now)
+        plans = []
+        for rep in group.members:
+            plan = rep.pending if rep.pending is not None and rep.pending.items else self._plan(rep, now)
+            rep.pending = None
+            plans.append(plan)
+        if not any(p.items or p.preempted for p in plans):
+            group.busy = False
+            for rep in group.members:
+                rep.current = None
+            return []
+        own = [self._duration(p) for p in plans]
+        d = (self.cost.group_step_s(own, [p.num_tokens if p.items else 0 for p in plans])
+             if self.cost.moe_s else max(own))
+        for rep, plan in zip(group.members, plans):
+            rep.current = plan
+            if plan.items or plan.preempted:
+                self._log(rep, plan, now, d)
+        group.busy = True
+        if self.cfg.async_scheduling:
+            if self.align:
+                self._take_early(now, now + d / 2)
+            for rep in group.members:
+                rep.pending = self._plan(rep, now)
+        return [(now + d, STEP_END, self._on_step_end, group)]
+
+    def _kick_one(self, group: Group, rep: Replica, now: float) -> list:
+        """:meth:`_kick` for a group of one replica (the hot path of most replays):
+        :meth:`_duration` and :meth:`_log` inlined."""
+        plan = rep.pending
+        if plan is None or not plan.items:
+            plan = self._plan(rep, now)
+        rep.pending = None
+        items = plan.items
+        if not items and not plan.preempted:
+            group.busy = False
+            rep.current = None
+            return []
+        n_decode = plan.n_decode
+        d = self.cost.step_s(plan.num_tokens, len(items), plan.prefills, n_decode, plan.kv_decode_sum,
+                             plan.kv_decode_max, plan.kv_decode_min) if items else 0.0
+        rep.current = plan
+        steps, kv = self.steps, rep.kv  # (kv.used_blocks, inlined)
+        steps.append((len(steps), rep.index, now, d, len(plan.prefills), plan.num_tokens - n_decode, n_decode,
+                      plan.kv_tokens, len(rep.running), len(rep.waiting), kv.num_blocks - len(kv.free), plan.preempted))
+        group.busy = True
+        if (self.coast and not rep.waiting and n_decode == len(items) == len(rep.running)
+                and not plan.first and not plan.last and not plan.preempted
+                and self.loop.next_time() >= now + 2 * d):
+            return self._coast(group, rep, plan, now, d)
+        if self.cfg.async_scheduling:
+            if self.align:
+                self._take_early(now, now + d / 2)
+            rep.pending = self._plan(rep, now)
+        return [(now + d, STEP_END, self._on_step_end, group)]
+
+    def _coast(self, group: Group, rep: Replica, plan: StepPlan, now: float, d: float) -> list:
+        """Run quiet decode steps in a row, from the step ``plan`` starting at ``now``
+        (already logged, lasting ``d``), without the event loop or the scheduler's pass
+        over every request.
+
+        A step is quiet when every running request decodes one token, none samples its
+        first or last token, nothing waits and nothing is preempted: then the next plan
+        is the same requests one token further on, and a step's cost needs only their
+        count and KV-length sum, maximum and minimum. Coasting stops before a plan in
+        which a request would finish or KV blocks would run out, or at a step end that
+        an arrival precedes; the requests' token counts are then brought up to date and
+        the ordinary loop takes over. KV blocks are taken and their hashes committed in
+        the order :func:`mist.replay.scheduler.plan_step` would (requests in running order,
+        allocations before commits), so the replay is the same event for event, bit for
+        bit. Coasting reads what is coming from the event loop, so an event a subclass
+        creates at a step end must be on the loop before the step's successor is planned
+        (:class:`mist.replay.clients.ClosedLoop` queues its follow-up requests first).
+        """
+        running, kv, cost, steps = rep.running, rep.kv, self.cost, self.steps
+        block, free = kv.block_size, kv.free
+        sync = not self.cfg.async_scheduling
+        n = len(running)
+        kv_sum, kv_max, kv_min = plan.kv_decode_sum, plan.kv_decode_max, plan.kv_decode_min
+        last_plan = min(r.output_len - r.num_generated for r in running)  # first plan with a finish
+        # per request, the plans (counted from 1 after ``plan``) that take a KV block or
+        # fill one (its hashes committed): every ``block`` plans from the first, so kept
+        # by the first's phase, in running order
+        takes = [[] for _ in range(block)]
+        fills = [[] for _ in range(block)] if kv.prefix_caching else None
+        for r in running:
+            c = r.num_computed
+            first = max(len(r.blocks) * block - c + 1, 1)
+            takes[first % block].append((first, r))
+            if fills is not None:
+                first = max((r.num_committed + 1) * block - c, 1)
+                fills[first % block].append((first, r))
+        next_arrival = self.loop.next_time()
+        done = 0  # plans built here beyond ``plan``
+        current = plan
+        quiet = StepPlan()  # a coasted step: no first or last token to emit at its end
+        while True:
+            end = now + d
+            if sync and next_arrival < end:
+                break
+            k = done + 1
+            if k >= last_plan:
+                break
+            phase = k % block
+            due = [r for first, r in takes[phase] if first <= k]
+            if len(due) > len(free):
+                break
+            for r in due:
+                kv.allocate(r, r.num_computed + k)
+            if fills is not None:
+                for first, r in fills[phase]:
+                    if first <= k:  # commit reads the request's computed tokens as of this plan
+                        had = r.num_computed
+                        r.num_computed = had + k
+                        kv.commit(r)
+                        r.num_computed = had
+            done = k
+            kv_sum += n
+            kv_max += 1
+            kv_min += 1
+            if not sync and next_arrival < end:  # the plan just built waits for this step's end
+                pending = StepPlan()
+                pending.items = [(r, 1) for r in running]
+                pending.num_tokens = pending.n_decode = n
+                pending.kv_decode_sum = pending.kv_tokens = kv_sum
+                pending.kv_decode_max, pending.kv_decode_min = kv_max, kv_min
+                rep.pending = pending
+                break
+            now = end
+            d = cost.step_s(n, n, [], n, kv_sum, kv_max, kv_min)
+            current = quiet
+            self.coasted += 1
+            steps.append((len(steps), rep.index, now, d, 0, 0, n, kv_sum, n, 0,
+                          kv.num_blocks - len(free), 0))
+        for r in running:
+            r.num_computed += done
+            r.num_generated += done
+            r.num_tokens += done
+        rep.current = current
+        if not sync and rep.pending is None:
+            rep.pending = self._plan(rep, now)
+        return [(now + d, STEP_END, self._on_step_end, group)]
+
+    def _take_early(self, now: float, until: float) -> None:
+        """Queue the requests stamped before ``until`` (the middle of the step starting
+        at ``now``) for the plan made now: nearer this boundary than the next one."""
+        upcoming = self.upcoming
+        while self.next_upcoming < len(upcoming) and upcoming[self.next_upcoming].arrival_s < until:
+            req = upcoming[self.next_upcoming]
+            self.next_upcoming += 1
+            if req.queued_s is None:
+                rep = self.route(self, req)
+                req.replica = rep.index
+                req.queued_s = req.arrival_s
+                rep.waiting.append(req)
+
+    # -- events ---------------------------------------------------------------
+    def _on_arrival(self, now: float, req: Request):
+        if req.queued_s is not None:  # taken into an earlier plan (aligned arrivals)
+            return []
+        rep = self.route(self, req)
+        req.replica = rep.index
+        req.queued_s = now
+        rep.waiting.append(req)
+        group = self.group_of[rep.index]
+        if group.busy or group.kick_scheduled:
+            return []
+        group.kick_scheduled = True
+        return [(now, KICK, self._on_kick, group)]
+
+    def _on_kick(self, now: float, group: Group):
+        group.kick_scheduled = False
+        return [] if group.busy else self._kick(group, now)
+
+    def _on_step_end(self, now: float, group: Group):
+        for rep in group.members:
+            plan = rep.current
+            for req in plan.first:
+                req.first_token_s = now
+            if plan.last:
+                running, release = rep.running, rep.kv.release
+                for req in plan.last:
+                    req.finished_s = now
+                    if req.num_computed:
+                        running.remove(req)
+                        release(req)
+                    else:  # preempted while its last token was in flight: done all the same
+                        rep.waiting.remove(req)
+        return self._kick(group, now)
+
+    def run(self) -> None:
+        if self.align:
+            self.upcoming = sorted(self.requests, key=lambda r: (r.arrival_s, r.index))
+        for req in self.requests:
+            self.loop.schedule(req.arrival_s, ARRIVAL, self._on_arrival, req)
+        self.loop.run()
+
+    def step_columns(self) -> dict:
+        names = ("step_id", "replica", "start_s", "duration_s", "num_prefill_seqs", "prefill_tokens",
+                 "num_decode_seqs", "kv_tokens", "num_running", "num_waiting", "kv_blocks_used",
+                 "num_preempted")
+        if not self.steps:
+            return {n: np.asarray([], dtype=float if n.endswith("_s") else np.int64) for n in names}
+        # one 2-D conversion (every count is an integer far below 2**53, so exact in float64)
+        grid = np.array(self.steps, dtype=np.float64)
+        return {n: grid[:, i] if n.endswith("_s") else grid[:, i].astype(np.int64) for i, n in enumerate(names)}
+
+
+def replay_requests(requests: list[Request], cfg: EngineConfig, cost: StepCost,
+                    align_arrivals: bool = False) -> Replay:
+    """Run one replay to completion and return it (requests carry their times).
+
+    ``align_arrivals``: the arrival times are stamps taken at real step boundaries
+    (vLLM's ``queued_ts``); each request joins the plan made at the replayed step
+    boundary nearest its stamp instead of waiting for the next one (with async
+    scheduling and one engine group; see docs/replay.md)."""
+    rep = Replay(requests, cfg, cost, align_arrivals)
+    rep.run()
+    return rep

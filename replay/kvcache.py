@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from replay.request import Request
+from mist.replay.request import Request
 
 _SALT_TAG = -7  # marks per-request salted hashes; token ids are never negative
 

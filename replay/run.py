@@ -8,26 +8,26 @@ from dataclasses import dataclass, replace
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from calibrate.calibration import fit_operators
-from calibrate.lookup import GridLookup
-from profiles.bundle import Bundle, read_bundle, to_operator_profile
-from profiles.hardware import Hardware, get_hardware
-from profiles.model import ModelConfig, load_model_config
-from replay.build import (
+from mist.calibrate.calibration import fit_operators
+from mist.calibrate.host import host_model, residual_summary
+from mist.calibrate.lookup import GridLookup
+from mist.calibrate.skew import skew_from_bundle
+from mist.profiles.bundle import Bundle, read_bundle, to_operator_profile
+from mist.profiles.hardware import Hardware, get_hardware
+from mist.profiles.model import ModelConfig, load_model_config
+from mist.replay.config import EngineConfig
+from mist.replay.deployment import (
     ALLREDUCE_LATENCY_S,
     build_step_cost,
     check_profile,
     engine_config,
     requests_from_table,
 )
-from replay.config import EngineConfig
-from replay.cost import StepCost
-from replay.host import host_model, residual_summary
-from replay.request import Request
-from replay.simulate import replay_requests
-from replay.skew import skew_from_bundle
-from traces.errors import ReplayError, TraceError
-from traces.schema import REQUESTS, STEPS, from_columns
+from mist.replay.engine import replay_requests
+from mist.replay.request import Request
+from mist.replay.step_cost import StepCost
+from mist.traces.errors import ReplayError, TraceError
+from mist.traces.schema import REQUESTS, STEPS, from_columns
 
 
 @dataclass(frozen=True)
@@ -116,8 +116,9 @@ def prepare(meta: dict, bundle: Bundle, model: ModelConfig, hardware: Hardware |
              "num_gpu_blocks": cfg.num_gpu_blocks, "host": "none"}
     engine_steps = bundle.tables.get((cfg.tensor_parallel, "engine_steps"))
     if engine_steps is not None and len(engine_steps):
-        summary = residual_summary(engine_steps, cost)
-        cost = replace(cost, host=GridLookup.from_model(host_model(engine_steps, cost)))
+        compose = cost.operators_only().step_s
+        summary = residual_summary(engine_steps, compose)
+        cost = replace(cost, host=GridLookup.from_model(host_model(engine_steps, compose)))
         notes["host"] = (f"residual of {summary['steps']} profiled engine steps over the operators "
                          f"(operators explain {100 * summary['median_composed_over_measured']:.0f} % "
                          f"of a step, median)")
@@ -191,7 +192,7 @@ def simulate(requests: pa.Table, cfg: EngineConfig, cost: StepCost, arrival: str
     """Replay ``requests``; return (simulated requests table, steps table, wall seconds).
 
     ``arrival``: one of :data:`ARRIVALS` (see :func:`effective_arrival`). Aligned arrivals
-    apply with async scheduling and one engine group (see :class:`replay.simulate.Replay`);
+    apply with async scheduling and one engine group (see :class:`mist.replay.engine.Replay`);
     the rule applied is the simulated table's ``mist.arrival`` metadata.
 
     Raises

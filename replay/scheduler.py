@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from replay.config import EngineConfig
-from replay.kvcache import KVCache
-from replay.request import Request
+from mist.replay.config import EngineConfig
+from mist.replay.kvcache import KVCache
+from mist.replay.request import Request
 
 _NO_MIN = 1 << 62  # "no decode yet" for the running minimum of KV lengths
 
@@ -62,7 +62,7 @@ def _preempt(running: list, waiting: deque, kv: KVCache) -> Request:
     """Preempt the last running request, as vLLM's FCFS scheduler does (``running.pop()``),
     even one whose last token is in flight under async scheduling: its blocks are freed
     now and it still finishes when that step ends (vLLM then drops it from the waiting
-    queue; :meth:`replay.simulate.Replay._on_step_end` does the same). The request being
+    queue; :meth:`mist.replay.engine.Replay._on_step_end` does the same). The request being
     scheduled sits at or before the end, so the victim is never one already in this step.
     """
     victim = running.pop()

@@ -2,9 +2,9 @@
 
 For each row — a model served by an engine on ``tp`` GPUs of one system, measured
 at a fixed concurrency with fixed input/output lengths — build the model's step
-cost from the system's kernels (:mod:`replay.kernel_cost`), size the KV cache from
+cost from the system's kernels (:mod:`mist.calibrate.kernel_profile`), size the KV cache from
 the datasheet, and run a closed loop of ``batch_size`` users
-(:mod:`replay.closed_loop`). Rows the composition cannot model are skipped with a
+(:mod:`mist.replay.clients`). Rows the composition cannot model are skipped with a
 reason, never guessed.
 
 What a row's TTFT and TPOT mean is a property of how it was measured. The default
@@ -56,17 +56,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from calibrate.calibration import ape_summary, fit_operators
-from calibrate.kernels import Datasheet, KernelSet
-from profiles.model import ModelConfig, dtype_bytes, load_model_config
-from replay.build import async_by_default, build_step_cost, kv_blocks
-from replay.closed_loop import client_lengths, run_benchmark_client, run_closed_loop
-from replay.config import EngineConfig
-from replay.cost import StepCost
-from replay.kernel_cost import kernel_operator_profile
-from traces.errors import TraceError
-from traces.io import read_yaml_object, write_yaml
-from traces.readers.aiconfigurator import picked_tables, read_kernel_db
+from mist.calibrate.calibration import ape_summary, fit_operators
+from mist.calibrate.kernel_profile import kernel_operator_profile
+from mist.calibrate.kernels import Datasheet, KernelSet
+from mist.profiles.model import ModelConfig, dtype_bytes, load_model_config
+from mist.replay.clients import client_lengths, run_benchmark_client, run_closed_loop
+from mist.replay.config import EngineConfig
+from mist.replay.deployment import async_by_default, build_step_cost, kv_blocks
+from mist.replay.step_cost import StepCost
+from mist.traces.errors import TraceError
+from mist.traces.io import read_yaml_object, write_yaml
+from mist.traces.readers.aiconfigurator import picked_tables, read_kernel_db
 
 GPU_MEMORY_UTILIZATION = 0.9
 BLOCK_SIZE = 16
@@ -417,7 +417,7 @@ def engine_limits(sheet: Datasheet, max_num_batched_tokens: int | None = None,
 
 def kv_blocks_for(model: ModelConfig, sheet: Datasheet, tp: int, dtype: str, experts: str | None = None,
                   max_num_batched_tokens: int | None = None, max_num_seqs: int | None = None) -> int:
-    """KV blocks per rank (:func:`replay.build.kv_blocks`) on the datasheet's memory at
+    """KV blocks per rank (:func:`mist.replay.deployment.kv_blocks`) on the datasheet's memory at
     vLLM's default utilisation, the token budget and sequence cap of
     :func:`engine_limits`, weights in ``dtype`` (routed experts in ``experts`` when
     given) and a 16-bit KV cache."""
@@ -446,7 +446,7 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
     - ``"client"``: the benchmark client itself — ``requests_per_user`` x users
       requests behind a semaphore of ``users`` slots, the first wave sent at once, each
       request's prompt and output lengths drawn from ``[floor(L * length_ratio), L]``
-      (seeded by ``seed``; :func:`replay.closed_loop.client_lengths`), means over
+      (seeded by ``seed``; :func:`mist.replay.clients.client_lengths`), means over
       every request. With ``length_ratio`` 1 the loop stays in lock-step; with lengths
       that vary (InferenceX runs 0.8) the users fall out of step by themselves.
 
@@ -455,7 +455,7 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
     ``"client"`` (default 10 per user) always counts every request.
 
     ``moe_efficiency``: the device's fused-MoE rate per compute dtype
-    (:mod:`replay.fused_moe`); None composes MoE layers from the GEMM table alone.
+    (:mod:`mist.calibrate.fused_moe`); None composes MoE layers from the GEMM table alone.
 
     ``max_num_batched_tokens`` and ``max_num_seqs``: the deployment's own engine limits
     when its launch flags are known (the rows do not record them); by default vLLM's

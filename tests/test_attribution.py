@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from validate.align import align
-from validate.attribution import attribute, to_markdown
+from mist.validate.align import align
+from mist.validate.attribution import attribute, to_markdown
 
 
 def _req(rid, sched, first, fin):

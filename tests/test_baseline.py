@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from traces.errors import TraceError
-from validate.baseline import Baselines, check, load_baselines, update
+from mist.traces.errors import TraceError
+from mist.validate.baseline import Baselines, check, load_baselines, update
 
 
 def _run(ttft, tpot=5.0, e2e=8.0):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from calibrate.calibration import fit_operators
-from calibrate.features import REQUIRED
-from profiles.bundle import read_bundle, to_operator_profile
-from profiles.model import load_model_config
-from replay.build import check_profile
-from traces.errors import TraceError
+from mist.calibrate.calibration import fit_operators
+from mist.calibrate.features import REQUIRED
+from mist.profiles.bundle import read_bundle, to_operator_profile
+from mist.profiles.model import load_model_config
+from mist.replay.deployment import check_profile
+from mist.traces.errors import TraceError
 
 ROOT = "profiles/llmservingsim/RTXPRO6000"
 BUNDLES = ("meta-llama/Llama-3.1-8B", "Qwen/Qwen3-32B", "Qwen/Qwen3-30B-A3B-Instruct-2507")
@@ -108,7 +108,7 @@ def test_check_profile_names_the_missing_operator(tmp_path, shared_data):
     ("0.14.0", True), ("v0.18.0", True), ("0.19.0", True), ("nightly-5b8c30d", True), ("", True),
 ])
 def test_async_scheduling_follows_the_engine_versions_default(shared_data, version, expected):
-    from replay.build import engine_config
+    from mist.replay.deployment import engine_config
 
     model = load_model_config(shared_data / "models/llmservingsim/meta-llama/Llama-3.1-8B.json")
     meta = {"vllm_version": version, "engine_kwargs": {"num_gpu_blocks": 1000}}
@@ -124,8 +124,8 @@ def test_engine_settings_a_recording_resolved_win_over_what_it_asked_for(shared_
     """Later LLMServingSim recordings (vLLM 0.28) store what the engine resolved: the
     per-rank KV tokens, a block count summed over DP ranks, the scheduler's settings and
     the device's memory. Those are used as recorded; ``engine_effective`` still wins."""
-    from replay.build import engine_config
-    from replay.run import device_memory
+    from mist.replay.deployment import engine_config
+    from mist.replay.run import device_memory
 
     model = load_model_config(shared_data / "models/llmservingsim/meta-llama/Llama-3.1-8B.json")
     kwargs = {"data_parallel_size": 2, "max_num_seqs": 128, "max_num_batched_tokens": 2048}
@@ -150,7 +150,7 @@ def test_engine_settings_a_recording_resolved_win_over_what_it_asked_for(shared_
 
 
 def test_kv_blocks_follow_the_served_dtypes(shared_data):
-    from replay.build import engine_config, served_dtype_bytes
+    from mist.replay.deployment import engine_config, served_dtype_bytes
 
     model = load_model_config(shared_data / "models/llmservingsim/meta-llama/Llama-3.1-8B.json")
     assert served_dtype_bytes(model) == (2.0, 2.0)

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from calibrate import accelerator
-from calibrate import batch_model as bm
-from calibrate.accelerator import draw_points, leave_one_accelerator_out, resolve
-from calibrate.batch_physics import (
+from mist.calibrate import accelerator
+from mist.calibrate import batch_model as bm
+from mist.calibrate.accelerator import draw_points, leave_one_accelerator_out, resolve
+from mist.calibrate.batch_physics import (
     BELOW_BOUND,
     BEYOND_CONTEXT,
     NO_DATASHEET,
@@ -19,10 +19,10 @@ from calibrate.batch_physics import (
     TERMS,
     batch_terms,
 )
-from profiles.hardware import load_catalog
-from traces.readers.llm_inference_bench import read_llm_inference_bench
-from validate.cli import main
-from validate.cmd_calibrate_accelerator import SAMPLINGS
+from mist.profiles.hardware import load_catalog
+from mist.traces.readers.llm_inference_bench import read_llm_inference_bench
+from mist.validate.cli import main
+from mist.validate.cli.calibrate_accelerator import SAMPLINGS
 
 LLAMA2 = "meta-llama/Llama-2-7b-hf"
 THETA = bm.DEFAULT + np.array([0.0, 0.5, -0.3, 0.4, 0.2, 0.0, 0.6, -0.5, 0.3, 0.1, 0.2])

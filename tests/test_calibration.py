@@ -9,18 +9,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from calibrate.calibration import (
+from mist.calibrate.calibration import (
     calibrate_bundle,
     cross_validate,
     fit_operators,
     load_artifact,
     save_artifact,
 )
-from calibrate.features import DENSE, OPERATORS, REQUIRED
-from calibrate.lookup import GridLookup
-from profiles.bundle import read_bundle, to_operator_profile
-from traces.errors import TraceError
-from validate.cli import main
+from mist.calibrate.features import DENSE, OPERATORS, REQUIRED
+from mist.calibrate.lookup import GridLookup
+from mist.profiles.bundle import read_bundle, to_operator_profile
+from mist.traces.errors import TraceError
+from mist.validate.cli import main
 
 LLAMA = "profiles/llmservingsim/RTXPRO6000/meta-llama/Llama-3.1-8B/bf16"
 

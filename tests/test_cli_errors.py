@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from traces.io import atomic_write_json
-from validate.cli import main
+from mist.traces.io import atomic_write_json
+from mist.validate.cli import main
 
 LLAMA = "profiles/llmservingsim/RTXPRO6000/meta-llama/Llama-3.1-8B/bf16"
 LLAMA_JSON = "models/llmservingsim/meta-llama/Llama-3.1-8B.json"
@@ -146,8 +146,8 @@ SILICON_HEADER = ("system,backend,backend_version,model_path,mode,isl,osl,batch_
     ("h100_sxm,vllm,0.19.0,m,agg,,128,8,2,100,10", "isl is empty"),
 ])
 def test_silicon_rows_of_the_chosen_system_are_checked_and_others_are_not(tmp_path, row, message):
-    from traces.errors import TraceError
-    from traces.readers.silicon import read_silicon
+    from mist.traces.errors import TraceError
+    from mist.traces.readers.silicon import read_silicon
 
     path = tmp_path / "s.csv"
     other = "b200_sxm,vllm,0.19.0,m,agg,-5,x,0,0,-1,-1\n"  # junk in another system's row
@@ -162,8 +162,8 @@ def test_silicon_rows_of_the_chosen_system_are_checked_and_others_are_not(tmp_pa
 
 
 def test_an_empty_or_folder_silicon_path_is_named(tmp_path):
-    from traces.errors import TraceError
-    from traces.readers.silicon import read_silicon
+    from mist.traces.errors import TraceError
+    from mist.traces.readers.silicon import read_silicon
 
     empty = tmp_path / "empty.csv"
     empty.write_text("")
@@ -174,7 +174,7 @@ def test_an_empty_or_folder_silicon_path_is_named(tmp_path):
 
 
 def test_a_version_newer_than_every_table_reads_the_newest():
-    from traces.readers.aiconfigurator import pick_version
+    from mist.traces.readers.aiconfigurator import pick_version
 
     tables = [("vllm", "0.14.0", None), ("vllm", "0.19.0", None)]
     picked = {v: pick_version(tables, v)[1] for v in ("0.11.2", "0.16.0", "0.18.0", "1.0.0", "9.9.9", "nightly")}
@@ -203,11 +203,11 @@ def test_an_unknown_hardware_name_or_a_wrong_engine_file_is_an_error(shared_data
 
 
 def test_review_regressions_stay_fixed(shared_data, tmp_path, capsys):
-    from profiles.model import load_model_config
-    from replay.config import EngineConfig
-    from replay.request import Request
-    from replay.run import check_capacity
-    from traces.errors import ReplayError
+    from mist.profiles.model import load_model_config
+    from mist.replay.config import EngineConfig
+    from mist.replay.request import Request
+    from mist.replay.run import check_capacity
+    from mist.traces.errors import ReplayError
 
     # a config that publishes "num_key_value_heads": null is multi-head attention
     cfg = tmp_path / "phi.json"

@@ -8,13 +8,13 @@ import random
 import numpy as np
 import pytest
 
-from calibrate.estimator import LatencyModel
-from calibrate.lookup import GridLookup
-from replay.closed_loop import ClosedLoop
-from replay.config import EngineConfig
-from replay.cost import StepCost
-from replay.request import Request
-from replay.simulate import Replay
+from mist.calibrate.estimator import LatencyModel
+from mist.calibrate.lookup import GridLookup
+from mist.replay.clients import ClosedLoop
+from mist.replay.config import EngineConfig
+from mist.replay.engine import Replay
+from mist.replay.request import Request
+from mist.replay.step_cost import StepCost
 
 
 def _cost() -> StepCost:

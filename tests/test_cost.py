@@ -7,10 +7,11 @@ from itertools import product
 import numpy as np
 import pytest
 
-from calibrate.estimator import LatencyModel
-from calibrate.lookup import GridLookup
-from profiles.model import ModelConfig
-from replay.build import (
+from mist.calibrate.estimator import LatencyModel
+from mist.calibrate.lookup import GridLookup
+from mist.profiles.model import ModelConfig
+from mist.replay.config import EngineConfig
+from mist.replay.deployment import (
     OTHER_NON_KV_BYTES,
     allreduce_s,
     build_step_cost,
@@ -18,9 +19,8 @@ from replay.build import (
     kv_blocks,
     non_kv_bytes,
 )
-from replay.config import EngineConfig
-from replay.cost import StepCost
-from traces.errors import TraceError
+from mist.replay.step_cost import StepCost
+from mist.traces.errors import TraceError
 
 
 def attn_formula(c, k, d, kv):
@@ -208,7 +208,7 @@ def test_check_profile_names_missing_operator():
 def test_kv_blocks_with_experts_spread_over_data_parallel_ranks():
     """A GPU of a DP x EP deployment keeps all the dense weights of its replica but only
     its share of the routed experts (hand-computed)."""
-    from profiles.model import ModelConfig
+    from mist.profiles.model import ModelConfig
 
     moe = ModelConfig(name="tiny-moe", architecture="X", num_layers=2, hidden_size=64, num_heads=4,
                       num_kv_heads=2, head_dim=16, intermediate_size=0, vocab_size=100, num_experts=16,
@@ -249,8 +249,8 @@ def test_kv_blocks_count_only_full_attention_layers_of_a_hybrid_model():
 def test_device_memory_is_binary():
     """``cluster.json`` and the catalog give GPU memory as vendors label it: a "24 GB" RTX
     4090 holds 24 GiB."""
-    from profiles.hardware import get_hardware
-    from replay.run import device_memory
+    from mist.profiles.hardware import get_hardware
+    from mist.replay.run import device_memory
 
     cluster = {"nodes": [{"instances": [{"npu_mem": {"mem_size": 24}}]}]}
     assert device_memory(cluster, None) == 24 * 2**30

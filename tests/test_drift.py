@@ -7,10 +7,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from calibrate.estimator import LatencyModel
-from calibrate.lookup import GridLookup
-from profiles.probe import PROBE_VERSION, drift_ratio, run_probe
-from replay.cost import StepCost
+from mist.calibrate.estimator import LatencyModel
+from mist.calibrate.lookup import GridLookup
+from mist.profiles.measure.probe import PROBE_VERSION, drift_ratio, run_probe
+from mist.replay.step_cost import StepCost
 
 
 def test_probe_reports_positive_times_and_geometric_score():

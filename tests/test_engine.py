@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from replay.engine import EventLoop
+from mist.replay.loop import EventLoop
 
 
 def _recorder(log):

@@ -7,7 +7,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from calibrate.estimator import LatencyModel
+from mist.calibrate.estimator import LatencyModel
 
 # y = 10, 20, 30 at x = 1, 2, 4: slope 10 on [1, 2], 5 on [2, 4].
 X1 = np.array([[1.0], [2.0], [4.0]])

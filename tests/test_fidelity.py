@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from validate.baseline import check, load_baselines
-from validate.cli import main
+from mist.validate.baseline import check, load_baselines
+from mist.validate.cli import main
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from calibrate.kernels import Datasheet, KernelSet
-from replay import fused_moe
-from replay.kernel_cost import moe_layer
-from traces.errors import TraceError
+from mist.calibrate import fused_moe
+from mist.calibrate.kernel_profile import moe_layer
+from mist.calibrate.kernels import Datasheet, KernelSet
+from mist.traces.errors import TraceError
 
 REPO = Path(__file__).resolve().parents[1]
 H100 = "profiles/aiconfigurator/h100_sxm"
@@ -94,8 +94,8 @@ def test_measurement_reader_rejects_bad_input(tmp_path, change, reason):
 def test_shipped_efficiency_is_the_fit_of_the_shipped_measurements(shared_data):
     # profiles/fused_moe_efficiency.yaml was written by `mist silicon --fit-moe-efficiency`
     # (README); refitting on the same published times and H100 tables gives the same rates
-    from replay.silicon import KernelVersions
-    from validate.cmd_silicon import _datasheet
+    from mist.replay.silicon import KernelVersions
+    from mist.validate.cli.silicon import _datasheet
 
     sheet, _ = _datasheet(shared_data / H100, "h100_sxm")
     ks = KernelVersions(shared_data / H100, sheet, hardware="h100_sxm", framework="vllm").for_version(None)
@@ -136,7 +136,7 @@ def test_datasheet_reads_the_compute_capability():
 def test_weight_only_4bit_experts_take_their_own_rate(toy):
     # the toy database measures no 4-bit GEMM: MXFP4 experts run weight-only (bf16
     # multiplications), priced by the w4a16 rate when there is one, else the bf16 rate
-    from replay.kernel_cost import W4A16, moe_rate_key
+    from mist.calibrate.kernel_profile import W4A16, moe_rate_key
 
     assert moe_rate_key("mxfp4", toy) == W4A16 and moe_rate_key("int4", toy) == W4A16
     assert moe_rate_key("mxfp4", toy, {"bfloat16": 0.5}) == "bfloat16"  # a file fitted before w4a16
@@ -163,7 +163,7 @@ def test_fit_keys_weight_only_series_by_their_kernel(toy):
 
 
 def test_few_tokens_per_expert_slow_the_rate_by_m_over_m_plus_half(toy):
-    from replay.kernel_cost import TOKENS_PER_EXPERT_HALF
+    from mist.calibrate.kernel_profile import TOKENS_PER_EXPERT_HALF
 
     model = SERIES.model()
     flops = 8192 * 2 * 2 * (2 * 2048 * 1024 + 1024 * 2048)
@@ -180,7 +180,7 @@ def test_few_tokens_per_expert_slow_the_rate_by_m_over_m_plus_half(toy):
 
 
 def test_fit_recovers_a_planted_half_point_and_files_without_one_still_load(toy, tmp_path):
-    from replay.kernel_cost import TOKENS_PER_EXPERT_HALF
+    from mist.calibrate.kernel_profile import TOKENS_PER_EXPERT_HALF
 
     planted = {"fp8": 0.05, TOKENS_PER_EXPERT_HALF: 16.0}
     truth = replace(SERIES, time_us=tuple(SERIES.composed_us(toy, planted).tolist()))

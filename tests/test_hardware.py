@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from profiles.hardware import DEFAULT_CATALOG, get_hardware, load_catalog
-from traces.errors import TraceError
+from mist.profiles.hardware import DEFAULT_CATALOG, get_hardware, load_catalog
+from mist.traces.errors import TraceError
 
 REQUIRED = ("RTXPRO6000", "RTX4090", "H100_SXM", "H200", "A100_SXM_80GB", "L40S", "MI300X")
 #: devices every figure of which (link, price) is public; the others may lack a link

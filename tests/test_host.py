@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from calibrate.estimator import LatencyModel
-from calibrate.lookup import GridLookup
-from replay.cost import StepCost
-from replay.host import _prefills, host_model, residual_summary, residuals
+from mist.calibrate.estimator import LatencyModel
+from mist.calibrate.host import _prefills, host_model, residual_summary, residuals
+from mist.calibrate.lookup import GridLookup
+from mist.replay.step_cost import StepCost
 
 A, B = 1e-4, 1e-3  # dense s/token, per-sequence s
 
@@ -18,7 +18,7 @@ def _cost():
     grid = [(c, k, d, kv) for c in (0, 512) for k in (0, 512) for d in (0, 64) for kv in (0, 512)]
     attn = GridLookup.from_model(LatencyModel().fit(np.array(grid, float), np.full(len(grid), 0.0)))
     return StepCost(dense_s=tuple(A * t for t in range(513)), per_seq_s=tuple(B * s for s in range(65)),
-                    attention=attn, num_layers=2)
+                    attention=attn, num_layers=2).operators_only().step_s
 
 
 def _steps(rows):

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from traces.errors import TraceError
-from traces.io import read_table
-from validate import cmd_ingest
+from mist.traces.errors import TraceError
+from mist.traces.io import read_table
+from mist.validate.cli import ingest as cmd_ingest
 
 
 def _parser():

@@ -9,13 +9,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from calibrate.kernels import Datasheet, KernelSet, LogGrid
-from replay.closed_loop import run_closed_loop
-from replay.config import EngineConfig
-from replay.cost import StepCost
-from replay.kernel_cost import prefill_attention
-from traces.errors import TraceError
-from traces.readers.silicon import read_silicon
+from mist.calibrate.kernel_profile import prefill_attention
+from mist.calibrate.kernels import Datasheet, KernelSet, LogGrid
+from mist.replay.clients import run_closed_loop
+from mist.replay.config import EngineConfig
+from mist.replay.step_cost import StepCost
+from mist.traces.errors import TraceError
+from mist.traces.readers.silicon import read_silicon
 
 H100 = "profiles/aiconfigurator/h100_sxm"
 SILICON = "silicon/aiconfigurator_silicon_sample.csv"
@@ -67,7 +67,7 @@ def test_sliding_window_attention_covers_the_window_only():
     # score work of a causal layer: chunk c after p keys owns c(2p + c); with a window W
     # each token attends to at most W keys, so a chunk of 4W after W keys does 4W x W-ish
     # work and a decode's keys stop at W
-    from replay.kernel_cost import decode_attention, windowed_prefill_attention
+    from mist.calibrate.kernel_profile import decode_attention, windowed_prefill_attention
 
     class Toy:
         def context_attention(self, b, isl, *args):
@@ -88,7 +88,7 @@ def test_sliding_window_attention_covers_the_window_only():
 def test_sliding_layers_are_read_from_the_config(tmp_path):
     import json
 
-    from profiles.model import load_model_config
+    from mist.profiles.model import load_model_config
 
     base = {"architectures": ["X"], "num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4,
             "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 1000, "max_position_embeddings": 8192}
@@ -105,7 +105,7 @@ def test_sliding_layers_are_read_from_the_config(tmp_path):
 
 # -- closed loops: invariants --------------------------------------------------------------
 def _flat_cost(step_s: float) -> StepCost:
-    from calibrate.lookup import GridLookup
+    from mist.calibrate.lookup import GridLookup
 
     zero = GridLookup(axes=((0.0, 1.0),) * 4, values=(0.0,) * 16, strides=(8, 4, 2, 1))
     return StepCost(dense_s=(0.0,) + (step_s,) * 4096, per_seq_s=(0.0,) * 300, attention=zero, num_layers=1)
@@ -153,7 +153,7 @@ def test_silicon_reader_reports_bad_numbers(tmp_path):
 
 
 def test_kernel_db_reader_units_and_families(shared_data):
-    from traces.readers.aiconfigurator import read_kernel_db
+    from mist.traces.readers.aiconfigurator import read_kernel_db
 
     table = read_kernel_db(shared_data / H100, version="0.19.0").to_pandas()
     raw = pd.read_parquet(shared_data / H100 / "gemm/vllm/0.19.0/gemm_perf.parquet")
@@ -170,7 +170,7 @@ def test_kernel_db_reader_units_and_families(shared_data):
 
 
 def test_kernel_set_answers_inside_measured_range_as_measured(shared_data):
-    from traces.readers.aiconfigurator import read_kernel_db, read_system_yaml
+    from mist.traces.readers.aiconfigurator import read_kernel_db, read_system_yaml
 
     d = shared_data / H100
     prof = read_kernel_db(d, version="0.19.0")
@@ -188,7 +188,7 @@ def test_kernel_set_answers_inside_measured_range_as_measured(shared_data):
 
 
 def test_silicon_command_on_a_few_rows(shared_data, tmp_path):
-    from validate.cli import main
+    from mist.validate.cli import main
 
     rows = pd.read_csv(shared_data / SILICON)
     pick = rows[(rows.system == "h100_sxm") & (rows.backend == "vllm")]
@@ -222,8 +222,8 @@ def test_loggrid_caps_measurement_spikes_by_larger_shapes():
 
 
 def test_gemm_dtype_of_rows_and_checkpoints(shared_data):
-    from profiles.model import load_model_config
-    from replay.silicon import gemm_dtype
+    from mist.profiles.model import load_model_config
+    from mist.replay.silicon import gemm_dtype
 
     block = load_model_config(shared_data / "models" / "Qwen--Qwen3-32B-FP8_config.json")
     dense = load_model_config(shared_data / "models" / "Qwen--Qwen3-32B_config.json")
@@ -236,8 +236,8 @@ def test_gemm_dtype_of_rows_and_checkpoints(shared_data):
 def test_rows_of_a_four_bit_requantised_fp8_checkpoint(shared_data):
     # MiniMax-M2.5 ships block-scaled fp8; its Blackwell "nvfp4" rows ran an NVFP4
     # re-quantisation, so both its GEMMs and its experts are 4-bit there
-    from profiles.model import load_model_config
-    from replay.silicon import gemm_dtype, moe_dtype
+    from mist.profiles.model import load_model_config
+    from mist.replay.silicon import gemm_dtype, moe_dtype
 
     model = load_model_config(shared_data / "models" / "MiniMaxAI--MiniMax-M2.5_config.json")
     assert model.quantization == "fp8_block"
@@ -250,7 +250,7 @@ def test_rows_of_a_four_bit_requantised_fp8_checkpoint(shared_data):
 
 
 def test_ingest_reads_a_kernel_database_folder(shared_data, tmp_path):
-    from traces.formats import detect_format, read_profile
+    from mist.traces.formats import detect_format, read_profile
 
     d = shared_data / H100
     assert detect_format(d) == "aiconfigurator-dir"
@@ -261,7 +261,7 @@ def test_ingest_reads_a_kernel_database_folder(shared_data, tmp_path):
 
 
 def test_kernel_db_prefers_the_serving_engine_and_its_nearest_version(tmp_path):
-    from traces.readers.aiconfigurator import read_kernel_db
+    from mist.traces.readers.aiconfigurator import read_kernel_db
 
     def gemm(path, latency):
         path.mkdir(parents=True)
@@ -282,7 +282,7 @@ def test_kernel_db_prefers_the_serving_engine_and_its_nearest_version(tmp_path):
     assert lat(version="v0.13.0", framework="vllm") == [1e-3]
 
     # each silicon row reads the tables nearest its own engine version
-    from replay.silicon import KernelVersions
+    from mist.replay.silicon import KernelVersions
 
     sheet = Datasheet(name="toy", mem_bw_bytes_s=1e12, peak_flops={"bfloat16": 1e15})
     kv = KernelVersions(root, sheet, framework="vllm", default="0.12.0")
@@ -308,7 +308,7 @@ def test_gemm_roofline_uses_the_efficiency_of_measured_gemms():
 
 def test_four_bit_float_gemms_run_at_the_fp4_peak():
     # a Blackwell datasheet's fp4_tc_flops is the peak of nvfp4/mxfp4 GEMMs no table measured
-    from calibrate.kernels import base_dtype
+    from mist.calibrate.kernels import base_dtype
 
     assert [base_dtype(d) for d in ("nvfp4", "mxfp4", "fp8_block", "bf16", "int4_wo")] == \
         ["fp4", "fp4", "fp8", "bfloat16", "int4_wo"]
@@ -334,7 +334,7 @@ def test_attention_without_measurements_falls_back_to_roofline_and_says_so():
 # -- MoE layers from kernels: hand-worked roofline cases ---------------------------------
 
 def _moe_toy():
-    from profiles.model import ModelConfig
+    from mist.profiles.model import ModelConfig
 
     # memory 1 TB/s exactly, no latency; one fp16 GEMM measured at half its peak, so the
     # bf16 router and fp8 experts (unmeasured) are roofline GEMMs at 0.5 efficiency
@@ -363,7 +363,7 @@ def _moe_by_hand(tokens, hit, ep, tp, fp8_eff=0.5):
 
 @pytest.mark.parametrize("tokens,hit,ep,tp", [(1, 4, 1, 1), (8, 20, 1, 2), (4096, 64, 1, 1), (512, 16, 4, 4)])
 def test_moe_layer_is_the_larger_of_weight_streaming_and_pair_compute(tokens, hit, ep, tp):
-    from replay.kernel_cost import moe_layer
+    from mist.calibrate.kernel_profile import moe_layer
 
     ks, model = _moe_toy()
     got = moe_layer(ks, model, tp, ep, "fp8", np.array([float(tokens)]), np.array([float(hit)]))[0]
@@ -371,7 +371,7 @@ def test_moe_layer_is_the_larger_of_weight_streaming_and_pair_compute(tokens, hi
 
 
 def test_moe_decode_streams_the_hit_experts_and_prefill_is_compute_bound():
-    from replay.kernel_cost import moe_layer
+    from mist.calibrate.kernel_profile import moe_layer
 
     ks, model = _moe_toy()
     one, all_hit = moe_layer(ks, model, 1, 1, "fp8", np.array([1.0, 1.0]), np.array([4.0, 64.0]))
@@ -389,7 +389,7 @@ def test_moe_decode_streams_the_hit_experts_and_prefill_is_compute_bound():
 def test_moe_experts_in_an_unmeasured_4bit_format_run_weight_only():
     # MXFP4 experts with no fp4 GEMM table (gpt-oss on Hopper): weights streamed at half
     # a byte, multiplications at the bf16 roofline (the toy's bf16 peak at 0.5 efficiency)
-    from replay.kernel_cost import moe_layer
+    from mist.calibrate.kernel_profile import moe_layer
 
     ks, model = _moe_toy()
     one = moe_layer(ks, model, 1, 1, "mxfp4", np.array([1.0]), np.array([4.0]))[0]
@@ -402,8 +402,8 @@ def test_moe_experts_in_an_unmeasured_4bit_format_run_weight_only():
 
 
 def test_gpt_oss_rows_are_composed_with_bf16_attention_and_mxfp4_experts(shared_data):
-    from profiles.model import load_model_config
-    from replay.silicon import (
+    from mist.profiles.model import load_model_config
+    from mist.replay.silicon import (
         find_model,
         gemm_dtype,
         kv_blocks_for,
@@ -411,7 +411,7 @@ def test_gpt_oss_rows_are_composed_with_bf16_attention_and_mxfp4_experts(shared_
         moe_dtype,
         skip_reason,
     )
-    from traces.readers.aiconfigurator import read_kernel_db, read_system_yaml
+    from mist.traces.readers.aiconfigurator import read_kernel_db, read_system_yaml
 
     index = model_index(shared_data / "models")
     model = load_model_config(find_model(index, "openai/gpt-oss-120b"))
@@ -429,10 +429,10 @@ def test_gpt_oss_rows_are_composed_with_bf16_attention_and_mxfp4_experts(shared_
 
 
 def test_kernel_profile_tables_moe_layers_and_silicon_reads_their_sharding(shared_data):
-    from calibrate.calibration import fit_operators
-    from replay.kernel_cost import kernel_operator_profile
-    from replay.silicon import expert_parallel_of, model_index, skip_reason
-    from traces.readers.aiconfigurator import read_kernel_db
+    from mist.calibrate.calibration import fit_operators
+    from mist.calibrate.kernel_profile import kernel_operator_profile
+    from mist.replay.silicon import expert_parallel_of, model_index, skip_reason
+    from mist.traces.readers.aiconfigurator import read_kernel_db
 
     ks, model = _moe_toy()
     table = kernel_operator_profile(ks, model, 2, "fp8", budget=256, max_seqs=8, max_len=512, expert_parallel=2)
@@ -463,14 +463,14 @@ def test_kernel_profile_tables_moe_layers_and_silicon_reads_their_sharding(share
 
 
 def test_attention_dp_rows_count_users_per_rank_and_skip_dense_models(shared_data):
-    from replay.silicon import (
+    from mist.replay.silicon import (
         attention_dp_of,
         expert_parallel_of,
         model_index,
         skip_reason,
         users_of,
     )
-    from traces.readers.aiconfigurator import read_kernel_db, read_system_yaml
+    from mist.traces.readers.aiconfigurator import read_kernel_db, read_system_yaml
 
     dp = pd.Series({"batch_size": 16.0, "tp_size": 4.0, "attention_dp_size": 4.0, "moe_tp_size": 1.0,
                     "moe_ep_size": 16.0})
@@ -523,8 +523,8 @@ def test_formats_without_tensor_cores_run_weight_only_gemms():
 
 
 def test_fp8_rows_on_a_device_without_fp8_are_predicted_weight_only(shared_data):
-    from replay.silicon import model_index, skip_reason
-    from traces.readers.aiconfigurator import read_kernel_db, read_system_yaml
+    from mist.replay.silicon import model_index, skip_reason
+    from mist.traces.readers.aiconfigurator import read_kernel_db, read_system_yaml
 
     a100 = shared_data / "profiles/aiconfigurator/a100_sxm"
     sheet = Datasheet.from_aiconfigurator("a100_sxm", read_system_yaml(a100))
@@ -538,8 +538,8 @@ def test_fp8_rows_on_a_device_without_fp8_are_predicted_weight_only(shared_data)
     assert {skip_reason(r, index, kernels) for _, r in llama.iterrows()} == {None}
     # and predicted: decode reads one byte per weight, so it beats the same row in bf16,
     # but no more than the halved weight reads allow
-    from profiles.model import load_model_config
-    from replay.silicon import find_model, predict_row
+    from mist.profiles.model import load_model_config
+    from mist.replay.silicon import find_model, predict_row
 
     row = llama[llama.tp_size == 8].sort_values(["batch_size", "isl", "osl"]).iloc[0]
     model = load_model_config(find_model(index, row["model_path"]))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from replay.kvcache import KVCache, prompt_block_hashes
-from replay.request import Request
+from mist.replay.kvcache import KVCache, prompt_block_hashes
+from mist.replay.request import Request
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -254,10 +254,10 @@ def test_registering_salted_blocks_at_preemption_changes_no_result(seed, monkeyp
     # prefixes, some have ids shorter than a block or than the prompt, some none
     import numpy as np
 
-    import replay.simulate as simulate
-    from calibrate.lookup import GridLookup
-    from replay.config import EngineConfig
-    from replay.cost import StepCost
+    import mist.replay.engine as simulate
+    from mist.calibrate.lookup import GridLookup
+    from mist.replay.config import EngineConfig
+    from mist.replay.step_cost import StepCost
 
     rng = np.random.default_rng(seed)
     shared = rng.integers(0, 1000, 200).tolist()

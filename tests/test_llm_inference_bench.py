@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from traces.errors import TraceError
-from traces.readers.llm_inference_bench import SCHEMA, parallelism_kind, read_llm_inference_bench
+from mist.traces.errors import TraceError
+from mist.traces.readers.llm_inference_bench import (
+    SCHEMA,
+    parallelism_kind,
+    read_llm_inference_bench,
+)
 
 HEADER = "Hardware,Num of Hardware,Framework,Model,Input Output Length,Batch Size,Latency,Throughput\n"
 ROW = "Nvidia H100 GPU,1,vLLM,meta-llama/Llama-2-7b-hf,128,16,1.14,3600.0\n"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from calibrate.calibration import fit_operators
-from profiles.bundle import read_bundle, to_operator_profile
-from profiles.local_profiler import (
+from mist.calibrate.calibration import fit_operators
+from mist.profiles.bundle import read_bundle, to_operator_profile
+from mist.profiles.measure.profiler import (
     ProfileSettings,
     attention_points,
     geometric_grid,
@@ -77,7 +77,7 @@ def test_parse_cpus_and_settings_validation():
 
 
 def test_engine_scenarios_fit_the_limits():
-    from profiles.local_engine import scenarios
+    from mist.profiles.measure.engine_steps import scenarios
 
     full = scenarios(ProfileSettings(model_config="x.json", max_num_seqs=64, max_kv=2048))
     assert [n for n, p, _ in full if p == 512] == [1, 2, 4, 8, 16, 32, 64]
@@ -87,7 +87,7 @@ def test_engine_scenarios_fit_the_limits():
 
 
 def test_engine_records_aggregate_per_cell():
-    from profiles.local_engine import aggregate, decode_steps
+    from mist.profiles.measure.engine_steps import aggregate, decode_steps
 
     ms = 1e-3
     records = [(2, 2, 10 * ms, 9 * ms, 100.0, 5 * ms, 3.5 * ms, 0.5 * ms),
@@ -165,7 +165,7 @@ def test_write_bundle_is_all_or_nothing(tmp_path):
 
 
 def test_forward_check_composes_decode_steps():
-    from validate.cmd_profile import forward_check
+    from mist.validate.cli.profile import forward_check
 
     tables = _synthetic_tables()
     meta = {"model_shape": {"num_layers": 2},
@@ -181,14 +181,14 @@ def test_forward_check_composes_decode_steps():
 
 
 def test_cli_help_does_not_import_torch():
-    code = ("import sys; from validate.cli import build_parser; build_parser(); "
+    code = ("import sys; from mist.validate.cli import build_parser; build_parser(); "
             "bad = [m for m in ('torch', 'vllm') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_cli_refuses_non_empty_out(tmp_path):
-    from validate.cli import main
+    from mist.validate.cli import main
 
     (tmp_path / "something").write_text("x")
     assert main(["profile", "--model", str(TINY_CONFIG), "--out", str(tmp_path)]) == 2
@@ -212,7 +212,7 @@ def test_quick_profile_end_to_end(tmp_path, shared_data):
         pytest.skip("needs torch (CPU) and vllm (the [record] extra); or set MIST_PROFILE_PYTHON")
     out = tmp_path / "bundle"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    res = subprocess.run([PROFILE_PYTHON, "-m", "validate.cli", "profile", "--model", str(TINY_CONFIG),
+    res = subprocess.run([PROFILE_PYTHON, "-m", "mist.validate.cli", "profile", "--model", str(TINY_CONFIG),
                           "--out", str(out), "--quick"], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from profiles.local_serving import SITECUSTOMIZE, stream
+from mist.profiles.measure.serving_steps import SITECUSTOMIZE, stream
 
 
 def test_stream_is_seeded_and_shaped():

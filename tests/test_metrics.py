@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from validate.align import align
-from validate.metrics import (
+from mist.validate.align import align
+from mist.validate.metrics import (
     SUMMARY_KEYS,
     error_summary,
     excluded,

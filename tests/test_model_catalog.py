@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from profiles.model import load_model_config
-from profiles.model_catalog import DEFAULT_MODEL_CATALOG, load_model_catalog, resolve_model
-from traces.errors import TraceError
+from mist.profiles.model import load_model_config
+from mist.profiles.model_catalog import DEFAULT_MODEL_CATALOG, load_model_catalog, resolve_model
+from mist.traces.errors import TraceError
 
 CATALOG = load_model_catalog()
 CARD = {k: v.get("params_billion") for k, v in yaml.safe_load(DEFAULT_MODEL_CATALOG.read_text())["models"].items()}

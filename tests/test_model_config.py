@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from profiles.model import dtype_bytes, load_model_config
-from traces.errors import TraceError
+from mist.profiles.model import dtype_bytes, load_model_config
+from mist.traces.errors import TraceError
 
 
 def _configs(shared_data):

@@ -8,15 +8,15 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from calibrate.estimator import LatencyModel
-from calibrate.lookup import GridLookup
-from profiles.model import ModelConfig
-from replay.build import moe_table
-from replay.config import EngineConfig
-from replay.cost import StepCost
-from replay.request import Request
-from replay.simulate import replay_requests
-from validate.cli import main
+from mist.calibrate.estimator import LatencyModel
+from mist.calibrate.lookup import GridLookup
+from mist.profiles.model import ModelConfig
+from mist.replay.config import EngineConfig
+from mist.replay.deployment import moe_table
+from mist.replay.engine import replay_requests
+from mist.replay.request import Request
+from mist.replay.step_cost import StepCost
+from mist.validate.cli import main
 
 E, K, H = 16, 2, 64
 

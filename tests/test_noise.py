@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from validate.cli import main
+from mist.validate.cli import main
 
 
 def test_a_recording_against_itself_has_zero_error(shared_data, tmp_path):

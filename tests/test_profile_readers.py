@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from traces.errors import TraceError
-from traces.formats import PROFILE_READERS, detect_format, read_profile, read_trace
-from traces.io import read_table, write_table
-from traces.readers.kineto import gemm_mnk
-from validate import cmd_ingest
-from validate.cmd_ingest import canonical_hardware
+from mist.traces.errors import TraceError
+from mist.traces.formats import PROFILE_READERS, detect_format, read_profile, read_trace
+from mist.traces.io import read_table, write_table
+from mist.traces.readers.kineto import gemm_mnk
+from mist.validate.cli import ingest as cmd_ingest
+from mist.validate.cli.ingest import canonical_hardware
 
 REPO_SAMPLE = Path(__file__).resolve().parents[1] / "traces/samples/kineto/cpu-mlp.json"
 MLP = "profiles/vidur/compute/{}/meta-llama/Llama-2-7b-hf/mlp.csv"

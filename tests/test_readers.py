@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from traces.errors import TraceError
-from traces.formats import READERS, attach_workload, detect_format, read_trace
-from traces.io import read_table, write_table
+from mist.traces.errors import TraceError
+from mist.traces.formats import READERS, attach_workload, detect_format, read_trace
+from mist.traces.io import read_table, write_table
 
 RUN = "vllm-runs/RTXPRO6000/Llama-3.1-8B"
 REQ = {

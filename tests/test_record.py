@@ -8,17 +8,17 @@ import sys
 
 import pytest
 
-import validate.cmd_record as cmd
-from traces.errors import TraceError
-from traces.readers.vllm_run import read_vllm_run
-from traces.record import (
+import mist.validate.cli.record as cmd
+from mist.profiles.measure.recorder import (
     RecordSettings,
     check_results,
     engine_kwargs,
     warmup_prompts,
 )
-from traces.workload_gen import generate, write_workload
-from validate.cli import build_parser, main
+from mist.traces.errors import TraceError
+from mist.traces.readers.vllm_run import read_vllm_run
+from mist.traces.workload_gen import generate, write_workload
+from mist.validate.cli import build_parser, main
 
 CONFIG = {"model_type": "llama", "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
           "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,

@@ -18,12 +18,12 @@ import random
 import numpy as np
 import pytest
 
-from calibrate.estimator import LatencyModel
-from calibrate.lookup import GridLookup
-from replay.config import EngineConfig
-from replay.cost import StepCost
-from replay.request import Request
-from replay.simulate import replay_requests
+from mist.calibrate.estimator import LatencyModel
+from mist.calibrate.lookup import GridLookup
+from mist.replay.config import EngineConfig
+from mist.replay.engine import replay_requests
+from mist.replay.request import Request
+from mist.replay.step_cost import StepCost
 
 A, B, C, L = 1e-3, 1e-2, 5e-2, 2
 
@@ -147,7 +147,7 @@ def test_arrivals_aligned_to_the_nearest_step_boundary():
 def test_arrivals_align_only_when_every_request_carries_the_engine_stamp():
     import pyarrow as pa
 
-    from replay.run import effective_arrival
+    from mist.replay.run import effective_arrival
 
     stamped = pa.table({"queued_s": [0.0, 0.1, 0.2]})
     assert effective_arrival(stamped, "engine-aligned") == "engine-aligned"

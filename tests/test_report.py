@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from validate.align import align
-from validate.metrics import summarize
-from validate.report import write_report
+from mist.validate.align import align
+from mist.validate.metrics import summarize
+from mist.validate.report import write_report
 
 
 def _aligned():
@@ -102,8 +102,8 @@ def test_kv_panel_sums_replicas_over_their_capacity(tmp_path):
     """The KV panel's simulated line is the blocks held by all replicas over all their
     blocks (each replica holding its last value between its steps); a timeseries whose
     kv_cache_pct is 0 at every tick counts as not recorded."""
-    from validate.cmd_validate import kv_note
-    from validate.report import kv_usage_pct, measured_kv_pct, plot_queue
+    from mist.validate.cli.validate import kv_note
+    from mist.validate.report import kv_usage_pct, measured_kv_pct, plot_queue
 
     steps = pd.DataFrame({"replica": [0, 1, 0, 1], "start_s": [0.0, 0.5, 1.0, 1.5],
                           "num_running": 1, "num_waiting": 0, "kv_blocks_used": [10, 30, 50, 20]})
@@ -124,7 +124,7 @@ def test_kv_panel_sums_replicas_over_their_capacity(tmp_path):
 def test_replay_report_is_deterministic_and_long_series_are_sampled(tmp_path):
     """``mist replay``'s report: the same files byte for byte, and a long step series
     drawn at MAX_PLOTTED_STEPS instants, each the value holding then."""
-    from validate.report import MAX_PLOTTED_STEPS, _for_plot, write_replay_report
+    from mist.validate.report import MAX_PLOTTED_STEPS, _for_plot, write_replay_report
 
     n = 3 * MAX_PLOTTED_STEPS
     steps = pd.DataFrame({"replica": 0, "start_s": np.arange(n) * 0.01, "num_running": np.arange(n) % 50,

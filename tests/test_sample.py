@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from validate.cli import main
+from mist.validate.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_A = REPO / "traces" / "samples" / "cpu-tiny-llama"

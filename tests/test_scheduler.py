@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections import deque
 
-from replay.config import EngineConfig
-from replay.kvcache import KVCache
-from replay.request import Request
-from replay.scheduler import apply, schedule
+from mist.replay.config import EngineConfig
+from mist.replay.kvcache import KVCache
+from mist.replay.request import Request
+from mist.replay.scheduler import apply, schedule
 
 
 def _cfg(**kw):

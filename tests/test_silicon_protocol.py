@@ -5,12 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from calibrate.lookup import GridLookup
-from replay.closed_loop import run_closed_loop
-from replay.config import EngineConfig
-from replay.cost import StepCost
-from replay.silicon import StepOverhead, fit_step_overhead
-from traces.errors import TraceError
+from mist.calibrate.lookup import GridLookup
+from mist.replay.clients import run_closed_loop
+from mist.replay.config import EngineConfig
+from mist.replay.silicon import StepOverhead, fit_step_overhead
+from mist.replay.step_cost import StepCost
+from mist.traces.errors import TraceError
 
 H100 = "profiles/aiconfigurator/h100_sxm"
 SILICON = "silicon/aiconfigurator_silicon_sample.csv"
@@ -79,9 +79,9 @@ def test_fit_recovers_an_overhead_and_never_goes_negative():
 
 @pytest.fixture(scope="module")
 def llama_rows(shared_data):
-    from profiles.model import load_model_config
-    from replay.silicon import KernelVersions, find_model, model_index
-    from validate.cmd_silicon import _datasheet
+    from mist.profiles.model import load_model_config
+    from mist.replay.silicon import KernelVersions, find_model, model_index
+    from mist.validate.cli.silicon import _datasheet
 
     rows = pd.read_csv(shared_data / SILICON)
     rows = rows[(rows.system == "h100_sxm") & (rows.backend == "vllm") & (rows.model_path == "meta-llama/Llama-3.1-70B")
@@ -93,7 +93,7 @@ def llama_rows(shared_data):
 
 
 def test_benchmark_mean_is_the_first_wave_blended_with_the_steady_state(llama_rows):
-    from replay.silicon import predict_row
+    from mist.replay.silicon import predict_row
 
     rows, model, kernels = llama_rows
     row, cache = rows.iloc[-1], {}
@@ -108,7 +108,7 @@ def test_benchmark_mean_is_the_first_wave_blended_with_the_steady_state(llama_ro
 def test_lockstep_end_of_the_protocol_range(llama_rows):
     # clients kept in lock-step queue their prompts behind each other every wave, so
     # the lock-step mean is the larger; a one-wave benchmark has no range at all
-    from replay.silicon import predict_row
+    from mist.replay.silicon import predict_row
 
     rows, model, kernels = llama_rows
     row, cache = rows.iloc[-1], {}
@@ -120,7 +120,7 @@ def test_lockstep_end_of_the_protocol_range(llama_rows):
 
 
 def test_protocol_range_places_measurements_between_the_two_ends():
-    from replay.silicon import protocol_range
+    from mist.replay.silicon import protocol_range
 
     rows = pd.DataFrame({"pred_ttft_ms": [100.0, 100.0, 100.0, 100.0],
                          "pred_ttft_lockstep_ms": [300.0, 300.0, 300.0, 300.0],
@@ -133,7 +133,7 @@ def test_protocol_range_places_measurements_between_the_two_ends():
 def test_benchmark_means_follow_measured_ttft_growth_with_concurrency(llama_rows):
     # measured TTFT of Llama-3.1-70B fp8 TP 8, 1k/1k grows 2.6x from 4 to 64 users;
     # the steady state alone cannot show that, the benchmark's whole-run mean does
-    from replay.silicon import predict_row
+    from mist.replay.silicon import predict_row
 
     rows, model, kernels = llama_rows
     lo, hi = rows.iloc[0], rows.iloc[-1]
@@ -148,7 +148,7 @@ def test_benchmark_means_follow_measured_ttft_growth_with_concurrency(llama_rows
 def test_silicon_command_fits_an_overhead_and_reports_it(shared_data, tmp_path):
     import json
 
-    from validate.cli import main
+    from mist.validate.cli import main
 
     rows = pd.read_csv(shared_data / SILICON)
     rows = rows[(rows.system == "h100_sxm") & (rows.backend == "vllm") & (rows.tp_size == 8) & (rows.isl == 1024)
@@ -179,7 +179,7 @@ def test_silicon_command_fits_an_overhead_and_reports_it(shared_data, tmp_path):
 def test_datasheet_of_an_uncatalogued_system_comes_from_the_users_catalog(tmp_path):
     import yaml
 
-    from validate.cmd_silicon import _datasheet
+    from mist.validate.cli.silicon import _datasheet
 
     kernels = tmp_path / "x1_sxm"  # a kernel folder with no x1_sxm.yaml beside it
     kernels.mkdir()
@@ -196,7 +196,7 @@ def test_datasheet_of_an_uncatalogued_system_comes_from_the_users_catalog(tmp_pa
 
 
 def test_client_lengths_are_drawn_within_the_range_and_reproducibly():
-    from replay.closed_loop import client_lengths
+    from mist.replay.clients import client_lengths
 
     a = client_lengths(1000, 200, 500, 0.8, seed=3)
     assert a.shape == (500, 2)
@@ -214,7 +214,7 @@ def test_client_lengths_are_drawn_within_the_range_and_reproducibly():
 def test_a_client_of_fixed_lengths_is_the_lock_step_loop_counted_whole():
     # with identical requests the semaphore's next request goes to the user that just
     # finished, so the client is the burst-started closed loop averaged over every request
-    from replay.closed_loop import client_lengths, run_benchmark_client
+    from mist.replay.clients import client_lengths, run_benchmark_client
 
     cfg = EngineConfig(max_num_seqs=16, max_num_batched_tokens=600, async_scheduling=False)
     cost = _flat_cost(0.01)
@@ -230,7 +230,7 @@ def test_a_client_slot_freed_by_a_short_request_sends_the_next_one_hand_worked()
     # two slots, constant 10 ms steps, room for every prompt in one step: requests 0
     # and 1 start at 0 and get their first token at 10 ms; request 1 (2 tokens) ends at
     # 20 ms and its slot sends request 2 then; request 0 (6 tokens) ends at 60 ms
-    from replay.closed_loop import BenchmarkClient
+    from mist.replay.clients import BenchmarkClient
 
     cfg = EngineConfig(max_num_seqs=16, max_num_batched_tokens=600, async_scheduling=False)
     client = BenchmarkClient(cfg, _flat_cost(0.01), 2, [[100, 6], [100, 2], [100, 2]])
@@ -248,7 +248,7 @@ def test_varied_lengths_break_the_lock_step(llama_rows):
     # identical requests started together stay in lock-step and queue their prompts
     # behind each other every wave; drawn lengths (InferenceX's 0.8) scatter the users,
     # so their mean TTFT falls well below the lock-step one
-    from replay.silicon import predict_row
+    from mist.replay.silicon import predict_row
 
     rows, model, kernels = llama_rows
     row, cache = rows.iloc[-1], {}
@@ -268,8 +268,8 @@ def test_varied_lengths_break_the_lock_step(llama_rows):
 
 
 def test_engine_limits_are_vllms_defaults_unless_given():
-    from calibrate.kernels import Datasheet
-    from replay.silicon import engine_limits
+    from mist.calibrate.kernels import Datasheet
+    from mist.replay.silicon import engine_limits
 
     h100 = Datasheet(name="h100_sxm", mem_bw_bytes_s=3.35e12, peak_flops={"bfloat16": 989e12},
                      link_bw_bytes_s=450e9, memory_bytes=80 * 2**30)
@@ -285,7 +285,7 @@ def test_a_given_sequence_cap_queues_the_users_beyond_it_littles_law(llama_rows)
     # 64 users, C slots, always full in the steady state: 64 - C users wait, and by
     # Little's law each waits (64 - C) / C times a request's time in its slot (its
     # prefill, about the uncapped TTFT, plus OSL - 1 decode steps at the capped batch)
-    from replay.silicon import predict_row
+    from mist.replay.silicon import predict_row
 
     rows, model, kernels = llama_rows
     row, cache = rows.iloc[-1], {}
@@ -301,7 +301,7 @@ def test_a_given_sequence_cap_queues_the_users_beyond_it_littles_law(llama_rows)
 
 def test_a_given_token_budget_chunks_the_prompt(llama_rows):
     # a 1024-token prompt alone: one step under vLLM's 8192 budget, four under 256
-    from replay.silicon import predict_row
+    from mist.replay.silicon import predict_row
 
     rows, model, kernels = llama_rows
     row, cache = rows.iloc[0], {}

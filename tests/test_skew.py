@@ -6,9 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from profiles.bundle import Bundle, read_bundle
-from replay.skew import SkewAlpha, skew_errors, skew_from_bundle
-from traces.errors import TraceError
+from mist.calibrate.skew import SkewAlpha, skew_errors, skew_from_bundle
+from mist.profiles.bundle import Bundle, read_bundle
+from mist.traces.errors import TraceError
 
 LLAMA = "profiles/llmservingsim/RTXPRO6000/meta-llama/Llama-3.1-8B/bf16"
 

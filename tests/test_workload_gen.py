@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from traces.errors import TraceError
-from traces.formats import read_trace
-from traces.workload_gen import generate, parse_spec, write_workload
+from mist.traces.errors import TraceError
+from mist.traces.formats import read_trace
+from mist.traces.workload_gen import generate, parse_spec, write_workload
 
 
 def test_same_arguments_give_byte_identical_files(tmp_path):

@@ -13,19 +13,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from traces.errors import TraceError
-from traces.readers.aiconfigurator import is_kernel_db, read_kernel_db_profile
-from traces.readers.azure import read_azure_csv
-from traces.readers.base import ReadResult
-from traces.readers.kineto import is_kineto_trace, read_kineto_json
-from traces.readers.mooncake import read_mooncake_jsonl
-from traces.readers.profile_base import ProfileResult, Resolver
-from traces.readers.splitwise import read_splitwise_csv
-from traces.readers.vidur import read_vidur_csv
-from traces.readers.vidur_profile import read_vidur_comm, read_vidur_mlp
-from traces.readers.vllm_bench import is_bench_result, read_vllm_bench
-from traces.readers.vllm_run import attach_workload, read_vllm_run
-from traces.readers.workload import read_workload_jsonl
+from mist.traces.errors import TraceError
+from mist.traces.readers.aiconfigurator import is_kernel_db, read_kernel_db_profile
+from mist.traces.readers.azure import read_azure_csv
+from mist.traces.readers.base import ReadResult
+from mist.traces.readers.kineto import is_kineto_trace, read_kineto_json
+from mist.traces.readers.mooncake import read_mooncake_jsonl
+from mist.traces.readers.profile_base import ProfileResult, Resolver
+from mist.traces.readers.splitwise import read_splitwise_csv
+from mist.traces.readers.vidur import read_vidur_csv
+from mist.traces.readers.vidur_profile import read_vidur_comm, read_vidur_mlp
+from mist.traces.readers.vllm_bench import is_bench_result, read_vllm_bench
+from mist.traces.readers.vllm_run import attach_workload, read_vllm_run
+from mist.traces.readers.workload import read_workload_jsonl
 
 __all__ = [
     "PROFILE_READERS", "READERS", "ProfileResult", "ReadResult", "attach_workload",

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from traces.errors import TraceError
-from traces.schema import SCHEMAS
+from mist.traces.errors import TraceError
+from mist.traces.schema import SCHEMAS
 
 
 def check_output(path, folder: bool) -> None:

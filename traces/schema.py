@@ -3,7 +3,7 @@
 All times are seconds (float64). In ``requests`` the time origin is the first
 request's arrival (``arrival_s == 0`` for the earliest request); the original epoch
 of that instant, when known, is kept in the table metadata ``mist.origin_epoch_s``.
-TTFT, TPOT and E2E are derived (see :mod:`traces.derive`), never stored.
+TTFT, TPOT and E2E are derived (see :mod:`mist.traces.derive`), never stored.
 """
 
 from __future__ import annotations

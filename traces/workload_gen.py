@@ -2,7 +2,7 @@
 
 Each record is ``{"input_toks", "output_toks", "arrival_time_ns", "input_tok_ids"}``
 (tokens; ns from the start of the stream, first arrival at 0), exactly what
-:mod:`traces.readers.workload` reads and ``mist record`` replays.
+:mod:`mist.traces.readers.workload` reads and ``mist record`` replays.
 
 Arrivals (:data:`ARRIVALS`)
     ``poisson``: exponential inter-arrival times of mean ``1/rate`` s.
@@ -28,8 +28,8 @@ import json
 
 import numpy as np
 
-from traces.errors import TraceError
-from traces.io import atomic_write_text
+from mist.traces.errors import TraceError
+from mist.traces.io import atomic_write_text
 
 
 def _poisson(rng: np.random.Generator, n: int, rate: float, burstiness: float) -> np.ndarray:

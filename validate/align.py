@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from traces.derive import latencies
+from mist.traces.derive import latencies
 
 METRICS = ("ttft", "tpot", "e2e")
-"""Per-request latency metrics compared, in seconds (see :func:`traces.derive.latencies`)."""
+"""Per-request latency metrics compared, in seconds (see :func:`mist.traces.derive.latencies`)."""
 
 _REQUIRED = (
     "request_id",

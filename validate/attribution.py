@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from validate.align import AlignResult
+from mist.validate.align import AlignResult
 
 
 def attribute(aligned: AlignResult) -> pd.DataFrame:

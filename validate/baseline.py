@@ -21,10 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from traces.errors import TraceError
-from traces.io import atomic_write_json
-from validate.align import METRICS
-from validate.metrics import rounded
+from mist.traces.errors import TraceError
+from mist.traces.io import atomic_write_json
+from mist.validate.align import METRICS
+from mist.validate.metrics import rounded
 
 FORMAT_VERSION = 1
 DEFAULT_TOLERANCE_PCT_POINTS = 2.0
@@ -119,7 +119,7 @@ def check(current: Mapping, baselines, tolerance: float | None = None) -> list[s
     ----------
     current : dict
         ``{run: {"ttft": summary, "tpot": summary, "e2e": summary}}`` with
-        summaries from :func:`validate.metrics.error_summary` (percent).
+        summaries from :func:`mist.validate.metrics.error_summary` (percent).
     baselines : Baselines or dict
         Loaded baselines, or a plain ``{run: {metric: {"mape": ...}}}`` mapping.
     tolerance : float, optional

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from validate.align import METRICS, AlignResult
+from mist.validate.align import METRICS, AlignResult
 
 SUMMARY_KEYS = (
     "mape",
@@ -111,7 +111,7 @@ def summarize(aligned) -> dict[str, dict[str, float]]:
     Parameters
     ----------
     aligned : AlignResult or pandas.DataFrame
-        Output of :func:`validate.align.align` (or its ``frame``).
+        Output of :func:`mist.validate.align.align` (or its ``frame``).
 
     Returns
     -------

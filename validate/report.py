@@ -17,9 +17,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from traces.io import atomic_write_bytes, atomic_write_text
-from validate.align import METRICS, AlignResult
-from validate.metrics import ape, excluded, format_table, valid_mask
+from mist.traces.io import atomic_write_bytes, atomic_write_text
+from mist.validate.align import METRICS, AlignResult
+from mist.validate.metrics import ape, excluded, format_table, valid_mask
 
 LABELS = {"ttft": "TTFT (s)", "tpot": "TPOT (s)", "e2e": "E2E latency (s)"}
 _MEAS, _SIM = "tab:blue", "tab:orange"
@@ -312,9 +312,9 @@ def write_report(
     out_dir : str or Path
         Output folder, created if missing.
     aligned : AlignResult
-        Output of :func:`validate.align.align`.
+        Output of :func:`mist.validate.align.align`.
     metrics : dict
-        Output of :func:`validate.metrics.summarize` (percentages).
+        Output of :func:`mist.validate.metrics.summarize` (percentages).
     steps : pandas.DataFrame, optional
         Simulated ``steps`` table (times in s) for the queue-depth plot.
     timeseries : pandas.DataFrame, optional

@@ -1,1 +1,1 @@
-"""One reader module per source trace format; :mod:`traces.formats` dispatches to them."""
+"""One reader module per source trace format; :mod:`mist.traces.formats` dispatches to them."""

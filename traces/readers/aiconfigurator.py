@@ -42,8 +42,8 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
-from traces.errors import TraceError, positive_numbers
-from traces.schema import OPERATOR_PROFILE, from_columns
+from mist.traces.errors import TraceError, positive_numbers
+from mist.traces.schema import OPERATOR_PROFILE, from_columns
 
 # table file stem -> (family folder, columns it must have)
 TABLES = {
@@ -211,7 +211,7 @@ def read_kernel_db_profile(system_dir, resolve_hardware=None):
     The hardware column keeps the system folder's name unless ``resolve_hardware``
     maps it to a catalogue name.
     """
-    from traces.readers.profile_base import ProfileResult
+    from mist.traces.readers.profile_base import ProfileResult
 
     root = Path(system_dir)
     name = root.name

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from traces.errors import TraceError
-from traces.readers.base import ReadResult, check_tokens, finish, read_csv, skip_mask
+from mist.traces.errors import TraceError
+from mist.traces.readers.base import ReadResult, check_tokens, finish, read_csv, skip_mask
 
 FORMAT = "azure-csv"
 COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")

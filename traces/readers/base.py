@@ -3,7 +3,7 @@ line-numbered errors, and the final "sort by arrival, rebase to zero, build the
 canonical table" step every reader ends with.
 
 Every reader returns a :class:`ReadResult`. Its ``requests`` table follows
-:data:`traces.schema.REQUESTS`: times in seconds (float64) with the earliest arrival
+:data:`mist.traces.schema.REQUESTS`: times in seconds (float64) with the earliest arrival
 at 0, rows sorted by arrival and then by source order (a stable sort), and table
 metadata ``mist.source_format``, ``mist.origin_epoch_s`` (when the source has wall
 clock times) and ``mist.reordered`` (``"1"`` when the sort changed the source order).
@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from traces.errors import TraceError
-from traces.schema import REQUESTS, TOKENS, from_columns
+from mist.traces.errors import TraceError
+from mist.traces.schema import REQUESTS, TOKENS, from_columns
 
 
 @dataclass
@@ -31,7 +31,7 @@ class ReadResult:
     Attributes
     ----------
     requests : pa.Table
-        Canonical ``requests`` table (:data:`traces.schema.REQUESTS`).
+        Canonical ``requests`` table (:data:`mist.traces.schema.REQUESTS`).
     tokens : pa.Table or None
         Canonical ``tokens`` table (per-token emission times, s), when the source has them.
     meta : dict

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from traces.errors import TraceError
-from traces.io import read_json_object
-from traces.readers.profile_base import (
+from mist.traces.errors import TraceError
+from mist.traces.io import read_json_object
+from mist.traces.readers.profile_base import (
     P90_P10,
     ProfileResult,
     Resolver,

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from traces.errors import TraceError
+from mist.traces.errors import TraceError
 
 FORMAT = "llm-inference-bench"
 

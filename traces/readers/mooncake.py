@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from traces.errors import TraceError
-from traces.readers.base import (
+from mist.traces.errors import TraceError
+from mist.traces.readers.base import (
     ReadResult,
     check_tokens,
     finish,

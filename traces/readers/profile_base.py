@@ -2,7 +2,7 @@
 sample statistics, and the final "name the hardware, build the table" step.
 
 Every operator-profile reader returns a :class:`ProfileResult` whose ``table``
-follows :data:`traces.schema.OPERATOR_PROFILE`: latencies in seconds (float64), one
+follows :data:`mist.traces.schema.OPERATOR_PROFILE`: latencies in seconds (float64), one
 row per operator and feature point, table metadata ``mist.source_format``,
 ``mist.source_path``, ``mist.spread`` (what ``spread_s`` measures) and
 ``mist.hardware_names`` (JSON: source spelling -> name written).
@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from traces.errors import TraceError
-from traces.readers.base import _line_of
-from traces.schema import OPERATOR_PROFILE, from_columns
+from mist.traces.errors import TraceError
+from mist.traces.readers.base import _line_of
+from mist.traces.schema import OPERATOR_PROFILE, from_columns
 
 Resolver = Callable[[str], str]
 
@@ -42,7 +42,7 @@ class ProfileResult:
     Attributes
     ----------
     table : pa.Table
-        Canonical ``operator_profile`` table (:data:`traces.schema.OPERATOR_PROFILE`).
+        Canonical ``operator_profile`` table (:data:`mist.traces.schema.OPERATOR_PROFILE`).
     meta : dict
         JSON-serialisable summary: source format and path, hardware names, notes.
     rows_read : int

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from traces.readers.base import read_csv
-from traces.readers.profile_base import (
+from mist.traces.readers.base import read_csv
+from mist.traces.readers.profile_base import (
     P90_P10,
     ProfileResult,
     Resolver,

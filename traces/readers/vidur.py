@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from traces.readers.base import ReadResult, check_tokens, finish, read_csv, skip_mask
+from mist.traces.readers.base import ReadResult, check_tokens, finish, read_csv, skip_mask
 
 FORMAT = "vidur-csv"
 COLUMNS = ("arrived_at", "num_prefill_tokens", "num_decode_tokens")

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from traces.errors import TraceError
-from traces.readers.base import read_csv, skip_mask
-from traces.readers.profile_base import (
+from mist.traces.errors import TraceError
+from mist.traces.readers.base import read_csv, skip_mask
+from mist.traces.readers.profile_base import (
     ProfileResult,
     Resolver,
     check_positive,

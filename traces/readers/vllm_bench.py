@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from traces.errors import TraceError
-from traces.io import read_json_object
-from traces.readers.base import ReadResult, finish, skip_mask
+from mist.traces.errors import TraceError
+from mist.traces.io import read_json_object
+from mist.traces.readers.base import ReadResult, finish, skip_mask
 
 FORMAT = "vllm-bench"
 REQUIRED = ("input_lens", "output_lens", "ttfts", "latencies")

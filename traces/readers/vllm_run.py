@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from traces.errors import TraceError
-from traces.io import read_json_object
-from traces.readers.base import ReadResult, finish, float_column, int_column, read_jsonl
-from traces.readers.workload import parse_workload, token_id_array
+from mist.traces.errors import TraceError
+from mist.traces.io import read_json_object
+from mist.traces.readers.base import ReadResult, finish, float_column, int_column, read_jsonl
+from mist.traces.readers.workload import parse_workload, token_id_array
 
 FORMAT = "vllm-run"
 TIMELINE = (

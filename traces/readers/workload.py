@@ -18,8 +18,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from traces.errors import TraceError
-from traces.readers.base import ReadResult, check_tokens, finish, int_column, read_jsonl, skip_mask
+from mist.traces.errors import TraceError
+from mist.traces.readers.base import (
+    ReadResult,
+    check_tokens,
+    finish,
+    int_column,
+    read_jsonl,
+    skip_mask,
+)
 
 FORMAT = "workload-jsonl"
 REQUIRED = ("input_toks", "output_toks", "arrival_time_ns")

@@ -12,18 +12,18 @@ import argparse
 import importlib
 import sys
 
-from traces.errors import ReplayError, TraceError
+from mist.traces.errors import ReplayError, TraceError
 
 COMMANDS = {
-    "ingest": "validate.cmd_ingest",
-    "validate": "validate.cmd_validate",
-    "noise": "validate.cmd_noise",
-    "replay": "validate.cmd_replay",
-    "calibrate": "validate.cmd_calibrate",
-    "calibrate-accelerator": "validate.cmd_calibrate_accelerator",
-    "profile": "validate.cmd_profile",
-    "record": "validate.cmd_record",
-    "silicon": "validate.cmd_silicon",
+    "ingest": "mist.validate.cli.ingest",
+    "validate": "mist.validate.cli.validate",
+    "noise": "mist.validate.cli.noise",
+    "replay": "mist.validate.cli.replay",
+    "calibrate": "mist.validate.cli.calibrate",
+    "calibrate-accelerator": "mist.validate.cli.calibrate_accelerator",
+    "profile": "mist.validate.cli.profile",
+    "record": "mist.validate.cli.record",
+    "silicon": "mist.validate.cli.silicon",
 }
 
 
@@ -53,7 +53,7 @@ OUTPUTS = {"out": True, "json": False, "rows": False, "fit_step_overhead": False
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    from traces.io import check_output
+    from mist.traces.io import check_output
 
     for name, folder in OUTPUTS.items():
         path = getattr(args, name, None)

@@ -39,7 +39,7 @@ from collections.abc import Callable
 
 import torch
 
-from profiles.local_profiler import attention_points, summarize, token_grid
+from mist.profiles.measure.profiler import attention_points, summarize, token_grid
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,

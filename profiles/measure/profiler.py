@@ -1,6 +1,6 @@
 """Measure this machine's operator latencies and engine step overhead into a bundle.
 
-``mist profile`` writes a layer-profile bundle (the layout :mod:`profiles.bundle`
+``mist profile`` writes a layer-profile bundle (the layout :mod:`mist.profiles.bundle`
 reads) for a Llama-style model on the local CPU:
 
 ``meta.yaml``              identity, engine settings, grids, kernels, speed probes
@@ -11,13 +11,13 @@ reads) for a Llama-style model on the local CPU:
 ``tp1/engine_steps.csv``   every engine step of the overhead scenarios: its shape (sequences,
                            tokens, decode count and KV lengths, prefill chunks
                            ``chunk:kv_before`` joined by ``;``) and wall time ``time_us`` —
-                           the replay derives its host time per step from these (``replay.host``)
+                           the replay derives its host time per step from these (``mist.calibrate.host``)
 ``tp1/serving_steps.csv``  with ``--serving-steps``: the same for a synthetic stream served
-                           like a recording (``profiles.local_serving``); diagnostic
+                           like a recording (``mist.profiles.measure.serving_steps``); diagnostic
 
 ``time_us`` is always the median of the samples; ``spread_us`` is their p90 − p10.
-The operators are timed by :mod:`profiles.local_ops` (vLLM's own CPU kernels where
-Python can reach them), the per-step host overhead by :mod:`profiles.local_engine`
+The operators are timed by :mod:`mist.profiles.measure.operators` (vLLM's own CPU kernels where
+Python can reach them), the per-step host overhead by :mod:`mist.profiles.measure.engine_steps`
 (the real vLLM engine, in-process). This module holds the pure-Python parts —
 settings, grids, summaries, the all-or-nothing writer — and imports torch and vLLM
 only inside :func:`run_profile`.
@@ -34,7 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from profiles.bundle_writer import SUMMARY_COLUMNS, TABLE_COLUMNS, plain, render_csv, write_bundle  # noqa: F401
+from mist.profiles.measure.bundle_writer import (  # noqa: F401
+    SUMMARY_COLUMNS,
+    TABLE_COLUMNS,
+    plain,
+    render_csv,
+    write_bundle,
+)
 
 PROFILER_VERSION = "1.0.0"
 
@@ -222,9 +228,9 @@ def run_profile(settings: ProfileSettings, progress: Callable[[int, str], Callab
     ValueError
         ``threads_bind`` names CPUs this process may not use.
     """
-    from profiles.model import load_model_config
-    from profiles.probe import run_probe
-    from traces.io import read_json_object
+    from mist.profiles.measure.probe import run_probe
+    from mist.profiles.model import load_model_config
+    from mist.traces.io import read_json_object
 
     cpus = parse_cpus(settings.threads_bind)
     if hasattr(os, "sched_getaffinity") and not set(cpus) <= os.sched_getaffinity(0):
@@ -233,7 +239,9 @@ def run_profile(settings: ProfileSettings, progress: Callable[[int, str], Callab
     model = load_model_config(settings.model_config)
     raw = read_json_object(settings.model_config)
     _prepare_environment(settings)
-    from profiles import local_engine, local_ops, local_serving  # heavy: torch, vllm
+    from mist.profiles.measure import engine_steps as local_engine  # heavy: torch, vllm
+    from mist.profiles.measure import operators as local_ops
+    from mist.profiles.measure import serving_steps as local_serving
 
     probe_start = run_probe(cpus=cpus)
     started = datetime.now(timezone.utc)
@@ -277,7 +285,7 @@ def run_profile(settings: ProfileSettings, progress: Callable[[int, str], Callab
             "method": "every engine step of a synthetic open-loop stream served like mist record "
                       "(AsyncLLM, engine core in its own process, streaming), logged inside the "
                       "engine core; diagnostic, not used by the replay",
-            "stream": "profiles.local_serving.stream: 160 requests in three load levels",
+            "stream": "mist.profiles.measure.serving_steps.stream: 160 requests in three load levels",
             "steps": len(serving)},
         "engine_decode_steps": engine["decode_steps"],
         "speed_probe": probe_start,

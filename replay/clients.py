@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from replay.config import EngineConfig
-from replay.cost import StepCost
-from replay.request import Request
-from replay.simulate import ARRIVAL, Replay
+from mist.replay.config import EngineConfig
+from mist.replay.engine import ARRIVAL, Replay
+from mist.replay.request import Request
+from mist.replay.step_cost import StepCost
 
 
 class ClosedLoop(Replay):

@@ -4,7 +4,7 @@ Reads BUNDLE_DIR (``meta.yaml``, ``tp<N>/*.csv``), fits one latency model per
 operator at each tensor-parallel degree (every degree in the bundle, or those given
 with ``--tp``), cross-validates each with k-fold CV and writes the artifact to DIR:
 
-``grids.parquet``  the fitted grids (load with ``calibrate.calibration.load_artifact``)
+``grids.parquet``  the fitted grids (load with ``mist.calibrate.calibration.load_artifact``)
 ``report.json``    per-operator CV errors, measured ranges and point counts, bundle summary,
                    and per tp how well the KV-skew corrections reproduce ``skew.csv``
                    (``skew``: the mean KV alone, one alpha, per-bucket alphas; in-sample)
@@ -28,7 +28,7 @@ import io
 import sys
 from pathlib import Path
 
-from validate.argtypes import seed
+from mist.validate.cli.argtypes import seed
 
 HELP = "fit and cross-validate per-operator latency models from a profile bundle"
 
@@ -141,10 +141,10 @@ def cv_plot(report: dict) -> bytes:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from calibrate.calibration import calibrate_bundle, grids_bytes
-    from profiles.bundle import read_bundle
-    from replay.skew import skew_errors
-    from traces.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+    from mist.calibrate.calibration import calibrate_bundle, grids_bytes
+    from mist.calibrate.skew import skew_errors
+    from mist.profiles.bundle import read_bundle
+    from mist.traces.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
     bundle = read_bundle(args.profiles)
 

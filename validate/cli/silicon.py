@@ -71,9 +71,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from traces.errors import ReplayError, TraceError
-from traces.io import atomic_write_json
-from validate.argtypes import positive_int, ratio, seed
+from mist.traces.errors import ReplayError, TraceError
+from mist.traces.io import atomic_write_json
+from mist.validate.cli.argtypes import positive_int, ratio, seed
 
 HELP = "predict measured deployments (silicon CSV) from a system's kernel database"
 
@@ -136,9 +136,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _datasheet(kernels: Path, system: str, extra: list | tuple = ()):
-    from calibrate.kernels import Datasheet
-    from profiles.hardware import get_hardware, load_catalog
-    from traces.readers.aiconfigurator import read_system_yaml
+    from mist.calibrate.kernels import Datasheet
+    from mist.profiles.hardware import get_hardware, load_catalog
+    from mist.traces.readers.aiconfigurator import read_system_yaml
 
     catalog = load_catalog(extra=extra) if extra else None  # read (and checked) even when unused
     sheet = read_system_yaml(kernels)
@@ -183,9 +183,9 @@ def _plot(df, path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from calibrate.kernels import KernelSet, cross_validate_kernels
-    from replay import fused_moe
-    from replay.silicon import (
+    from mist.calibrate import fused_moe
+    from mist.calibrate.kernels import KernelSet, cross_validate_kernels
+    from mist.replay.silicon import (
         DEFAULT_STEP_OVERHEAD,
         KernelVersions,
         StepOverhead,
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         fit_step_overhead,
         predict_silicon,
     )
-    from traces.readers.silicon import read_silicon
+    from mist.traces.readers.silicon import read_silicon
 
     if args.requests_per_user is not None and args.requests_per_user < 1:
         raise TraceError(args.silicon, "--requests-per-user must be at least 1")

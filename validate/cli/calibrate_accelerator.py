@@ -42,7 +42,7 @@ import argparse
 import time
 from pathlib import Path
 
-from validate.argtypes import positive_int, seed
+from mist.validate.cli.argtypes import positive_int, seed
 
 SAMPLINGS = ("stratified", "random", "per-framework")  # calibrate.accelerator.SAMPLINGS
 HELP = "calibrate a new accelerator from K benchmark rows and predict the rest"
@@ -102,11 +102,11 @@ def summary(report: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from calibrate.accelerator import NoDatasheet, leave_one_accelerator_out
-    from profiles.hardware import load_catalog
-    from traces.errors import TraceError
-    from traces.io import atomic_write_json, atomic_write_text
-    from traces.readers.llm_inference_bench import read_llm_inference_bench
+    from mist.calibrate.accelerator import NoDatasheet, leave_one_accelerator_out
+    from mist.profiles.hardware import load_catalog
+    from mist.traces.errors import TraceError
+    from mist.traces.io import atomic_write_json, atomic_write_text
+    from mist.traces.readers.llm_inference_bench import read_llm_inference_bench
 
     start = time.perf_counter()
     seen: dict = {}

@@ -30,9 +30,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from profiles.hardware import get_hardware
-from traces.errors import TraceError
-from traces.formats import (
+from mist.profiles.hardware import get_hardware
+from mist.traces.errors import TraceError
+from mist.traces.formats import (
     PROFILE_READERS,
     READERS,
     ProfileResult,
@@ -42,8 +42,8 @@ from traces.formats import (
     read_profile,
     read_trace,
 )
-from traces.io import atomic_write_json, write_table
-from traces.readers.profile_base import concat_profiles
+from mist.traces.io import atomic_write_json, write_table
+from mist.traces.readers.profile_base import concat_profiles
 
 HELP = "read vLLM runs, bench results, workloads, arrival traces and operator profiles into Parquet"
 FORMATS = [*READERS, *PROFILE_READERS]

@@ -40,15 +40,15 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from traces.errors import TraceError
-from traces.formats import read_trace
-from traces.io import atomic_write_json, atomic_write_text, read_json_object
-from traces.record import (
+from mist.profiles.measure.recorder import (
     RecordSettings,
     check_results,
     record,
 )
-from traces.workload_gen import SPEC_HELP, generate, parse_spec, write_workload
+from mist.traces.errors import TraceError
+from mist.traces.formats import read_trace
+from mist.traces.io import atomic_write_json, atomic_write_text, read_json_object
+from mist.traces.workload_gen import SPEC_HELP, generate, parse_spec, write_workload
 
 HELP = "record a real vLLM (CPU) run of a request stream, for validation"
 INSTALL = ("vLLM is needed for `mist record`: pip install torch==2.13.0 (CPU build) "
@@ -156,7 +156,7 @@ def _iso(epoch_s: float) -> str:
 
 
 def build_meta(rec: dict, args, config: dict, dataset: Path, n: int, versions: dict) -> dict:
-    """``meta.json`` of a recording (see the module docstring of :mod:`traces.record`)."""
+    """``meta.json`` of a recording (see the module docstring of :mod:`mist.profiles.measure.recorder`)."""
     results = rec["results"]
     label = config.get("_name_or_path") or args.model.stem
     kwargs = dict(rec["engine_kwargs"], model=label)  # not the temporary weights directory
@@ -257,8 +257,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from tqdm import tqdm
 
-    from profiles.local_profiler import parse_cpus
-    from profiles.probe import run_probe
+    from mist.profiles.measure.probe import run_probe
+    from mist.profiles.measure.profiler import parse_cpus
 
     config = read_json_object(args.model)
     vocab = int(config.get("vocab_size", 0))

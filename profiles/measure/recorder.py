@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from traces.errors import TraceError
+from mist.traces.errors import TraceError
 
 ENV_KV_SPACE = "VLLM_CPU_KVCACHE_SPACE"
 ENV_BIND = "VLLM_CPU_OMP_THREADS_BIND"

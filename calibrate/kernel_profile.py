@@ -4,7 +4,7 @@ Where a layer-profile bundle measures a model's decoder layer directly, a kernel
 database measures the kernels it is made of. This module writes the same
 per-layer operator tables a bundle holds (``qkv_proj`` … by tokens, ``lm_head`` by
 sequences, ``attention`` on the 4-D batch grid) from kernel latencies, so the
-replay's cost model (:func:`replay.build.build_step_cost`) needs no special case:
+replay's cost model (:func:`mist.replay.deployment.build_step_cost`) needs no special case:
 
 ========================  ===================================================================
 operator (one TP rank)    kernel
@@ -38,7 +38,7 @@ attention of the chunk alone.
 MoE layers are tabled like a bundle's ``moe.csv``: by ``tokens`` (the step's tokens
 over the expert-parallel degree ``ep``, so ``P = tokens x top-k`` pairs reach a
 rank) and ``activated_experts`` (``h`` of the rank's ``E / ep`` experts hit);
-:func:`replay.build.moe_table` picks the expected ``h``. Without expert
+:func:`mist.replay.deployment.moe_table` picks the expected ``h``. Without expert
 parallelism every rank holds every expert at width ``I_e = I / tp``; with it
 (``ep = tp``) a rank holds ``E / tp`` whole experts. The fused-MoE kernel is one
 launch over all experts, so its time is bounded below both by streaming the hit
@@ -58,9 +58,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from calibrate.kernels import KernelSet, base_dtype
-from profiles.model import ModelConfig, dtype_bytes
-from traces.schema import OPERATOR_PROFILE, from_columns
+from mist.calibrate.kernels import KernelSet, base_dtype
+from mist.profiles.model import ModelConfig, dtype_bytes
+from mist.traces.schema import OPERATOR_PROFILE, from_columns
 
 ACT_BYTES = 2  # activations are bf16/fp16 in every deployment modelled here
 #: 4-bit weight formats that run weight-only (bf16 compute) where no GEMM table measures them
@@ -154,7 +154,7 @@ def moe_layer(ks: KernelSet, model: ModelConfig, tp: int, ep: int, gemm_dtype: s
     the multiplications run in bf16 (the bf16 GEMM table gives the compute).
 
     ``efficiency``: ``{compute dtype: share of the datasheet peak}`` the device's
-    fused-MoE kernel reaches (:mod:`replay.fused_moe`); weight-only 4-bit experts take
+    fused-MoE kernel reaches (:mod:`mist.calibrate.fused_moe`); weight-only 4-bit experts take
     the :data:`W4A16` entry (a Marlin-style kernel of its own), or the bf16 one when
     there is none. Where given, the experts' multiplications take at least their FLOPs
     at that rate: a grouped kernel over many small per-expert blocks is slower than one

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from traces.errors import TraceError
-from traces.io import atomic_write_json, write_table
+from mist.traces.errors import TraceError
+from mist.traces.io import atomic_write_json, write_table
 
 HELP = "replay a request stream (no measurements needed) and write simulated tables"
 
@@ -48,11 +48,11 @@ def _percentiles(x: np.ndarray) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from replay.run import input_warnings, load_deployment, prepare, simulate
-    from traces.derive import latencies
-    from traces.formats import read_trace
-    from traces.readers.vllm_run import read_run_meta
-    from validate.report import write_replay_report
+    from mist.replay.run import input_warnings, load_deployment, prepare, simulate
+    from mist.traces.derive import latencies
+    from mist.traces.formats import read_trace
+    from mist.traces.readers.vllm_run import read_run_meta
+    from mist.validate.report import write_replay_report
 
     trace = read_trace(args.trace, args.format)
     if args.engine.is_file() and args.engine.name != "meta.json":

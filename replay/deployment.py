@@ -13,15 +13,15 @@ from contextlib import suppress
 import numpy as np
 import pyarrow as pa
 
-from calibrate.estimator import LatencyModel
-from calibrate.features import CALLS_PER_LAYER, COMMON, MLP, OPERATORS
-from calibrate.lookup import GridLookup, integer_table
-from profiles.model import ModelConfig, dtype_bytes
-from replay.config import EngineConfig
-from replay.cost import StepCost
-from replay.request import Request
-from replay.skew import SkewAlpha
-from traces.errors import ReplayError, TraceError
+from mist.calibrate.estimator import LatencyModel
+from mist.calibrate.features import CALLS_PER_LAYER, COMMON, MLP, OPERATORS
+from mist.calibrate.lookup import GridLookup, integer_table
+from mist.calibrate.skew import SkewAlpha
+from mist.profiles.model import ModelConfig, dtype_bytes
+from mist.replay.config import EngineConfig
+from mist.replay.request import Request
+from mist.replay.step_cost import StepCost
+from mist.traces.errors import ReplayError, TraceError
 
 # Memory vLLM keeps outside weights and KV (:func:`non_kv_bytes`). Host-side figures
 # observed by ai-dynamo/aiconfigurator (systems/<gpu>.yaml, ``misc``, in
@@ -148,7 +148,7 @@ def moe_table(moe: LatencyModel, model: ModelConfig, cfg: EngineConfig) -> np.nd
     (``tokens = G / e``). Within one DP rank the TP ranks already hold every token, so
     expert parallelism over TP alone needs no exchange (the layer's TP all-reduce
     combines the experts' outputs) and ``G`` is the rank's own step. The exchange itself
-    is :meth:`replay.cost.StepCost.group_step_s`'s, since it depends on how the tokens are
+    is :meth:`mist.replay.step_cost.StepCost.group_step_s`'s, since it depends on how the tokens are
     spread over the ranks.
     """
     E, k = model.num_experts, max(model.num_experts_per_tok, 1)

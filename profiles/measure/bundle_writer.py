@@ -1,6 +1,6 @@
 """Writing a layer-profile bundle: the CSV tables and ``meta.yaml``, all or nothing.
 
-Used by ``mist profile``; the layout is the one :mod:`profiles.bundle` reads.
+Used by ``mist profile``; the layout is the one :mod:`mist.profiles.bundle` reads.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Run with a Python that has torch (e.g. the vLLM CPU venv)::
 
-    /work/vllm-venv/bin/python profiles/kineto_capture.py \\
+    /work/vllm-venv/bin/python profiles/measure/kineto_capture.py \\
         --out traces/samples/kineto/cpu-mlp.json
 
 One decoder block of ``profiles/samples/tiny-llama.json``'s shapes (hidden 512, 8
@@ -16,7 +16,7 @@ MLP. Each shape is warmed up, then run ``--repeats`` times under
 allocation ops are dropped (:data:`KEEP` lists the ops kept); every kept event is
 written as Kineto wrote it. Top-level metadata added with ``prof.add_metadata``
 names the hardware (``CPU``; the CPU model under ``device``), model and torch version,
-which :mod:`traces.readers.kineto` reads.
+which :mod:`mist.traces.readers.kineto` reads.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from traces.io import atomic_write_text
+from mist.traces.io import atomic_write_text
 
-CONFIG = Path(__file__).with_name("samples") / "tiny-llama.json"
+CONFIG = Path(__file__).resolve().parents[1] / "samples" / "tiny-llama.json"
 
 # cpu_op events kept in the sample: GEMM-like ops and the block's arithmetic.
 KEEP = frozenset({
@@ -77,7 +77,7 @@ def capture(cfg: dict, tokens: list[int], repeats: int) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from profiles.local_profiler import cpu_model_name
+    from mist.profiles.measure.profiler import cpu_model_name
 
     torch.set_num_threads(1)
     block = make_block(cfg)

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from traces.errors import TraceError
-from traces.io import atomic_write_json, write_table
+from mist.traces.errors import TraceError
+from mist.traces.io import atomic_write_json, write_table
 
 HELP = "replay a recorded run and report simulated-vs-measured errors"
 DRIFT_WARN = 0.05  # warn when the speed probes differ by more than this fraction
@@ -114,7 +114,7 @@ def _timeseries(meta: dict, requests_meta: dict) -> pd.DataFrame | None:
 
 def kv_note(steps: pd.DataFrame, timeseries: pd.DataFrame | None, blocks: int, replicas: int) -> str:
     """One report line: peak KV-cache use, simulated and (where recorded) measured."""
-    from validate.report import kv_usage_pct, measured_kv_pct
+    from mist.validate.report import kv_usage_pct, measured_kv_pct
 
     sim = float(kv_usage_pct(steps, blocks * replicas).max()) if len(steps) and blocks else float("nan")
     per = f"{blocks:,} blocks" + (f" per engine x {replicas}" if replicas > 1 else "")
@@ -125,14 +125,14 @@ def kv_note(steps: pd.DataFrame, timeseries: pd.DataFrame | None, blocks: int, r
 
 
 def run(args: argparse.Namespace) -> int:
-    from profiles.probe import drift_ratio
-    from replay.run import input_warnings, load_deployment, prepare, simulate
-    from traces.readers.vllm_run import attach_workload, read_vllm_run
-    from validate.align import align
-    from validate.attribution import attribute
-    from validate.attribution import to_markdown as attribution_md
-    from validate.metrics import format_table, rounded, summarize
-    from validate.report import write_report
+    from mist.profiles.measure.probe import drift_ratio
+    from mist.replay.run import input_warnings, load_deployment, prepare, simulate
+    from mist.traces.readers.vllm_run import attach_workload, read_vllm_run
+    from mist.validate.align import align
+    from mist.validate.attribution import attribute
+    from mist.validate.attribution import to_markdown as attribution_md
+    from mist.validate.metrics import format_table, rounded, summarize
+    from mist.validate.report import write_report
 
     measured = read_vllm_run(args.run)
     requests = measured.requests

@@ -24,16 +24,16 @@ Attention is looked up for the largest prefill chunk together with all decodes
 (the profile measured mixed batches of one prefill and ``n`` decodes); further
 prefill chunks add their own prefill-only attention. Decodes with uneven KV lengths
 use ``t_mean + alpha * (t_max - t_mean)`` with the profiled skew ``alpha`` of
-their bucket (see :mod:`replay.skew`).
+their bucket (see :mod:`mist.calibrate.skew`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
-from calibrate.lookup import GridLookup
-from replay.skew import SkewAlpha
+from mist.calibrate.lookup import GridLookup
+from mist.calibrate.skew import SkewAlpha
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,11 @@ class StepCost:
                     continue
                 t += attn(c, k, 0, 0)
         return t * self.num_layers
+
+    def operators_only(self) -> StepCost:
+        """This cost with no host time, constant overhead or drift scale: the operators'
+        composition alone (what :mod:`mist.calibrate.host` fits the host time against)."""
+        return replace(self, host=None, scale=1.0, overhead_s=0.0)
 
     def step_s(self, num_tokens: int, num_seqs: int, prefills: list, n_decode: int,
                kv_sum: int, kv_max: int, kv_min: int | None = None) -> float:

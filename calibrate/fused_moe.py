@@ -1,7 +1,7 @@
 """How fast a device's fused-MoE kernel multiplies, fitted on published kernel benchmarks.
 
 A kernel database times dense GEMMs; it has no MoE kernel. Composing a MoE layer from
-it (:func:`replay.kernel_cost.moe_layer`) prices the experts' multiplications as one
+it (:func:`mist.calibrate.kernel_profile.moe_layer`) prices the experts' multiplications as one
 dense GEMM over all token-expert pairs. vLLM's fused-MoE kernel is a grouped GEMM over
 many small per-expert blocks, and at prefill sizes it is far slower than that: the
 published ``benchmark_moe.py`` times of the kernel on H100 are 1.7-3.2x the dense-GEMM
@@ -10,7 +10,7 @@ stream the experts' weights, agree within ~10-30 %.
 
 This module fits, per compute dtype, the share of the datasheet peak the kernel's
 multiplications reach (``efficiency``) so that the composed layer matches those
-published times; :func:`replay.kernel_cost.moe_layer` then gives the multiplications at
+published times; :func:`mist.calibrate.kernel_profile.moe_layer` then gives the multiplications at
 least their FLOPs at that rate. The measurements are an input file with its source
 (``profiles/fused_moe_measurements.yaml``); the fitted file
 (``profiles/fused_moe_efficiency.yaml``) is written by ``mist silicon
@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from calibrate.kernels import KernelSet, base_dtype
-from profiles.model import ModelConfig
-from replay.kernel_cost import TOKENS_PER_EXPERT_HALF, moe_layer, moe_rate_key
-from traces.errors import TraceError
-from traces.io import read_yaml_object, write_yaml
+from mist.calibrate.kernel_profile import TOKENS_PER_EXPERT_HALF, moe_layer, moe_rate_key
+from mist.calibrate.kernels import KernelSet, base_dtype
+from mist.profiles.model import ModelConfig
+from mist.traces.errors import TraceError
+from mist.traces.io import read_yaml_object, write_yaml
 
 #: the efficiency a fit may return: shares of the datasheet peak in steps of 0.01
 GRID = np.round(np.arange(0.01, 1.0 + 1e-9, 0.01), 2)
@@ -132,7 +132,7 @@ class FusedMoEEfficiency:
     tokens_per_expert_half: float = 0.0
 
     def rates(self) -> dict:
-        """What :func:`replay.kernel_cost.moe_layer` takes as ``efficiency``."""
+        """What :func:`mist.calibrate.kernel_profile.moe_layer` takes as ``efficiency``."""
         out = dict(self.efficiency)
         if self.tokens_per_expert_half:
             out[TOKENS_PER_EXPERT_HALF] = self.tokens_per_expert_half
@@ -209,7 +209,7 @@ def _log_errors(series: list[Series], ks: KernelSet, efficiency: dict | None) ->
 
 def fit_efficiency(ks: KernelSet, system: str, source: str, series: list[Series],
                    note: dict | None = None) -> FusedMoEEfficiency:
-    """Per rate key (compute dtype, or :data:`replay.kernel_cost.W4A16` for experts run
+    """Per rate key (compute dtype, or :data:`mist.calibrate.kernel_profile.W4A16` for experts run
     weight-only at 4 bits), the efficiency on :data:`GRID`, and one tokens-per-expert
     half point on :data:`HALF_GRID` shared by all keys, minimising the mean absolute log
     error of the composed layer over the published times (per key for a given half

@@ -32,8 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-from traces.errors import TraceError
-from validate.argtypes import positive_int
+from mist.traces.errors import TraceError
+from mist.validate.cli.argtypes import positive_int
 
 HELP = "measure CPU operator latencies and vLLM step overhead into a profile bundle"
 
@@ -83,15 +83,15 @@ def _progress_factory():
 def forward_check(meta: dict, tables: dict) -> list[dict]:
     """Operator-composed model time against the engine's, for its pure-decode steps.
 
-    The composition is the replay's (``calibrate.features``): per-token ops at
+    The composition is the replay's (``mist.calibrate.features``): per-token ops at
     T = S, ``num_layers`` times per layer, attention of S decodes at the measured
     mean KV length, ``lm_head`` and ``sampler`` at S. A ratio far from 1 means the
     operator tables miss work the forward pass does (or time it differently).
     """
     import numpy as np
 
-    from calibrate.estimator import LatencyModel
-    from calibrate.features import CALLS_PER_LAYER, OPERATORS
+    from mist.calibrate.estimator import LatencyModel
+    from mist.calibrate.features import CALLS_PER_LAYER, OPERATORS
 
     layers = int(meta["model_shape"]["num_layers"])
     fits = {}
@@ -124,7 +124,7 @@ def forward_check(meta: dict, tables: dict) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from profiles.local_profiler import ProfileSettings, run_profile, write_bundle
+    from mist.profiles.measure.profiler import ProfileSettings, run_profile, write_bundle
 
     out = Path(args.out)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not args.force:

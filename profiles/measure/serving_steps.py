@@ -7,7 +7,7 @@ engine step takes longer under load than the same step run in-process. To profil
 what a recording will see, this module runs a short synthetic open-loop stream
 (seeded, not any validated workload) through the recorder's own serving path and
 logs every engine step from inside the engine-core process: its shape (as
-:func:`profiles.local_engine.step_shape` reads the scheduler output) and wall time.
+:func:`mist.profiles.measure.engine_steps.step_shape` reads the scheduler output) and wall time.
 
 How: ``Scheduler.schedule`` and ``EngineCore.step`` are wrapped at class level in
 the engine-core process. vLLM's CPU platform starts that process with ``spawn``
@@ -31,7 +31,7 @@ SITECUSTOMIZE = """\
 import os
 if os.environ.get("MIST_STEP_LOG"):
     try:
-        from profiles.local_serving import _install_step_log
+        from mist.profiles.measure.serving_steps import _install_step_log
         _install_step_log()
     except Exception as exc:  # never break the engine over a measurement hook
         import sys
@@ -44,7 +44,7 @@ def _install_step_log() -> None:
     from vllm.v1.core.sched.scheduler import Scheduler
     from vllm.v1.engine.core import EngineCore
 
-    from profiles.local_engine import step_shape
+    from mist.profiles.measure.engine_steps import step_shape
 
     if getattr(EngineCore.step, "_mist_wrapped", False):
         return
@@ -93,7 +93,7 @@ def stream(vocab_size: int, max_len: int, seed: int = 7) -> list[dict]:
 
 def profile_serving_steps(raw: dict, settings) -> list[dict]:
     """Run :func:`stream` through ``mist record``'s serving path; every engine step's row."""
-    from traces.record import RecordSettings, check_results, record
+    from mist.profiles.measure.recorder import RecordSettings, check_results, record
 
     requests = stream(int(raw.get("vocab_size", 32000)), min(settings.max_kv, 1024))
     rs = RecordSettings(max_num_seqs=settings.max_num_seqs, max_num_batched_tokens=settings.max_num_batched_tokens,

@@ -2,7 +2,8 @@
 
 ``mist profile`` times every step of a few controlled batches run by the real
 engine (``engine_steps.csv``: each step's shape and wall time). Composing the same
-step from the profiled operators (:class:`replay.cost.StepCost` without host time)
+step from the profiled operators (the replay's step cost without host time, passed in
+as a function so that fitting needs nothing from the simulation)
 leaves a residual: scheduling, input and metadata preparation, output handling —
 and whatever the in-engine forward costs beyond the operators timed alone (Python
 dispatch between kernels, caches shared with the rest of the step). A robust
@@ -11,14 +12,17 @@ linear fit of it in (sequences, tokens) becomes the replay's host time per step.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import HuberRegressor
 
-from calibrate.estimator import LatencyModel
-from replay.cost import StepCost
+from mist.calibrate.estimator import LatencyModel
+
+#: the operators' composition of one step, host time excluded: ``compose(tokens, sequences,
+#: prefills, n_decode, kv_decode_sum, kv_decode_max, kv_decode_min) -> seconds``
+Compose = Callable[[int, int, list, int, int, int, int], float]
 
 
 def _prefills(text) -> list[tuple[int, int]]:
@@ -27,11 +31,10 @@ def _prefills(text) -> list[tuple[int, int]]:
     return [tuple(int(v) for v in part.split(":")) for part in text.split(";")]
 
 
-def residuals(steps: pd.DataFrame, cost: StepCost) -> pd.DataFrame:
+def residuals(steps: pd.DataFrame, compose: Compose) -> pd.DataFrame:
     """Per measured step: ``sequences``, ``tokens``, measured and composed time, residual (s)."""
-    bare = replace(cost, host=None, scale=1.0, overhead_s=0.0)
     composed = [
-        bare.step_s(int(r.tokens), int(r.sequences), _prefills(r.prefills), int(r.n_decode),
+        compose(int(r.tokens), int(r.sequences), _prefills(r.prefills), int(r.n_decode),
                     int(r.kv_decode_sum), int(r.kv_decode_max), int(r.kv_decode_min))
         for r in steps.itertuples(index=False)
     ]
@@ -42,7 +45,7 @@ def residuals(steps: pd.DataFrame, cost: StepCost) -> pd.DataFrame:
     return out
 
 
-def host_model(steps: pd.DataFrame, cost: StepCost, method: str = "cells") -> LatencyModel:
+def host_model(steps: pd.DataFrame, compose: Compose, method: str = "cells") -> LatencyModel:
     """Host time (s) on a (sequences, tokens) grid, from the residuals of measured steps.
 
     ``"cells"``: the median residual of each measured (sequences, tokens) cell — right
@@ -51,7 +54,7 @@ def host_model(steps: pd.DataFrame, cost: StepCost, method: str = "cells") -> La
     per-sequence and per-token host cost — tabulated on the measured span; for steps
     that scatter over many cells seen once or twice.
     """
-    res = residuals(steps, cost)
+    res = residuals(steps, compose)
     if method == "cells":
         cells = res.groupby(["sequences", "tokens"], sort=True)["residual_s"].median().reset_index()
         return LatencyModel().fit(cells[["sequences", "tokens"]].to_numpy(float),
@@ -67,9 +70,9 @@ def host_model(steps: pd.DataFrame, cost: StepCost, method: str = "cells") -> La
     return LatencyModel().fit(np.column_stack([S.ravel(), T.ravel()]), grid.ravel())
 
 
-def residual_summary(steps: pd.DataFrame, cost: StepCost) -> dict:
+def residual_summary(steps: pd.DataFrame, compose: Compose) -> dict:
     """How much of a measured step the operators explain: median composed/measured ratio."""
-    res = residuals(steps, cost)
+    res = residuals(steps, compose)
     ratio = (res["composed_s"] / res["measured_s"]).to_numpy(float)
     return {"steps": int(len(res)), "median_composed_over_measured": float(np.median(ratio)),
             "median_residual_ms": float(res["residual_s"].median() * 1e3)}

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from calibrate.calibration import ape_summary
-from profiles.bundle import Bundle
-from traces.errors import TraceError, positive_numbers
+from mist.calibrate.calibration import ape_summary
+from mist.profiles.bundle import Bundle
+from mist.traces.errors import TraceError, positive_numbers
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def skew_errors(bundle: Bundle, tp: int) -> dict | None:
     Returns None when the degree has no ``skew.csv``; else ``{"batches",
     "inverted", "alpha_default", "regimes": {regime or "all": {"batches",
     "measured_extra_pct", "mean_kv", "default", "buckets"}}}`` with each variant's
-    :func:`calibrate.calibration.ape_summary` (percent; ``buckets`` None without a bucket
+    :func:`mist.calibrate.calibration.ape_summary` (percent; ``buckets`` None without a bucket
     table) and ``measured_extra_pct`` the median of ``t_skew / t_mean - 1`` (percent).
 
     Raises

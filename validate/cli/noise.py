@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from traces.io import atomic_write_json
+from mist.traces.io import atomic_write_json
 
 HELP = "compare two recordings of one stream: the real engine's own run-to-run spread"
 
@@ -31,11 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from profiles.probe import drift_ratio
-    from traces.formats import read_trace
-    from validate.align import align
-    from validate.metrics import format_table, rounded, summarize
-    from validate.report import write_report
+    from mist.profiles.measure.probe import drift_ratio
+    from mist.traces.formats import read_trace
+    from mist.validate.align import align
+    from mist.validate.metrics import format_table, rounded, summarize
+    from mist.validate.report import write_report
 
     a, b = read_trace(args.a), read_trace(args.b)
     aligned = align(a.requests.to_pandas(), b.requests.to_pandas())
