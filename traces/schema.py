@@ -133,3 +133,31 @@ def from_columns(schema: pa.Schema, columns: dict, metadata: dict | None = None)
     for k, v in (metadata or {}).items():
         meta[k.encode() if isinstance(k, str) else k] = str(v).encode()
     return pa.Table.from_arrays(arrays, schema=schema.with_metadata(meta))
+
+
+# --- offline_batch_bench: LLM-Inference-Bench offline batches (argonne-lcf/LLM-Inference-Bench) ---
+# One row per batch: ``batch_size`` requests of ``input_tokens`` prompt tokens, each
+# generating ``output_tokens``, on ``num_devices`` accelerators of one kind, served by one
+# framework. ``line`` is the row's line in its CSV (header = 1); ``parallelism`` is
+# ``""`` or ``tp``/``pp``/``ep``/``tp+pp``/``tp+ep``. Times in s: ``latency_s`` is the
+# whole batch, ``ttft_s``/``itl_s`` only where the source gives them; throughput in
+# tokens/s as the source states it. Read by :mod:`mist.traces.readers.llm_inference_bench`.
+OFFLINE_BATCH_BENCH = _schema(
+    "offline_batch_bench",
+    [
+        pa.field("line", pa.int64(), nullable=False),
+        pa.field("hardware", pa.string(), nullable=False),
+        pa.field("num_devices", pa.int64(), nullable=False),
+        pa.field("framework", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("input_tokens", pa.int64(), nullable=False),
+        pa.field("output_tokens", pa.int64(), nullable=False),
+        pa.field("batch_size", pa.int64(), nullable=False),
+        pa.field("parallelism", pa.string(), nullable=False),
+        pa.field("latency_s", pa.float64(), nullable=False),
+        pa.field("throughput_tok_s", pa.float64()),
+        pa.field("ttft_s", pa.float64()),
+        pa.field("itl_s", pa.float64()),
+    ],
+)
+SCHEMAS["offline_batch_bench"] = OFFLINE_BATCH_BENCH
