@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 
 from mist.traces.errors import TraceError
-from mist.traces.readers.llm_inference_bench import (
-    SCHEMA,
-    parallelism_kind,
-    read_llm_inference_bench,
-)
+from mist.traces.io import read_table, write_table
+from mist.traces.readers.llm_inference_bench import parallelism_kind, read_llm_inference_bench
+from mist.traces.schema import OFFLINE_BATCH_BENCH, SCHEMAS
 
 HEADER = "Hardware,Num of Hardware,Framework,Model,Input Output Length,Batch Size,Latency,Throughput\n"
 ROW = "Nvidia H100 GPU,1,vLLM,meta-llama/Llama-2-7b-hf,128,16,1.14,3600.0\n"
@@ -80,11 +78,22 @@ def test_unknown_parallelism_is_rejected_with_its_line(tmp_path):
     assert info.value.line == 2
 
 
-def test_real_tables(shared_data):
-    root = shared_data / "benchmarks/llm-inference-bench"
+def test_real_tables(shared):
+    root = shared.llm_bench_csv.parent
     counts = {"All_results.csv": 3667, "TP_PP_Results.csv": 371, "all_results_TTFT_ITL.csv": 30}
     for name, rows in counts.items():
         t = read_llm_inference_bench(root / name)
-        assert t.num_rows == rows and t.schema.equals(SCHEMA, check_metadata=False), name
+        assert t.num_rows == rows and t.schema.equals(OFFLINE_BATCH_BENCH, check_metadata=False), name
     pp = read_llm_inference_bench(root / "TP_PP_Results.csv").column("parallelism").to_pylist()
     assert set(pp) == {"tp", "pp", "ep", "tp+pp", "tp+ep"}
+
+
+def test_table_is_declared_once_and_round_trips_through_parquet(tmp_path):
+    text = (HEADER + ROW + ROW.replace("vLLM", "llama.cpp")).replace(",1.14,", ",0.5,")
+    table = read_llm_inference_bench(_csv(tmp_path, text))
+    assert SCHEMAS["offline_batch_bench"] is OFFLINE_BATCH_BENCH
+    assert table.schema.metadata[b"mist.table"] == b"offline_batch_bench"
+    write_table(table, tmp_path / "bench.parquet")
+    back = read_table(tmp_path / "bench.parquet", expect="offline_batch_bench")
+    assert back.equals(table) and back.schema.equals(table.schema, check_metadata=True)
+    assert back.column("latency_s").to_pylist() == [0.5, 0.5]  # seconds, as read

@@ -19,8 +19,10 @@ layouts are read, told apart by their header:
     on one H100 — is a decode step in ms), stored in seconds as ``itl_s``; it is empty
     on some rows.
 
-Units: latencies in s (``itl_s`` converted from ms), throughput in tokens/s as the
-source states it.  Nothing is dropped: a malformed row raises :class:`TraceError`
+The rows are the canonical ``offline_batch_bench`` table
+(:data:`mist.traces.schema.OFFLINE_BATCH_BENCH`); this module only maps each layout's
+columns onto it. Units: latencies in s (``itl_s`` converted from ms), throughput in
+tokens/s as the source states it.  Nothing is dropped: a malformed row raises :class:`TraceError`
 with its line (header = line 1); blank lines are not rows.
 """
 
@@ -34,28 +36,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from mist.traces.errors import TraceError
+from mist.traces.schema import OFFLINE_BATCH_BENCH
 
 FORMAT = "llm-inference-bench"
-
-#: canonical columns, declared once; ``mist.version`` bumps when they change.
-SCHEMA = pa.schema(
-    [
-        pa.field("line", pa.int64(), nullable=False),
-        pa.field("hardware", pa.string(), nullable=False),
-        pa.field("num_devices", pa.int64(), nullable=False),
-        pa.field("framework", pa.string(), nullable=False),
-        pa.field("model", pa.string(), nullable=False),
-        pa.field("input_tokens", pa.int64(), nullable=False),
-        pa.field("output_tokens", pa.int64(), nullable=False),
-        pa.field("batch_size", pa.int64(), nullable=False),
-        pa.field("parallelism", pa.string(), nullable=False),
-        pa.field("latency_s", pa.float64(), nullable=False),
-        pa.field("throughput_tok_s", pa.float64()),
-        pa.field("ttft_s", pa.float64()),
-        pa.field("itl_s", pa.float64()),
-    ],
-    metadata={"mist.table": "offline_batch_bench", "mist.version": "1"},
-)
 
 _COMMON = ("Hardware", "Num of Hardware", "Framework", "Model")
 #: layout name -> (its header, raw column -> canonical column)
@@ -151,7 +134,7 @@ def _row(path, line: int, layout: str, cells: list[str]) -> dict:
 
 
 def read_llm_inference_bench(path) -> pa.Table:
-    """Read one LLM-Inference-Bench CSV into a :data:`SCHEMA` table.
+    """Read one LLM-Inference-Bench CSV into an ``offline_batch_bench`` table.
 
     Parameters
     ----------
@@ -184,7 +167,7 @@ def read_llm_inference_bench(path) -> pa.Table:
                if any(c.strip() for c in cells)]
     if not records:
         raise TraceError(path, "no data rows")
-    table = pa.Table.from_pylist(records, schema=SCHEMA)
-    meta = {**SCHEMA.metadata, b"mist.source_format": FORMAT.encode(),
+    table = pa.Table.from_pylist(records, schema=OFFLINE_BATCH_BENCH)
+    meta = {**OFFLINE_BATCH_BENCH.metadata, b"mist.source_format": FORMAT.encode(),
             b"mist.layout": layout.encode()}
     return table.replace_schema_metadata(meta)
