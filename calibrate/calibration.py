@@ -16,16 +16,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from sklearn.model_selection import KFold
 
 from mist.calibrate.estimator import LatencyModel
 from mist.calibrate.features import COMMON, MLP, OPERATORS
 from mist.traces.errors import TraceError
-from mist.traces.io import atomic_write_bytes, atomic_write_json, read_table
+from mist.traces.io import atomic_write_bytes, atomic_write_json, parquet_bytes, read_table
+from mist.traces.schema import CALIBRATION_GRIDS
 
-GRIDS_TABLE = "calibration_grids"
-GRIDS_VERSION = "2"  # 2 added n_measured and out_of_range; version 1 files still load
+GRIDS_TABLE = CALIBRATION_GRIDS.metadata[b"mist.table"].decode()
+GRIDS_VERSION = CALIBRATION_GRIDS.metadata[b"mist.version"].decode()
+# the columns every version has (version 1 files lack n_measured and out_of_range)
 _GRIDS_COLUMNS = ("operator", "tp", "features", "axes", "values")
 REPORT_VERSION = 1
 _CV_KEYS = ("mape", "median_ape", "p90_ape")
@@ -189,7 +190,7 @@ def calibrate_bundle(bundle, tps: Iterable[int] | None = None, k: int = 5, seed:
 
 def grids_bytes(models_by_tp: dict[int, dict[str, LatencyModel]]) -> bytes:
     """``grids.parquet`` content for ``models_by_tp`` (deterministic bytes)."""
-    rows = {name: [] for name in (*_GRIDS_COLUMNS, "n_measured", "out_of_range")}
+    rows = {name: [] for name in CALIBRATION_GRIDS.names}
     for tp in sorted(models_by_tp):
         for op in sorted(models_by_tp[tp]):
             m = models_by_tp[tp][op]
@@ -200,13 +201,7 @@ def grids_bytes(models_by_tp: dict[int, dict[str, LatencyModel]]) -> bytes:
             rows["values"].append(m.grid_.ravel().tolist())
             rows["n_measured"].append(int(m.n_measured_))
             rows["out_of_range"].append(m.out_of_range)
-    schema = pa.schema([("operator", pa.string()), ("tp", pa.int64()), ("features", pa.list_(pa.string())),
-                        ("axes", pa.list_(pa.list_(pa.float64()))), ("values", pa.list_(pa.float64())),
-                        ("n_measured", pa.int64()), ("out_of_range", pa.string())],
-                       metadata={"mist.table": GRIDS_TABLE, "mist.version": GRIDS_VERSION})
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.table(rows, schema=schema), sink, compression="zstd")
-    return sink.getvalue().to_pybytes()
+    return parquet_bytes(pa.table(rows, schema=CALIBRATION_GRIDS))
 
 
 def save_artifact(out_dir, models_by_tp: dict[int, dict[str, LatencyModel]], report: dict) -> None:

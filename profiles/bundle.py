@@ -37,23 +37,21 @@ import pyarrow as pa
 import yaml
 
 from mist.traces.errors import TraceError, positive_numbers
-from mist.traces.schema import OPERATOR_PROFILE, from_columns
+from mist.traces.schema import BUNDLE_TABLES, OPERATOR_PROFILE, from_columns
 
-# table name -> (required columns, feature columns mapped to operator_profile names);
-# tables without a ``layer`` column hold one operator, named like the table.
-TABLES = {
-    "dense": (("layer", "tokens", "time_us"), {"tokens": "tokens"}),
-    "per_sequence": (("layer", "sequences", "time_us"), {"sequences": "sequences"}),
-    "attention": (
-        ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode", "time_us"),
-        {c: c for c in ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode")},
-    ),
-    # one MoE layer (router, experts, combine) by tokens and distinct experts activated
-    "moe": (("tokens", "activated_experts", "time_us"), {"tokens": "tokens", "activated_experts": "activated_experts"}),
-    # host time of an engine step outside the model forward (CPU profiles)
-    "step_overhead": (("sequences", "tokens", "time_us"), {"sequences": "sequences", "tokens": "tokens"}),
-}
+# tables read when present, without required columns (fits and diagnostic logs)
 OPTIONAL_TABLES = ("skew", "skew_fit", "engine_steps")
+# table name -> the columns its CSV must have (the non-nullable ones of its schema in
+# mist.traces.schema.BUNDLE_TABLES). Each of them but ``layer`` and ``time_us`` is a
+# feature column of the same name in ``operator_profile``; tables without a ``layer``
+# column hold one operator, named like the table.
+TABLES = {name: tuple(f.name for f in schema if not f.nullable)
+          for name, schema in BUNDLE_TABLES.items() if name not in OPTIONAL_TABLES}  # fmt: skip
+
+
+def _features(name: str) -> tuple[str, ...]:
+    """Feature columns of bundle table ``name`` (named as in ``operator_profile``)."""
+    return tuple(c for c in TABLES[name] if c not in ("layer", "time_us"))
 
 
 @dataclass(frozen=True)
@@ -122,7 +120,7 @@ def read_bundle(root) -> Bundle:
     tables = {}
     for tp_dir in sorted(p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"tp\d+", p.name)):
         tp = int(tp_dir.name[2:])
-        for name, (required, _) in TABLES.items():
+        for name, required in TABLES.items():
             path = tp_dir / f"{name}.csv"
             if path.is_file():
                 tables[(tp, name)] = _read_csv(path, required)
@@ -142,7 +140,7 @@ def to_operator_profile(bundle: Bundle) -> pa.Table:
     for (tp, name), df in sorted(bundle.tables.items(), key=lambda kv: kv[0]):
         if name not in TABLES:
             continue
-        features = TABLES[name][1]
+        features = _features(name)
         ops = df["layer"].astype(str) if "layer" in df.columns else pd.Series([name] * len(df))
         n = len(df)
         fixed = {
@@ -157,9 +155,8 @@ def to_operator_profile(bundle: Bundle) -> pa.Table:
                 cols[key].extend(ops.tolist())
             elif key == "latency_s":
                 cols[key].extend(df["latency_s"].tolist())
-            elif key in features.values():
-                src = next(k for k, v in features.items() if v == key)
-                cols[key].extend(df[src].astype("int64").tolist())
+            elif key in features:
+                cols[key].extend(df[key].astype("int64").tolist())
             else:
                 cols[key].extend([None] * n)
     return from_columns(OPERATOR_PROFILE, cols, metadata={"mist.bundle": str(bundle.root)})

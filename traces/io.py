@@ -68,11 +68,16 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
-def write_table(table: pa.Table, path) -> None:
-    """Write ``table`` to Parquet at ``path`` atomically."""
+def parquet_bytes(table: pa.Table) -> bytes:
+    """``table`` as the bytes of a zstd-compressed Parquet file (deterministic)."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    return sink.getvalue().to_pybytes()
+
+
+def write_table(table: pa.Table, path) -> None:
+    """Write ``table`` to Parquet at ``path`` atomically."""
+    atomic_write_bytes(path, parquet_bytes(table))
 
 
 def read_json_object(path) -> dict:

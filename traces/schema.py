@@ -13,8 +13,10 @@ import pyarrow as pa
 SCHEMA_VERSION = "1"
 
 
-def _schema(name: str, fields: list[pa.Field]) -> pa.Schema:
-    return pa.schema(fields, metadata={"mist.table": name, "mist.version": SCHEMA_VERSION})
+def _schema(name: str, fields: list[pa.Field], version: str = SCHEMA_VERSION) -> pa.Schema:
+    """A table's schema, labelled with its name and version in the metadata
+    (``mist.table``, ``mist.version``: what :func:`mist.traces.io.read_table` checks)."""
+    return pa.schema(fields, metadata={"mist.table": name, "mist.version": version})
 
 
 REQUESTS = _schema(
@@ -103,7 +105,69 @@ OPERATOR_PROFILE = _schema(
     ],
 )
 
-SCHEMAS = {s.metadata[b"mist.table"].decode(): s for s in (REQUESTS, TOKENS, STEPS, OPERATOR_PROFILE)}
+# --- calibration_grids: ``grids.parquet`` of a calibration artifact (mist.calibrate.calibration) ---
+# One row per (operator, tp): the fitted model's feature names, axis values and filled
+# grid (latency, s) row-major; ``n_measured`` grid cells held a measurement and
+# ``out_of_range`` is the model's policy outside the axes. Version 2 added those two
+# columns; version 1 files (without them) still load.
+CALIBRATION_GRIDS = _schema(
+    "calibration_grids",
+    [
+        pa.field("operator", pa.string()),
+        pa.field("tp", pa.int64()),
+        pa.field("features", pa.list_(pa.string())),
+        pa.field("axes", pa.list_(pa.list_(pa.float64()))),
+        pa.field("values", pa.list_(pa.float64())),
+        pa.field("n_measured", pa.int64()),
+        pa.field("out_of_range", pa.string()),
+    ],
+    version="2",
+)
+
+SCHEMAS = {
+    s.metadata[b"mist.table"].decode(): s
+    for s in (REQUESTS, TOKENS, STEPS, OPERATOR_PROFILE, CALIBRATION_GRIDS)
+}
+
+
+# --- layer-profile bundle tables: ``tp<N>/<name>.csv`` (mist.profiles.bundle) ---
+# CSV files on disk, so their times stay in µs as written (``time_us`` is the median of
+# ``samples`` runs, ``spread_us`` their p90 - p10); the bundle reader turns ``time_us``
+# into ``latency_s`` (s). Non-nullable columns are the ones a bundle must have; the
+# nullable ones are absent from bundles written before they were added.
+def _bundle(name: str, required: list[pa.Field], optional: list[pa.Field]) -> pa.Schema:
+    fields = [f.with_nullable(False) for f in required] + [f.with_nullable(True) for f in optional]
+    return _schema(f"bundle_{name}", fields)
+
+
+_TIME_US = pa.field("time_us", pa.float64())
+_SUMMARY = [pa.field("spread_us", pa.float64()), pa.field("samples", pa.int64())]
+BUNDLE_TABLES = {
+    # per-token operators of one decoder layer (``layer`` names the operator) by tokens
+    "dense": _bundle("dense", [pa.field("layer", pa.string()), pa.field("tokens", pa.int64()), _TIME_US],
+                     _SUMMARY),
+    # per-sequence operators (lm_head, sampler) by sequences
+    "per_sequence": _bundle("per_sequence", [pa.field("layer", pa.string()),
+                                             pa.field("sequences", pa.int64()), _TIME_US], _SUMMARY),
+    # one layer's attention: a prefill chunk over cached tokens and a batch of decodes
+    "attention": _bundle("attention", [pa.field(c, pa.int64()) for c in
+                                       ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode")]
+                         + [_TIME_US], _SUMMARY),
+    # one MoE layer (router, experts, combine) by tokens and distinct experts activated
+    "moe": _bundle("moe", [pa.field("tokens", pa.int64()), pa.field("activated_experts", pa.int64()),
+                           _TIME_US], _SUMMARY),
+    # host time of an engine step outside the model forward (CPU profiles)
+    "step_overhead": _bundle("step_overhead", [pa.field("sequences", pa.int64()),
+                                               pa.field("tokens", pa.int64()), _TIME_US],
+                             [*_SUMMARY, pa.field("step_us", pa.float64()),
+                              pa.field("model_us", pa.float64())]),
+    # every engine step the profiler timed, in the order they ran (a diagnostic log:
+    # the reader requires none of its columns)
+    "engine_steps": _bundle("engine_steps", [], [
+        pa.field(c, pa.int64()) for c in ("step", "sequences", "tokens", "n_decode", "kv_decode_sum",
+                                          "kv_decode_max", "kv_decode_min")
+    ] + [pa.field("prefills", pa.string()), _TIME_US]),
+}  # fmt: skip
 
 
 def empty(schema: pa.Schema) -> pa.Table:
