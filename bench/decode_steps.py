@@ -5,23 +5,23 @@
 In the drain at the end of a run no prompt is processed, so a 1 s tick of the run's
 ``timeseries.csv`` with ``prompt_throughput`` 0 gives the real decode step:
 (mean of this and the previous tick's ``running``) / ``gen_throughput``. The replay's
-own decode steps come from `mist validate --out` (``simulated.steps.parquet``, steps
-after the last prefill), averaged in bins of running requests. Prints one table per
+own decode steps come from the library behind `mist validate` (the ``steps`` table of
+:func:`mist.validate.run.validate_run`, steps after the last prefill), averaged in bins of running requests. Prints one table per
 run (ms); the figures quoted in docs/replay.md come from here.
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import RUNS, SHARED, validate_args  # noqa: E402
+from runs import RUNS, SHARED, validate_settings  # noqa: E402
+
+from mist.validate.run import validate_run  # noqa: E402
 
 BINS = (1, 2, 5, 9, 13, 20, 28, 36, 44, 52, 60, 70, 80, 90, 100, 110, 120, 128)
 
@@ -59,10 +59,7 @@ def main() -> int:
         print(f"shared data not found at {SHARED}", file=sys.stderr)
         return 2
     for name in RUNS:
-        with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "mist.validate.cli", *validate_args(name), "--out", tmp]
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            steps = pd.read_parquet(Path(tmp) / "simulated.steps.parquet")
+        steps = validate_run(validate_settings(name)).steps.to_pandas()
         run_dir = SHARED / RUNS[name][0]
         print(f"\n{name}: pure-decode step, drain of the run (real) vs the replay")
         print(table(measured_steps(run_dir), replayed_steps(steps)).round(2).to_string(index=False))

@@ -3,31 +3,27 @@
     python bench/fidelity.py              # print per-run errors (%)
     python bench/fidelity.py --update     # also rewrite bench/baselines.json
 
-The numbers come from the project's own command line on data we did not make
-(../shared/data); nothing here is typed in by hand.
+The numbers come from the library behind `mist validate` (:func:`mist.validate.run.validate_run`),
+run in-process, on data we did not make (../shared/data); nothing here is typed in by hand.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import RUNS, SHARED, validate_args  # noqa: E402
+from runs import RUNS, SHARED, validate_settings  # noqa: E402
+
+from mist.validate.run import validate_run  # noqa: E402
 
 BASELINES = Path(__file__).resolve().parent / "baselines.json"
 
 
 def run_one(name: str) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "summary.json"
-        cmd = [sys.executable, "-m", "mist.validate.cli", *validate_args(name), "--json", str(out)]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        return json.loads(out.read_text())
+    """``mist validate --json``'s summary of run ``name``."""
+    return validate_run(validate_settings(name)).summary()
 
 
 def main() -> int:
@@ -42,7 +38,7 @@ def main() -> int:
     for name in RUNS:
         summary = run_one(name)
         results[name] = summary["metrics"]
-        for metric, m in summary["metrics"].items():
+        for metric, m in sorted(summary["metrics"].items()):  # as in the key-sorted --json file
             print(f"{name:28s} {metric:6s} {m['mape']:7.2f} {m['p50_error']:+8.2f} {m['p90_error']:+8.2f} "
                   f"{m['p99_error']:+8.2f} {summary['replay_wall_s']:7.3f}")
     if args.update:

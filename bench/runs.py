@@ -25,6 +25,16 @@ RUNS = {
 }
 
 
+def validate_settings(name: str, shared: Path = SHARED, **changes):
+    """:class:`mist.validate.run.ValidateSettings` of run ``name`` as ``mist validate``
+    without ``--out`` replays it, with ``changes`` (settings fields) on top."""
+    from mist.validate.run import ValidateSettings
+
+    run, bundle, model, workload = (shared / p for p in RUNS[name])
+    return ValidateSettings(run_dir=run, profiles=bundle, model=model, workload=workload, timeseries=False,
+                            **changes)
+
+
 def validate_args(name: str, shared: Path = SHARED) -> list[str]:
     """``mist validate`` arguments for run ``name`` (without --out/--json)."""
     run, bundle, model, workload = (shared / p for p in RUNS[name])

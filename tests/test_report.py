@@ -102,7 +102,7 @@ def test_kv_panel_sums_replicas_over_their_capacity(tmp_path):
     """The KV panel's simulated line is the blocks held by all replicas over all their
     blocks (each replica holding its last value between its steps); a timeseries whose
     kv_cache_pct is 0 at every tick counts as not recorded."""
-    from mist.validate.cli.validate import kv_note
+    from mist.validate.run import kv_note
     from mist.validate.report import kv_usage_pct, measured_kv_pct, plot_queue
 
     steps = pd.DataFrame({"replica": [0, 1, 0, 1], "start_s": [0.0, 0.5, 1.0, 1.5],

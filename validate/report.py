@@ -336,21 +336,12 @@ def write_report(
         Path of ``report.md``. Files written: ``report.md``, ``cdf.png``,
         ``scatter.png``, ``ape_vs_arrival.png`` and, when drawn, ``queue.png``.
     """
-    out = Path(out_dir)
-    frame = aligned.frame
-    plots = [
-        ("cdf.png", "Latency CDFs, measured vs simulated", lambda: plot_cdfs(frame)),
-        ("scatter.png", "Per-request simulated vs measured", lambda: plot_scatter(frame)),
-    ]
+    out, frame = Path(out_dir), aligned.frame
+    plots = [("cdf.png", "Latency CDFs, measured vs simulated", lambda: plot_cdfs(frame)),
+             ("scatter.png", "Per-request simulated vs measured", lambda: plot_scatter(frame))]
     if steps is not None or timeseries is not None:
         plots.append(("queue.png", "Queue depth and KV cache over time", lambda: plot_queue(steps, timeseries, kv_capacity)))
-    plots.append(
-        (
-            "ape_vs_arrival.png",
-            "Per-request APE vs arrival time",
-            lambda: plot_ape_vs_arrival(frame),
-        )
-    )
+    plots.append(("ape_vs_arrival.png", "Per-request APE vs arrival time", lambda: plot_ape_vs_arrival(frame)))
     _write_plots(out, plots)
     path = out / "report.md"
     atomic_write_text(path, _markdown(title, aligned, metrics, list(notes), [p[:2] for p in plots], sections))

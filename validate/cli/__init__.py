@@ -1,9 +1,11 @@
 """The ``mist`` command line.
 
-Each sub-command lives in its own module (``validate/cmd_<name>.py``) exposing
-``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. Adding a
-command touches this table and one new file; modules are imported lazily so
-``mist --help`` stays fast.
+Each sub-command lives in its own module (``mist.validate.cli.<name>``) exposing
+``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``; ``run`` only
+parses the arguments into a library job's settings, calls the job, prints and writes.
+Adding a command touches the :data:`COMMANDS` table and one new file. A command
+module imports the library inside ``run``, so ``mist --help`` stays fast.
+``python -m mist`` and ``python -m mist.validate.cli`` are ``mist``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 
 from mist.traces.errors import ReplayError, TraceError
 
+#: sub-command -> the module that holds it
 COMMANDS = {
     "ingest": "mist.validate.cli.ingest",
     "validate": "mist.validate.cli.validate",
@@ -77,7 +80,3 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename is not None else ""
         print(f"mist {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -31,30 +31,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mist.profiles.measure.probe import drift_ratio
-    from mist.traces.formats import read_trace
-    from mist.validate.align import align
-    from mist.validate.metrics import format_table, rounded, summarize
-    from mist.validate.report import write_report
+    from mist.validate.metrics import format_table
+    from mist.validate.noise import NoiseSettings, noise_floor, write_noise_report
 
-    a, b = read_trace(args.a), read_trace(args.b)
-    aligned = align(a.requests.to_pandas(), b.requests.to_pandas())
-    metrics = summarize(aligned)
-    ratio = drift_ratio([b.meta.get("speed_probe"), b.meta.get("speed_probe_end")],
-                        [a.meta.get("speed_probe"), a.meta.get("speed_probe_end")])
-    summary = {
-        "requests": {"a": aligned.measured, "b": aligned.simulated, "matched": aligned.matched},
-        "metrics": rounded(metrics),
-        "speed_ratio_b_over_a": None if ratio is None else round(ratio, 4),
-    }
-    print(f"{args.a} vs {args.b}: {aligned.matched} requests matched")
-    if ratio is not None:
-        print(f"speed probe ratio b/a: {ratio:.3f}")
-    print(format_table(metrics))
+    result = noise_floor(NoiseSettings(a=args.a, b=args.b))
+    print(f"{args.a} vs {args.b}: {result.aligned.matched} requests matched")
+    if result.speed_ratio is not None:
+        print(f"speed probe ratio b/a: {result.speed_ratio:.3f}")
+    print(format_table(result.metrics))
     if args.json:
-        atomic_write_json(args.json, summary)
+        atomic_write_json(args.json, result.summary())
     if args.out:
-        path = write_report(args.out, aligned, metrics, title=f"mist noise: {args.a.name} vs {args.b.name}",
-                            notes=[f"'measured' = {args.a}, 'simulated' = {args.b}"])
-        print(f"report: {path}")
+        print(f"report: {write_noise_report(result, args.out)}")
     return 0
