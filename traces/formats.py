@@ -3,8 +3,10 @@
 
 Request traces are read by :data:`READERS` into ``requests`` tables; operator
 profiles (third-party operator latency measurements) by :data:`PROFILE_READERS`
-into ``operator_profile`` tables. Adding a format touches one new module in
-:mod:`traces.readers`, one entry in one of the two tables and one rule in
+into ``operator_profile`` tables. Adding a request stream that differs from the
+others only in its column names and units is one entry in
+:data:`mist.traces.readers.streams.STREAMS`; any other format is one new module in
+:mod:`mist.traces.readers`, one entry in one of the two tables and one rule in
 :func:`detect_format`.
 """
 
@@ -15,30 +17,26 @@ from pathlib import Path
 
 from mist.traces.errors import TraceError
 from mist.traces.readers.aiconfigurator import is_kernel_db, read_kernel_db_profile
-from mist.traces.readers.azure import read_azure_csv
 from mist.traces.readers.base import ReadResult
 from mist.traces.readers.kineto import is_kineto_trace, read_kineto_json
-from mist.traces.readers.mooncake import read_mooncake_jsonl
 from mist.traces.readers.profile_base import ProfileResult, Resolver
 from mist.traces.readers.splitwise import read_splitwise_csv
-from mist.traces.readers.vidur import read_vidur_csv
+from mist.traces.readers.streams import STREAMS, stream_reader
 from mist.traces.readers.vidur_profile import read_vidur_comm, read_vidur_mlp
 from mist.traces.readers.vllm_bench import is_bench_result, read_vllm_bench
 from mist.traces.readers.vllm_run import attach_workload, read_vllm_run
-from mist.traces.readers.workload import read_workload_jsonl
 
 __all__ = [
     "PROFILE_READERS", "READERS", "ProfileResult", "ReadResult", "attach_workload",
     "detect_format", "is_profile_format", "read_profile", "read_trace",
 ]  # fmt: skip
 
+# Request-trace formats: reader(path) -> ReadResult. The request streams (one column
+# map each, :data:`mist.traces.readers.streams.STREAMS`) share one reader per file kind.
 READERS = {
     "vllm-run": read_vllm_run,
     "vllm-bench": read_vllm_bench,
-    "workload-jsonl": read_workload_jsonl,
-    "azure-csv": read_azure_csv,
-    "vidur-csv": read_vidur_csv,
-    "mooncake-jsonl": read_mooncake_jsonl,
+    **{fmt: stream_reader(fmt) for fmt in STREAMS},
 }
 
 # Operator-profile formats: reader(path, resolve_hardware=None) -> ProfileResult.
@@ -52,8 +50,7 @@ PROFILE_READERS = {
 
 # Header (CSV) or key (JSONL) signatures: the first format whose keys are all present wins.
 CSV_HEADERS = {
-    "azure-csv": {"TIMESTAMP", "ContextTokens", "GeneratedTokens"},
-    "vidur-csv": {"arrived_at", "num_prefill_tokens", "num_decode_tokens"},
+    **{fmt: set(s.columns) for fmt, s in STREAMS.items() if fmt.endswith("-csv")},
     "vidur-mlp-csv": {"num_tokens", "num_tensor_parallel_workers"},
     "vidur-comm-csv": {"num_workers", "devices_per_node", "size", "collective"},
     "splitwise-csv": {"tensor_parallel", "prompt_size", "batch_size", "token_size", "prompt_time",
@@ -61,8 +58,7 @@ CSV_HEADERS = {
 }  # fmt: skip
 JSONL_KEYS = {
     "vllm-run": {"request_id", "arrival_time", "queued_ts", "first_token_ts"},
-    "workload-jsonl": {"input_toks", "output_toks", "arrival_time_ns"},
-    "mooncake-jsonl": {"timestamp", "input_length", "output_length", "hash_ids"},
+    **{fmt: set(s.columns) for fmt, s in STREAMS.items() if fmt.endswith("-jsonl")},
 }
 
 

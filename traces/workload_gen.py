@@ -2,7 +2,7 @@
 
 Each record is ``{"input_toks", "output_toks", "arrival_time_ns", "input_tok_ids"}``
 (tokens; ns from the start of the stream, first arrival at 0), exactly what
-:mod:`mist.traces.readers.workload` reads and ``mist record`` replays.
+:mod:`mist.traces.readers.streams` reads and ``mist record`` replays.
 
 Arrivals (:data:`ARRIVALS`)
     ``poisson``: exponential inter-arrival times of mean ``1/rate`` s.

@@ -39,7 +39,7 @@ import pyarrow as pa
 from mist.traces.errors import TraceError
 from mist.traces.io import read_json_object
 from mist.traces.readers.base import ReadResult, finish, float_column, int_column, read_jsonl
-from mist.traces.readers.workload import parse_workload, token_id_array
+from mist.traces.readers.streams import parse_workload, token_id_array
 
 FORMAT = "vllm-run"
 TIMELINE = (
