@@ -225,3 +225,42 @@ OFFLINE_BATCH_BENCH = _schema(
     ],
 )
 SCHEMAS["offline_batch_bench"] = OFFLINE_BATCH_BENCH
+
+
+# --- silicon_rows: measured deployments at fixed concurrency (aiconfigurator silicon CSV) ---
+# One row per benchmarked deployment: a model (``model_path``, a Hugging Face id) served
+# by ``backend`` at ``backend_version`` on ``system``; ``mode`` ``agg`` (aggregated) or
+# ``disagg``; ``isl``/``osl`` tokens; ``batch_size`` the concurrency (per attention-DP
+# rank); the parallel sizes; and the measured whole-run mean TTFT and TPOT. Those two stay
+# in ms as the source gives them, the one exception to seconds: the prediction outputs
+# echo them to 17 digits, and float64 ms -> s -> ms does not give every value back
+# (x / 1000 maps two doubles to one when x's mantissa is in [1.953, 2): 21 of the 4254
+# TTFTs of ai-dynamo/aiconfigurator's ``silicon_sample.csv``). Columns whose field
+# metadata says ``mist.required: column`` must be present even where a row leaves them
+# empty (``batch_size`` of a disaggregated row). Read by :mod:`mist.traces.readers.silicon`.
+_COLUMN = {"mist.required": "column"}
+SILICON_ROWS = _schema(
+    "silicon_rows",
+    [
+        pa.field("id", pa.string()),
+        pa.field("system", pa.string(), nullable=False),
+        pa.field("backend", pa.string(), nullable=False),
+        pa.field("backend_version", pa.string()),
+        pa.field("model_path", pa.string(), nullable=False),
+        pa.field("precision", pa.string()),
+        pa.field("gemm_quant_mode", pa.string()),
+        pa.field("moe_quant_mode", pa.string()),
+        pa.field("mode", pa.string(), nullable=False),
+        pa.field("isl", pa.int64(), nullable=False),
+        pa.field("osl", pa.int64(), nullable=False),
+        pa.field("batch_size", pa.int64(), metadata=_COLUMN),
+        pa.field("tp_size", pa.int64(), metadata=_COLUMN),
+        pa.field("pp_size", pa.int64()),
+        pa.field("attention_dp_size", pa.int64()),
+        pa.field("moe_tp_size", pa.int64()),
+        pa.field("moe_ep_size", pa.int64()),
+        pa.field("silicon_ttft_ms", pa.float64(), nullable=False),
+        pa.field("silicon_tpot_ms", pa.float64(), nullable=False),
+    ],
+)
+SCHEMAS["silicon_rows"] = SILICON_ROWS
