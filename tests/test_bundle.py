@@ -12,15 +12,13 @@ from mist.profiles.model import load_model_config
 from mist.replay.deployment import check_profile
 from mist.traces.errors import TraceError
 
-ROOT = "profiles/llmservingsim/RTXPRO6000"
 BUNDLES = ("meta-llama/Llama-3.1-8B", "Qwen/Qwen3-32B", "Qwen/Qwen3-30B-A3B-Instruct-2507")
-LLAMA_CONFIG = "models/llmservingsim/meta-llama/Llama-3.1-8B.json"
 META = "hardware: TEST\nmodel: test/tiny\nvariant: bf16\nvllm_version: 0.19.0\n"
 
 
 @pytest.mark.parametrize("name", BUNDLES)
-def test_real_bundles_convert_microseconds_to_seconds(shared_data, name):
-    root = shared_data / ROOT / name / "bf16"
+def test_real_bundles_convert_microseconds_to_seconds(shared, name):
+    root = shared.gpu_bundles / name / "bf16"
     bundle = read_bundle(root)
     assert bundle.tp_degrees == [1, 2]
     assert bundle.hardware == "RTXPRO6000"
@@ -32,8 +30,8 @@ def test_real_bundles_convert_microseconds_to_seconds(shared_data, name):
         assert read["layer"].iloc[i] == raw["layer"].iloc[i]
 
 
-def test_to_operator_profile_has_one_row_per_timed_shape(shared_data):
-    bundle = read_bundle(shared_data / ROOT / BUNDLES[0] / "bf16")
+def test_to_operator_profile_has_one_row_per_timed_shape(shared):
+    bundle = read_bundle(shared.gpu_bundles / BUNDLES[0] / "bf16")
     profile = to_operator_profile(bundle)
     expected = sum(len(bundle.table(tp, name)) for tp in bundle.tp_degrees
                    for name in ("dense", "per_sequence", "attention"))
@@ -91,12 +89,12 @@ def test_negative_time_names_file_and_line(tmp_path):
     assert "dense.csv:4" in str(err.value) and "-1.0" in str(err.value)
 
 
-def test_check_profile_names_the_missing_operator(tmp_path, shared_data):
+def test_check_profile_names_the_missing_operator(tmp_path, shared):
     ops = [op for op in REQUIRED if op not in ("lm_head", "sampler", "attention", "down_proj")]
     dense = "layer,tokens,time_us\n" + "".join(f"{op},{t},{2.0 + t / 50}\n" for op in ops for t in (1, 64))
     models = fit_operators(to_operator_profile(read_bundle(_bundle(tmp_path, dense=dense))), 1)
     assert "down_proj" not in models
-    llama = load_model_config(shared_data / LLAMA_CONFIG)
+    llama = load_model_config(shared.llama_config)
     with pytest.raises(TraceError, match="'down_proj'"):
         check_profile(models, llama, 1, "fake-bundle")
     models_full = fit_operators(to_operator_profile(read_bundle(_bundle(tmp_path / "full"))), 1)
@@ -107,10 +105,10 @@ def test_check_profile_names_the_missing_operator(tmp_path, shared_data):
     ("0.11.2", False), ("0.12.0", False), ("0.13.0", False),  # --async-scheduling was opt-in
     ("0.14.0", True), ("v0.18.0", True), ("0.19.0", True), ("nightly-5b8c30d", True), ("", True),
 ])
-def test_async_scheduling_follows_the_engine_versions_default(shared_data, version, expected):
+def test_async_scheduling_follows_the_engine_versions_default(shared, version, expected):
     from mist.replay.deployment import engine_config
 
-    model = load_model_config(shared_data / "models/llmservingsim/meta-llama/Llama-3.1-8B.json")
+    model = load_model_config(shared.llama_config)
     meta = {"vllm_version": version, "engine_kwargs": {"num_gpu_blocks": 1000}}
     assert engine_config(meta, model).async_scheduling is expected
     meta["engine_kwargs"]["async_scheduling"] = not expected  # what the run was asked for wins
@@ -120,14 +118,14 @@ def test_async_scheduling_follows_the_engine_versions_default(shared_data, versi
     assert cfg.async_scheduling is expected and cfg.enable_prefix_caching is True
 
 
-def test_engine_settings_a_recording_resolved_win_over_what_it_asked_for(shared_data):
+def test_engine_settings_a_recording_resolved_win_over_what_it_asked_for(shared):
     """Later LLMServingSim recordings (vLLM 0.28) store what the engine resolved: the
     per-rank KV tokens, a block count summed over DP ranks, the scheduler's settings and
     the device's memory. Those are used as recorded; ``engine_effective`` still wins."""
     from mist.replay.deployment import engine_config
     from mist.replay.run import device_memory
 
-    model = load_model_config(shared_data / "models/llmservingsim/meta-llama/Llama-3.1-8B.json")
+    model = load_model_config(shared.llama_config)
     kwargs = {"data_parallel_size": 2, "max_num_seqs": 128, "max_num_batched_tokens": 2048}
     meta = {"vllm_version": "0.28.0", "engine_kwargs": kwargs,
             "kv_cache": {"num_gpu_blocks": 75638, "block_size": 16, "gpu_memory_utilization": 0.92},
@@ -149,10 +147,10 @@ def test_engine_settings_a_recording_resolved_win_over_what_it_asked_for(shared_
     assert device_memory(cluster, None, {"kind": "cpu"}) == 96 * 2**30  # mist record's CPU runs say none
 
 
-def test_kv_blocks_follow_the_served_dtypes(shared_data):
+def test_kv_blocks_follow_the_served_dtypes(shared):
     from mist.replay.deployment import engine_config, served_dtype_bytes
 
-    model = load_model_config(shared_data / "models/llmservingsim/meta-llama/Llama-3.1-8B.json")
+    model = load_model_config(shared.llama_config)
     assert served_dtype_bytes(model) == (2.0, 2.0)
     assert served_dtype_bytes(model, "float32", "auto") == (4.0, 4.0)  # asked for: served so
     assert served_dtype_bytes(model, "auto", "fp8_e4m3") == (2.0, 1.0)

@@ -68,24 +68,24 @@ def test_benchmark_and_system_names_resolve(name, key):
     assert get_hardware(name).name == key
 
 
-def test_every_accelerator_in_shared_tables_resolves(shared_data):
+def test_every_accelerator_in_shared_tables_resolves(shared):
     import csv
 
     names = set()
-    for path in sorted((shared_data / "benchmarks/llm-inference-bench").glob("*.csv")):
+    for path in sorted(shared.llm_bench_csv.parent.glob("*.csv")):
         with path.open() as f:
             names |= {row["Hardware"] for row in csv.DictReader(f) if row.get("Hardware")}
-    with (shared_data / "silicon/aiconfigurator_silicon_sample.csv").open() as f:
+    with shared.silicon_csv.open() as f:
         names |= {row["system"] for row in csv.DictReader(f)}
-    names |= {p.stem for p in (shared_data / "profiles/aiconfigurator").glob("*.yaml")}
+    names |= {p.stem for p in shared.aiconfigurator.glob("*.yaml")}
     assert len(names) >= 15
     catalog = load_catalog()
     for name in names:
         assert get_hardware(name, catalog).name in set(BENCH_NAMES.values()), name
 
 
-def test_full_name_from_profile_meta_resolves(shared_data):
-    meta = shared_data / "profiles/llmservingsim/RTXPRO6000/meta-llama/Llama-3.1-8B/bf16/meta.yaml"
+def test_full_name_from_profile_meta_resolves(shared):
+    meta = shared.llama_bundle / "meta.yaml"
     gpu = yaml.safe_load(meta.read_text())["gpu"]
     assert gpu == "NVIDIA RTX PRO 6000 Blackwell Server Edition"
     assert get_hardware(gpu).name == "RTXPRO6000"
@@ -111,9 +111,9 @@ def test_benchmark_style_names_resolve_without_vendor_words(tmp_path):
         get_hardware("Nvidia H200 GPU", load_catalog(path))
 
 
-def test_rtxpro6000_matches_cluster_json(shared_data):
+def test_rtxpro6000_matches_cluster_json(shared):
     hw = get_hardware("RTXPRO6000")
-    clusters = sorted((shared_data / "vllm-runs/RTXPRO6000").glob("*/cluster.json"))
+    clusters = sorted(shared.runs.glob("*/cluster.json"))
     assert clusters
     for path in clusters:
         for node in json.loads(path.read_text())["nodes"]:
@@ -132,8 +132,8 @@ AIC_TOLERANCE = 0.01
 @pytest.mark.parametrize(
     ("system", "key"), [("h100_sxm", "H100_SXM"), ("a100_sxm", "A100_SXM_80GB"), ("l40s", "L40S")]
 )
-def test_agrees_with_aiconfigurator_system(shared_data, system, key):
-    sys_yaml = yaml.safe_load((shared_data / f"profiles/aiconfigurator/{system}.yaml").read_text())
+def test_agrees_with_aiconfigurator_system(shared, system, key):
+    sys_yaml = yaml.safe_load((shared.aiconfigurator / f"{system}.yaml").read_text())
     gpu, node = sys_yaml["gpu"], sys_yaml["node"]
     hw = get_hardware(key)
     tol = AIC_TOLERANCE

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from mist.profiles.ingest import IngestSettings, ingest
 from mist.traces.errors import TraceError
 from mist.traces.io import read_table
 from mist.validate.cli import ingest as cmd_ingest
@@ -47,6 +48,19 @@ def test_ingest_writes_tables_meta_and_summary(tmp_path, capsys):
     assert "vidur-csv, 3 rows read, 2 requests; skipped 1: 1 zero num_decode_tokens" in printed
 
 
+def test_library_job_returns_what_it_read_and_wrote(tmp_path, capsys):
+    src = _vidur(tmp_path / "trace.csv")
+    done = ingest(IngestSettings((src,), tmp_path / "out"))
+    assert capsys.readouterr().out == ""  # the library prints nothing; the CLI does
+    (item,) = done.inputs
+    assert item.stem == "trace" and item.result.requests.num_rows == 2 and done.table is None
+    assert [f.name for f in item.files] == ["trace.requests.parquet", "trace.meta.json"]
+    assert all(f.is_file() for f in item.files)
+    with pytest.raises(TraceError, match="takes operator profiles only"):
+        ingest(IngestSettings((src,), tmp_path / "all.parquet"))
+    assert not (tmp_path / "all.parquet").exists()
+
+
 def test_one_bad_input_writes_nothing(tmp_path):
     good = _vidur(tmp_path / "good.csv")
     bad = _vidur(tmp_path / "bad.csv", rows="0.0,3,4\n1.0,3\n")
@@ -67,9 +81,9 @@ def test_forced_format_and_stem_clash(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_ingest_real_run_and_bench(shared_data, tmp_path, capsys):
-    run = shared_data / "vllm-runs/RTXPRO6000/Llama-3.1-8B"
-    bench = shared_data / "vllm-bench-cpu/tiny-llama-rate1.5"
+def test_ingest_real_run_and_bench(shared, tmp_path, capsys):
+    run = shared.llama_run
+    bench = shared.vllm_bench_cpu / "tiny-llama-rate1.5"
     assert _ingest([str(run), str(bench), "--out", str(tmp_path)]) == 0
     assert read_table(tmp_path / "Llama-3.1-8B.requests.parquet", expect="requests").num_rows == 300
     assert (

@@ -33,10 +33,10 @@ def test_lookup_ignores_case_and_org_and_reports_unknown():
     assert resolve_model("acme/unknown-7b", CATALOG) is None
 
 
-@pytest.mark.parametrize(("ours", "shared"), [("meta-llama/Meta-Llama-3-8B", "Meta-Llama-3.1-8B"),
+@pytest.mark.parametrize(("ours", "published"), [("meta-llama/Meta-Llama-3-8B", "Meta-Llama-3.1-8B"),
                                               ("meta-llama/Meta-Llama-3-70B", "Meta-Llama-3.1-70B")])
-def test_llama3_agrees_with_the_shared_llama31_config(shared_data, ours, shared):
-    real = load_model_config(shared_data / f"models/meta-llama--{shared}_config.json")
+def test_llama3_agrees_with_the_shared_llama31_config(shared, ours, published):
+    real = load_model_config(shared.models / f"meta-llama--{published}_config.json")
     mine = CATALOG[ours]
     for field in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediate_size",
                   "vocab_size", "head_dim"):
@@ -44,8 +44,8 @@ def test_llama3_agrees_with_the_shared_llama31_config(shared_data, ours, shared)
     assert mine.param_count() == real.param_count()
 
 
-def test_configs_folder_is_a_fallback(shared_data):
-    m = resolve_model("Qwen/Qwen3-32B", CATALOG, shared_data / "models")
+def test_configs_folder_is_a_fallback(shared):
+    m = resolve_model("Qwen/Qwen3-32B", CATALOG, shared.models)
     assert m is not None and m.num_layers == 64
 
 

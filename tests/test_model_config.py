@@ -10,18 +10,18 @@ from mist.profiles.model import dtype_bytes, load_model_config
 from mist.traces.errors import TraceError
 
 
-def _configs(shared_data):
-    paths = sorted((shared_data / "models").rglob("*.json"))
+def _configs(shared):
+    paths = sorted(shared.models.rglob("*.json"))
     assert paths, "no model configs under shared data"
     return paths
 
 
-def _find(shared_data, name):
-    return shared_data / "models" / name
+def _find(shared, name):
+    return shared.models / name
 
 
-def test_every_shared_config_loads(shared_data):
-    for path in _configs(shared_data):
+def test_every_shared_config_loads(shared):
+    for path in _configs(shared):
         cfg = load_model_config(path)
         assert cfg.num_layers > 0 and cfg.hidden_size > 0 and cfg.head_dim > 0, path
         assert cfg.num_kv_heads <= cfg.num_heads, path
@@ -48,8 +48,8 @@ def test_every_shared_config_loads(shared_data):
         ("MiniMaxAI--MiniMax-M2.5_config.json", 230e9),  # model card: 230B total
     ],
 )
-def test_param_count_matches_published_size(shared_data, name, published):
-    cfg = load_model_config(_find(shared_data, name))
+def test_param_count_matches_published_size(shared, name, published):
+    cfg = load_model_config(_find(shared, name))
     assert cfg.param_count() == pytest.approx(published, rel=0.02)
 
 
@@ -57,13 +57,13 @@ def test_param_count_matches_published_size(shared_data, name, published):
     ("name", "active"),
     [("Qwen--Qwen3-30B-A3B_config.json", 3.3e9), ("Qwen--Qwen3-235B-A22B_config.json", 22e9)],
 )
-def test_active_params_of_moe(shared_data, name, active):
-    cfg = load_model_config(_find(shared_data, name))
+def test_active_params_of_moe(shared, name, active):
+    cfg = load_model_config(_find(shared, name))
     assert cfg.active_param_count() == pytest.approx(active, rel=0.03)
 
 
-def test_llama_8b_fields_and_kv_bytes(shared_data):
-    cfg = load_model_config(_find(shared_data, "llmservingsim/meta-llama/Llama-3.1-8B.json"))
+def test_llama_8b_fields_and_kv_bytes(shared):
+    cfg = load_model_config(_find(shared, "llmservingsim/meta-llama/Llama-3.1-8B.json"))
     assert cfg.architecture == "LlamaForCausalLM"
     assert (cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) == (32, 32, 8, 128)
     assert not cfg.is_moe() and cfg.torch_dtype == "bfloat16"
@@ -72,14 +72,14 @@ def test_llama_8b_fields_and_kv_bytes(shared_data):
     assert cfg.weight_bytes(2.0) == 2 * cfg.param_count()
 
 
-def test_moe_field_variants(shared_data):
-    qwen = load_model_config(_find(shared_data, "Qwen--Qwen3-30B-A3B_config.json"))
+def test_moe_field_variants(shared):
+    qwen = load_model_config(_find(shared, "Qwen--Qwen3-30B-A3B_config.json"))
     assert (qwen.num_experts, qwen.num_experts_per_tok, qwen.moe_intermediate_size) == (128, 8, 768)
     assert qwen.num_dense_layers == 0
-    oss = load_model_config(_find(shared_data, "openai--gpt-oss-120b_config.json"))
+    oss = load_model_config(_find(shared, "openai--gpt-oss-120b_config.json"))
     assert (oss.num_experts, oss.num_experts_per_tok, oss.moe_intermediate_size) == (128, 4, 2880)
     assert oss.head_dim == 64 and oss.attention_bias
-    kimi = load_model_config(_find(shared_data, "moonshotai--Kimi-K2.5_config.json"))
+    kimi = load_model_config(_find(shared, "moonshotai--Kimi-K2.5_config.json"))
     # n_routed_experts, first_k_dense_replace
     assert (kimi.num_experts, kimi.num_dense_layers) == (384, 1)
     assert kimi.shared_expert_intermediate_size == 2048  # 1 shared expert x 2048
@@ -118,8 +118,8 @@ def test_impossible_key_value_heads_name_the_key(tmp_path, kv, message):
     assert "num_key_value_heads" in str(info.value) and info.value.path == str(path)
 
 
-def test_missing_hidden_size_names_file_and_key(tmp_path, shared_data):
-    raw = json.loads(_find(shared_data, "meta-llama--Meta-Llama-3.1-8B_config.json").read_text())
+def test_missing_hidden_size_names_file_and_key(tmp_path, shared):
+    raw = json.loads(_find(shared, "meta-llama--Meta-Llama-3.1-8B_config.json").read_text())
     del raw["hidden_size"]
     path = tmp_path / "broken.json"
     path.write_text(json.dumps(raw))

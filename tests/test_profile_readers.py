@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mist.profiles.ingest import canonical_hardware
 from mist.traces.errors import TraceError
 from mist.traces.formats import PROFILE_READERS, detect_format, read_profile, read_trace
 from mist.traces.io import read_table, write_table
 from mist.traces.readers.kineto import gemm_mnk
 from mist.validate.cli import ingest as cmd_ingest
-from mist.validate.cli.ingest import canonical_hardware
 
 REPO_SAMPLE = Path(__file__).resolve().parents[1] / "traces/samples/kineto/cpu-mlp.json"
 MLP = "profiles/vidur/compute/{}/meta-llama/Llama-2-7b-hf/mlp.csv"
@@ -82,8 +82,8 @@ def _op(name, ts, dur, dims=None, cat="cpu_op"):
 # --- real data -------------------------------------------------------------------------
 
 
-def test_vidur_mlp_real_rows_units_and_names(shared_data):
-    res = read_profile(shared_data / MLP.format("a100"), resolve_hardware=canonical_hardware)
+def test_vidur_mlp_real_rows_units_and_names(shared):
+    res = read_profile(shared / MLP.format("a100"), resolve_hardware=canonical_hardware)
     df = _df(res)
     assert res.rows_read == 1044 and len(df) == 10 * 1044 and res.skipped == {}
     assert set(df["hardware"]) == {"A100_SXM_80GB"} and set(df["dtype"]) == {"fp16"}
@@ -99,9 +99,9 @@ def test_vidur_mlp_real_rows_units_and_names(shared_data):
     assert sorted(df["tp"].unique()) == [1, 2, 4, 8] and df["tokens"].between(1, 4096).all()
 
 
-def test_vidur_gemm_latency_grows_with_tokens(shared_data):
+def test_vidur_gemm_latency_grows_with_tokens(shared):
     for hw in ("a100", "h100"):
-        df = _df(read_profile(shared_data / MLP.format(hw)))
+        df = _df(read_profile(shared / MLP.format(hw)))
         for op in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
             for tp in (1, 2, 4, 8):
                 g = (
@@ -117,9 +117,9 @@ def test_vidur_gemm_latency_grows_with_tokens(shared_data):
         assert big.groupby("tp")["latency_s"].median().is_monotonic_decreasing
 
 
-def test_vidur_comm_real_counts_and_multinode_rows_skipped(shared_data):
+def test_vidur_comm_real_counts_and_multinode_rows_skipped(shared):
     res = read_profile(
-        shared_data / COMM.format("a100", "all_reduce"), resolve_hardware=canonical_hardware
+        shared / COMM.format("a100", "all_reduce"), resolve_hardware=canonical_hardware
     )
     df = _df(res)
     assert res.rows_read == 6958 and len(df) == 2982
@@ -133,14 +133,14 @@ def test_vidur_comm_real_counts_and_multinode_rows_skipped(shared_data):
     assert row["latency_s"] == pytest.approx(1e-5) and row["spread_s"] == pytest.approx(
         2.3098821518760554e-5
     )
-    counts = {(hw, c): read_profile(shared_data / COMM.format(hw, c)).table.num_rows
+    counts = {(hw, c): read_profile(shared / COMM.format(hw, c)).table.num_rows
               for hw in ("a100", "h100") for c in ("all_reduce", "send_recv")}  # fmt: skip
     assert counts == {("a100", "all_reduce"): 2982, ("a100", "send_recv"): 994,
                       ("h100", "all_reduce"): 2982, ("h100", "send_recv"): 994}  # fmt: skip
 
 
-def test_splitwise_real_aggregates_repeats(shared_data):
-    res = read_profile(shared_data / SPLITWISE, resolve_hardware=canonical_hardware)
+def test_splitwise_real_aggregates_repeats(shared):
+    res = read_profile(shared / SPLITWISE, resolve_hardware=canonical_hardware)
     df = _df(res)
     assert res.rows_read == 1260 and res.rows_per_operator() == {
         "decode_iteration": 228,
@@ -163,11 +163,11 @@ def test_splitwise_real_aggregates_repeats(shared_data):
     )
 
 
-def test_detect_and_round_trip_real_profiles(shared_data, tmp_path):
+def test_detect_and_round_trip_real_profiles(shared, tmp_path):
     files = {"vidur-mlp-csv": MLP.format("h100"), "vidur-comm-csv": COMM.format("h100", "send_recv"),
              "splitwise-csv": SPLITWISE}  # fmt: skip
     for fmt, rel in files.items():
-        assert detect_format(shared_data / rel) == fmt
+        assert detect_format(shared / rel) == fmt
     assert detect_format(REPO_SAMPLE) == "kineto-json"
     res = read_profile(REPO_SAMPLE)
     write_table(res.table, tmp_path / "k.parquet")

@@ -11,7 +11,6 @@ from mist.traces.errors import TraceError
 from mist.traces.formats import READERS, attach_workload, detect_format, read_trace
 from mist.traces.io import read_table, write_table
 
-RUN = "vllm-runs/RTXPRO6000/Llama-3.1-8B"
 REQ = {
     "request_id": "r0", "input_toks": 10, "output_toks": 4, "arrival_time": 1000.0,
     "queued_ts": 50.01, "scheduled_ts": 50.02, "first_token_ts": 50.1, "last_token_ts": 50.4,
@@ -126,9 +125,9 @@ def test_vllm_bench_without_start_times_or_detail_is_rejected(tmp_path):
         read_trace(tmp_path / "agg.json")
 
 
-def test_real_vllm_runs(shared_data):
+def test_real_vllm_runs(shared):
     for model in ("Llama-3.1-8B", "Qwen3-32B"):
-        res = read_trace(shared_data / "vllm-runs/RTXPRO6000" / model)
+        res = read_trace(shared.runs / model)
         df = res.requests.to_pandas()
         assert len(df) == res.rows_read == 300 and res.skipped == {}
         assert df["arrival_s"].min() == 0.0
@@ -138,18 +137,18 @@ def test_real_vllm_runs(shared_data):
         assert "cluster" in res.meta and res.meta["timeseries_path"].endswith("timeseries.csv")
 
 
-def test_real_workload_attaches_to_its_run(shared_data):
-    res = read_trace(shared_data / RUN)
+def test_real_workload_attaches_to_its_run(shared):
+    res = read_trace(shared.llama_run)
     table = attach_workload(
-        res.requests, shared_data / "workloads/sharegpt-llama-3.1-8b-300-sps10.jsonl"
+        res.requests, shared.llama_workload
     )
     ids = table.column("prompt_token_ids").to_pylist()
     assert [len(x) for x in ids] == table.column("input_tokens").to_pylist()
     assert table.schema.metadata == res.requests.schema.metadata
 
 
-def test_real_vllm_bench(shared_data):
-    for path in sorted((shared_data / "vllm-bench-cpu").glob("*/")):
+def test_real_vllm_bench(shared):
+    for path in sorted(shared.vllm_bench_cpu.glob("*/")):
         res = read_trace(path)
         raw = json.loads(
             next(p for p in path.glob("*.json") if "ttfts" in p.read_text()).read_text()
@@ -162,9 +161,9 @@ def test_real_vllm_bench(shared_data):
         assert res.tokens.num_rows == sum(len(x) + 1 for x in raw["itls"])
 
 
-def test_real_arrival_traces(shared_data):
-    az = read_trace(shared_data / "arrivals/azure-2023/AzureLLMInferenceTrace_conv.csv")
-    vi = read_trace(shared_data / "arrivals/vidur/splitwise_conv.csv")
+def test_real_arrival_traces(shared):
+    az = read_trace(shared / "arrivals/azure-2023/AzureLLMInferenceTrace_conv.csv")
+    vi = read_trace(shared.azure_conv_csv)
     assert az.requests.num_rows == vi.requests.num_rows == 19366
     # Vidur's file is the same Azure conversation trace rebased to seconds.
     assert np.allclose(az.requests.column("arrival_s"), vi.requests.column("arrival_s"), atol=1e-6)
@@ -173,10 +172,10 @@ def test_real_arrival_traces(shared_data):
         1700158546.68059
     )
     assert (
-        read_trace(shared_data / "arrivals/azure-2023/AzureLLMInferenceTrace_code.csv").rows_read
+        read_trace(shared / "arrivals/azure-2023/AzureLLMInferenceTrace_code.csv").rows_read
         == 8819
     )
-    mc = read_trace(shared_data / "arrivals/mooncake/conversation_trace.jsonl")
+    mc = read_trace(shared / "arrivals/mooncake/conversation_trace.jsonl")
     assert mc.requests.num_rows == 12031
     assert mc.requests.schema.metadata[b"mist.hash_block_tokens"] == b"512"
 

@@ -48,7 +48,8 @@ def _plain(kind: pa.DataType) -> pa.DataType:
 
 
 def _plain_schema(schema: pa.Schema) -> pa.Schema:
-    return pa.schema([pa.field(f.name, _plain(f.type), f.nullable) for f in schema], schema.metadata)
+    return pa.schema([pa.field(f.name, _plain(f.type), f.nullable, f.metadata) for f in schema],
+                     schema.metadata)
 
 
 def _sample(schema: pa.Schema) -> pa.Table:
