@@ -1,4 +1,10 @@
-"""Closed-loop workloads: N users, each sending its next request when the last one ends.
+"""Clients that drive a replay by feeding it arrivals (:class:`mist.replay.engine.Client`).
+
+An open loop (a recorded or generated request stream) needs no client: its requests
+are handed to :class:`mist.replay.engine.Replay` up front. A closed loop answers each
+finished request with the next one: N users, each sending its next request when the
+last one ends (:class:`ClosedLoop`), or a benchmark client's list of requests behind
+N slots (:class:`BenchmarkClient`); :func:`drive` runs either.
 
 This is how fixed-concurrency benchmarks measure a deployment (``vllm bench serve
 --max-concurrency N``, aiperf ``--concurrency N``): every user holds one request in
@@ -16,40 +22,97 @@ from dataclasses import dataclass
 import numpy as np
 
 from mist.replay.config import EngineConfig
-from mist.replay.engine import ARRIVAL, Replay
+from mist.replay.engine import Client, Replay
 from mist.replay.request import Request
 from mist.replay.step_cost import StepCost
 
 
-class ClosedLoop(Replay):
-    """A :class:`Replay` whose users send a new request as soon as theirs finishes."""
+class ClosedLoop:
+    """``users`` users, each sending ``requests_per_user`` requests of ``isl`` prompt and
+    ``osl`` output tokens, the next one ``think_s`` seconds after its last one finished;
+    the users' first requests are spread evenly over ``stagger_s`` seconds (0: all at
+    once). A :class:`mist.replay.engine.Client`: :func:`drive` runs it.
 
-    def __init__(self, cfg: EngineConfig, cost: StepCost, users: int, isl: int, osl: int,
-                 requests_per_user: int, think_s: float = 0.0, stagger_s: float = 0.0):
+    After a run, ``requests`` holds every request sent (in send order) and ``user_of``
+    each request's user by request index.
+    """
+
+    def __init__(self, users: int, isl: int, osl: int, requests_per_user: int, think_s: float = 0.0,
+                 stagger_s: float = 0.0):
         if users < 1 or isl < 1 or osl < 1 or requests_per_user < 1:
             raise ValueError("users, isl, osl and requests_per_user must be at least 1")
-        self.isl, self.osl, self.think_s = isl, osl, think_s
-        self.left = {u: requests_per_user - 1 for u in range(users)}
+        self.users, self.isl, self.osl = users, isl, osl
+        self.requests_per_user, self.think_s, self.stagger_s = requests_per_user, think_s, stagger_s
+        self.requests: list[Request] = []
         self.user_of: dict[int, int] = {}
-        first = [self._new(u, u * stagger_s / users) for u in range(users)]
-        super().__init__(first, cfg, cost)
+        self.left: dict[int, int] = {}
+
+    def start(self) -> list[Request]:
+        """The users' first requests (state of an earlier run is dropped)."""
+        self.requests, self.user_of = [], {}
+        self.left = {u: self.requests_per_user - 1 for u in range(self.users)}
+        return [self._new(u, u * self.stagger_s / self.users) for u in range(self.users)]
 
     def _new(self, user: int, t: float) -> Request:
         index = len(self.user_of)
         self.user_of[index] = user
-        return Request(index, f"u{user}-{index}", t, self.isl, self.osl)
+        req = Request(index, f"u{user}-{index}", t, self.isl, self.osl)
+        self.requests.append(req)
+        return req
 
-    def _on_step_end(self, now: float, group):
-        # the follow-ups are queued before the step's successor is planned, so that a
-        # replay coasting through quiet steps (Replay._coast) sees them coming
-        for req in [req for rep in group.members for req in rep.current.last]:
-            user = self.user_of[req.index]
-            if self.left[user] > 0:
-                self.left[user] -= 1
-                follow = self._new(user, now + self.think_s)
-                self.requests.append(follow)
-                self.loop.schedule(follow.arrival_s, ARRIVAL, self._on_arrival, follow)
-        return super()._on_step_end(now, group)
+    def on_finish(self, request: Request, now: float) -> list[Request]:
+        """The user's next request, if it has one left."""
+        user = self.user_of[request.index]
+        if self.left[user] <= 0:
+            return []
+        self.left[user] -= 1
+        return [self._new(user, now + self.think_s)]
+
+
+class BenchmarkClient:
+    """A fixed-concurrency benchmark client as ``benchmark_serving.py --max-concurrency N``
+    (and ``vllm bench serve``) runs it: a list of requests (``lengths``: rows of prompt
+    and output tokens, in send order) behind a semaphore of ``users`` slots; the first
+    ``users`` are sent at once and each request that ends frees its slot for the next
+    one on the list. A :class:`mist.replay.engine.Client`: :func:`drive` runs it.
+
+    After a run, ``requests`` holds every request sent (in send order) and ``user_of``
+    each request's slot by request index.
+    """
+
+    def __init__(self, users: int, lengths):
+        if len(lengths) < 1:
+            raise ValueError("a benchmark client needs at least one request")
+        self.users, self.lengths = users, lengths
+        self.requests: list[Request] = []
+        self.user_of: dict[int, int] = {}
+
+    def start(self) -> list[Request]:
+        """The first wave: one request per slot (state of an earlier run is dropped)."""
+        self.requests, self.user_of = [], {}
+        return [self._new(u, 0.0) for u in range(min(self.users, len(self.lengths)))]
+
+    def _new(self, user: int, t: float) -> Request:
+        index = len(self.user_of)
+        self.user_of[index] = user
+        isl, osl = self.lengths[index]
+        req = Request(index, f"u{user}-{index}", t, int(isl), int(osl))
+        self.requests.append(req)
+        return req
+
+    def on_finish(self, request: Request, now: float) -> list[Request]:
+        """The next request on the list, in the slot ``request`` frees."""
+        if len(self.user_of) >= len(self.lengths):
+            return []
+        return [self._new(self.user_of[request.index], now)]
+
+
+def drive(client: ClosedLoop | BenchmarkClient | Client, cfg: EngineConfig, cost: StepCost) -> Replay:
+    """Run a client's requests through a replay to completion; return the replay
+    (the client holds the requests it sent)."""
+    replay = Replay(client.start(), cfg, cost, client=client)
+    replay.run()
+    return replay
 
 
 @dataclass(frozen=True)
@@ -75,8 +138,8 @@ def run_closed_loop(cfg: EngineConfig, cost: StepCost, users: int, isl: int, osl
     that window is empty, or with ``exclude_warmup=False`` (a benchmark that
     averages over its whole run), every request is counted.
     """
-    loop = ClosedLoop(cfg, cost, users, isl, osl, requests_per_user, think_s, stagger_s)
-    loop.run()
+    loop = ClosedLoop(users, isl, osl, requests_per_user, think_s, stagger_s)
+    drive(loop, cfg, cost)
     reqs = sorted(loop.requests, key=lambda r: r.index)
     arrival = np.array([r.arrival_s for r in reqs])
     last_send = {}
@@ -126,38 +189,10 @@ def client_lengths(isl: int, osl: int, count: int, ratio: float, seed: int) -> n
     return np.stack([prompts, outputs], axis=1)
 
 
-class BenchmarkClient(ClosedLoop):
-    """A fixed-concurrency benchmark client as ``benchmark_serving.py --max-concurrency N``
-    (and ``vllm bench serve``) runs it: a list of requests (``lengths``, in send order) behind a semaphore of
-    ``users`` slots; the first ``users`` are sent at once and each request that ends
-    frees its slot for the next one on the list."""
-
-    def __init__(self, cfg: EngineConfig, cost: StepCost, users: int, lengths: np.ndarray):
-        if len(lengths) < 1:
-            raise ValueError("a benchmark client needs at least one request")
-        self.lengths = np.asarray(lengths, dtype=int)
-        users = min(users, len(self.lengths))
-        super().__init__(cfg, cost, users, int(self.lengths[0, 0]), int(self.lengths[0, 1]), 1)
-
-    def _new(self, user: int, t: float) -> Request:
-        index = len(self.user_of)
-        self.user_of[index] = user
-        isl, osl = self.lengths[index]
-        return Request(index, f"u{user}-{index}", t, int(isl), int(osl))
-
-    def _on_step_end(self, now: float, group):
-        for req in [req for rep in group.members for req in rep.current.last]:  # (as ClosedLoop's)
-            if len(self.user_of) < len(self.lengths):
-                follow = self._new(self.user_of[req.index], now + self.think_s)
-                self.requests.append(follow)
-                self.loop.schedule(follow.arrival_s, ARRIVAL, self._on_arrival, follow)
-        return Replay._on_step_end(self, now, group)
-
-
 def run_benchmark_client(cfg: EngineConfig, cost: StepCost, users: int, lengths: np.ndarray) -> LoopSummary:
     """Run a :class:`BenchmarkClient` to completion and report what the client does:
     means over every request of TTFT, of TPOT (each request's decode time over its
     own output tokens less one) and of end-to-end latency."""
-    loop = BenchmarkClient(cfg, cost, users, lengths)
-    loop.run()
+    loop = BenchmarkClient(users, np.asarray(lengths, dtype=int))
+    drive(loop, cfg, cost)
     return _summary(loop.requests, np.ones(len(loop.requests), dtype=bool))

@@ -4,6 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# vLLM's defaults where a run's settings do not say (v1 engine on a GPU; the OpenAI
+# server on a device under 70 GiB): each defined here once, for the engine settings of
+# a replay (:class:`EngineConfig`), the engine settings read from a run
+# (:func:`mist.replay.deployment.engine_config`) and the KV capacity sized from memory.
+#: KV-cache block size (tokens)
+BLOCK_SIZE = 16
+#: share of device memory vLLM may use for weights, activations and KV cache
+GPU_MEMORY_UTILIZATION = 0.9
+#: most requests running at once
+MAX_NUM_SEQS = 256
+#: token budget of one step
+MAX_NUM_BATCHED_TOKENS = 2048
+#: how requests are spread over data-parallel replicas (``mist.replay.engine.ROUTERS``)
+ROUTER = "least_loaded"
+#: how a recorded run's requests are fed to the replay: the real engine's stamp, the
+#: stamp aligned to the nearest replayed step boundary (vLLM takes it between steps), or
+#: the client's send time (:func:`mist.replay.run.simulate`)
+ARRIVALS = ("engine", "engine-aligned", "client")
+#: the rule :func:`mist.replay.run.simulate` applies unless told otherwise
+ARRIVAL = "engine"
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -41,14 +62,14 @@ class EngineConfig:
         Host time added to every step (s), beyond the profiled operators.
     """
 
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 2048
-    block_size: int = 16
+    max_num_seqs: int = MAX_NUM_SEQS
+    max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS
+    block_size: int = BLOCK_SIZE
     num_gpu_blocks: int = 1 << 20
     tensor_parallel: int = 1
     data_parallel: int = 1
     expert_parallel: bool = False
-    router: str = "least_loaded"
+    router: str = ROUTER
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     async_scheduling: bool = True

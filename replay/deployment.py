@@ -18,7 +18,14 @@ from mist.calibrate.features import CALLS_PER_LAYER, COMMON, MLP, OPERATORS
 from mist.calibrate.lookup import GridLookup, integer_table
 from mist.calibrate.skew import SkewAlpha
 from mist.profiles.model import ModelConfig, dtype_bytes
-from mist.replay.config import EngineConfig
+from mist.replay.config import (
+    ARRIVAL,
+    BLOCK_SIZE,
+    GPU_MEMORY_UTILIZATION,
+    MAX_NUM_BATCHED_TOKENS,
+    MAX_NUM_SEQS,
+    EngineConfig,
+)
 from mist.replay.request import Request
 from mist.replay.step_cost import StepCost
 from mist.traces.errors import ReplayError, TraceError
@@ -57,8 +64,8 @@ def non_kv_bytes(model: ModelConfig, tp: int, max_num_batched_tokens: int, max_n
 
 def kv_blocks(model: ModelConfig, memory_bytes: float, utilization: float, tp: int,
               block_size: int, kv_dtype_bytes: float = 2.0, weight_dtype_bytes: float | None = None,
-              expert_ranks: int | None = None, max_num_batched_tokens: int = 2048,
-              max_num_seqs: int = 256, expert_dtype_bytes: float | None = None) -> int:
+              expert_ranks: int | None = None, max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS,
+              max_num_seqs: int = MAX_NUM_SEQS, expert_dtype_bytes: float | None = None) -> int:
     """KV-cache blocks per replica, as vLLM sizes them.
 
     ``memory * utilization - weights on one GPU - non-KV memory`` (:func:`non_kv_bytes`
@@ -167,16 +174,10 @@ def moe_table(moe: LatencyModel, model: ModelConfig, cfg: EngineConfig) -> np.nd
     return out
 
 
-def build_step_cost(models: dict[str, LatencyModel], model: ModelConfig, cfg: EngineConfig,
-                    link_bw_bytes_s: float, skew_alpha: float = 0.0,
-                    link_latency_s: float = ALLREDUCE_LATENCY_S, skew: SkewAlpha | None = None,
-                    all_reduce=None, all_gather=None) -> StepCost:
-    """Compile the per-step cost tables for one replica.
-
-    ``all_reduce``: optional ``f(bytes array) -> seconds array`` for one TP all-reduce
-    (measured kernels); by default a ring over the link's bandwidth and latency.
-    """
-    max_tokens = cfg.max_num_batched_tokens
+def _token_tables(models: dict[str, LatencyModel], max_tokens: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The operators looked up by tokens, for ``T = 0 .. max_tokens``: those run once a
+    step, those of every layer, and those of a dense MLP (seconds, each operator times its
+    calls per layer)."""
     layer = np.zeros(max_tokens + 1)
     mlp = np.zeros(max_tokens + 1)
     once = np.zeros(max_tokens + 1)
@@ -190,28 +191,24 @@ def build_step_cost(models: dict[str, LatencyModel], model: ModelConfig, cfg: En
             layer += table
         else:
             once += table
-    act_bytes = np.arange(max_tokens + 1) * model.hidden_size * dtype_bytes(model.torch_dtype)
-    if all_reduce is not None and cfg.tensor_parallel > 1:
+    return once, layer, mlp
+
+
+def _allreduce_table(act_bytes: np.ndarray, tp: int, link_bw_bytes_s: float, link_latency_s: float,
+                     all_reduce=None) -> np.ndarray:
+    """Two TP all-reduces of one layer's activations (s) by tokens (``act_bytes`` per
+    token count): measured kernels when given, else a ring over the link."""
+    if all_reduce is not None and tp > 1:
         comm = 2 * np.asarray(all_reduce(np.maximum(act_bytes, 1)), dtype=float)
         comm[0] = 0.0
-    else:
-        comm = np.array([2 * allreduce_s(b, cfg.tensor_parallel, link_bw_bytes_s, link_latency_s) if b else 0.0
-                         for b in act_bytes])
-    n_moe = model.num_moe_layers
-    # the vocabulary-parallel embedding sums its ranks' lookups: one more all-reduce a step
-    dense = once + comm / 2 + model.num_layers * (layer + comm) + (model.num_layers - n_moe) * mlp
-    ranks = dp_group(cfg)
-    group = {}
-    if n_moe:
-        experts = n_moe * moe_table(models["moe"], model, cfg)
-        if ranks == 1:
-            dense = dense + experts
-        else:  # the DP ranks' MoE layers see all their tokens: costed per step of the group
-            hidden_bytes = model.hidden_size * dtype_bytes(model.torch_dtype)
-            group = dict(moe_s=tuple(experts.tolist()),
-                         exchange_s=n_moe * 2 * link_latency_s,
-                         exchange_s_per_token=n_moe * 2 * hidden_bytes / link_bw_bytes_s,
-                         graph_tokens=cuda_graph_limit(cfg))
+        return comm
+    return np.array([2 * allreduce_s(b, tp, link_bw_bytes_s, link_latency_s) if b else 0.0 for b in act_bytes])
+
+
+def _per_seq_table(models: dict[str, LatencyModel], model: ModelConfig, cfg: EngineConfig,
+                   link_bw_bytes_s: float, link_latency_s: float, all_gather=None) -> np.ndarray:
+    """lm_head + sampler (s) by sequences ``S = 0 .. max_num_seqs + 1``, with the
+    all-gather of the logits' vocabulary shards under tensor parallelism."""
     max_seqs = cfg.max_num_seqs + 1
     per_seq = integer_table(models["lm_head"], max_seqs) + integer_table(models["sampler"], max_seqs)
     if cfg.tensor_parallel > 1:  # each rank computes its vocabulary shard's logits; vLLM all-gathers them
@@ -220,6 +217,37 @@ def build_step_cost(models: dict[str, LatencyModel], model: ModelConfig, cfg: En
                             allgather_s(logit_bytes, cfg.tensor_parallel, link_bw_bytes_s, link_latency_s), dtype=float)
         gather[0] = 0.0
         per_seq = per_seq + gather
+    return per_seq
+
+
+def build_step_cost(models: dict[str, LatencyModel], model: ModelConfig, cfg: EngineConfig,
+                    link_bw_bytes_s: float, skew_alpha: float = 0.0,
+                    link_latency_s: float = ALLREDUCE_LATENCY_S, skew: SkewAlpha | None = None,
+                    all_reduce=None, all_gather=None) -> StepCost:
+    """Compile the per-step cost tables for one replica.
+
+    ``all_reduce``: optional ``f(bytes array) -> seconds array`` for one TP all-reduce
+    (measured kernels); by default a ring over the link's bandwidth and latency.
+    ``all_gather`` likewise for the logits' all-gather.
+    """
+    once, layer, mlp = _token_tables(models, cfg.max_num_batched_tokens)
+    act_bytes = np.arange(cfg.max_num_batched_tokens + 1) * model.hidden_size * dtype_bytes(model.torch_dtype)
+    comm = _allreduce_table(act_bytes, cfg.tensor_parallel, link_bw_bytes_s, link_latency_s, all_reduce)
+    n_moe = model.num_moe_layers
+    # the vocabulary-parallel embedding sums its ranks' lookups: one more all-reduce a step
+    dense = once + comm / 2 + model.num_layers * (layer + comm) + (model.num_layers - n_moe) * mlp
+    group = {}
+    if n_moe:
+        experts = n_moe * moe_table(models["moe"], model, cfg)
+        if dp_group(cfg) == 1:
+            dense = dense + experts
+        else:  # the DP ranks' MoE layers see all their tokens: costed per step of the group
+            hidden_bytes = model.hidden_size * dtype_bytes(model.torch_dtype)
+            group = dict(moe_s=tuple(experts.tolist()),
+                         exchange_s=n_moe * 2 * link_latency_s,
+                         exchange_s_per_token=n_moe * 2 * hidden_bytes / link_bw_bytes_s,
+                         graph_tokens=cuda_graph_limit(cfg))
+    per_seq = _per_seq_table(models, model, cfg, link_bw_bytes_s, link_latency_s, all_gather)
     return StepCost(
         dense_s=tuple(dense.tolist()), per_seq_s=tuple(per_seq.tolist()),
         attention=GridLookup.from_model(models["attention"]), num_layers=model.num_layers,
@@ -230,7 +258,7 @@ def build_step_cost(models: dict[str, LatencyModel], model: ModelConfig, cfg: En
     )
 
 
-def requests_from_table(table: pa.Table, arrival: str = "engine") -> list[Request]:
+def requests_from_table(table: pa.Table, arrival: str = ARRIVAL) -> list[Request]:
     """Replay requests from a ``requests`` table, in arrival order.
 
     ``arrival="engine"`` feeds each request to the simulated engine when the real
@@ -306,7 +334,7 @@ def recorded_engine(meta: dict) -> dict:
         if cache.get(key) is not None:
             out[key] = cache[key]
     kwargs = meta.get("engine_kwargs") or {}
-    block = int(out.get("block_size") or rcache.get("block_size") or kwargs.get("block_size") or 16)
+    block = int(out.get("block_size") or rcache.get("block_size") or kwargs.get("block_size") or BLOCK_SIZE)
     tokens = rcache.get("kv_cache_size_tokens")
     if tokens:
         out["num_gpu_blocks"] = int(tokens) // block
@@ -335,26 +363,28 @@ def engine_config(meta: dict, model: ModelConfig, memory_bytes=None, bundle_meta
     kw.update({k: v for k, v in (meta.get("engine_effective") or {}).items() if v is not None})
     eff = dict((bundle_meta or {}).get("engine_effective") or {})
     tp = int(kw.get("tensor_parallel_size") or 1)
-    block = int(kw.get("block_size") or eff.get("block_size") or 16)
+    block = int(kw.get("block_size") or eff.get("block_size") or BLOCK_SIZE)
+    budget = int(kw.get("max_num_batched_tokens") or MAX_NUM_BATCHED_TOKENS)
+    seqs = int(kw.get("max_num_seqs") or MAX_NUM_SEQS)
+    dp = int(kw.get("data_parallel_size") or 1)
     version = str(meta.get("vllm_version", ""))
     blocks = kw.get("num_gpu_blocks") or kw.get("num_gpu_blocks_override")
     if not blocks:
-        util = float(kw.get("gpu_memory_utilization") or eff.get("gpu_memory_utilization") or 0.9)
+        util = float(kw.get("gpu_memory_utilization") or eff.get("gpu_memory_utilization")
+                     or GPU_MEMORY_UTILIZATION)
         memory = memory_bytes() if callable(memory_bytes) else memory_bytes
         if memory is None:
             raise ReplayError("KV capacity unknown: the run gives no num_gpu_blocks and no device memory")
         weights, kv_bytes = served_dtype_bytes(model, kw.get("dtype"), kw.get("kv_cache_dtype"))
-        dp = int(kw.get("data_parallel_size") or 1)
         blocks = kv_blocks(model, memory, util, tp, block, kv_bytes, weights,
                            expert_ranks=tp * dp if kw.get("enable_expert_parallel") else tp,
-                           max_num_batched_tokens=int(kw.get("max_num_batched_tokens") or 2048),
-                           max_num_seqs=int(kw.get("max_num_seqs") or 256))
+                           max_num_batched_tokens=budget, max_num_seqs=seqs)
     settings = dict(
-        max_num_seqs=int(kw.get("max_num_seqs") or 256),
-        max_num_batched_tokens=int(kw.get("max_num_batched_tokens") or 2048),
+        max_num_seqs=seqs,
+        max_num_batched_tokens=budget,
         block_size=block,
         tensor_parallel=tp,
-        data_parallel=int(kw.get("data_parallel_size") or 1),
+        data_parallel=dp,
         expert_parallel=bool(kw.get("enable_expert_parallel", False)),
         enable_prefix_caching=bool(kw.get("enable_prefix_caching", True)),
         enable_chunked_prefill=bool(kw.get("enable_chunked_prefill", True)),

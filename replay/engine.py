@@ -2,17 +2,24 @@
 
 Each replica runs the loop "plan a step, run it for its modelled duration, emit its
 tokens" (data-parallel ranks of an expert-parallel MoE model run it in lockstep).
-Requests are routed to replicas by a policy of :data:`ROUTERS`. Without async scheduling the next step is planned when the previous one
-ends. With it (vLLM's default since 0.11), step ``k+1`` is planned while step ``k``
+Requests are routed to replicas by a policy of :data:`ROUTERS`. Without async
+scheduling the next step is planned when the previous one ends. With it (vLLM's default since 0.11), step ``k+1`` is planned while step ``k``
 runs, so admissions see only requests that arrived before step ``k`` started; a
 step's plan advances the requests' token counts at once, and the tokens it samples
 are emitted (timestamped) when it ends.
+
+What arrives is fed in from outside: the requests given up front (an open loop: a
+recorded or generated stream), and those a :class:`Client` sends in answer to a
+finished request (a closed loop of users, a benchmark client:
+:mod:`mist.replay.clients`).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -65,11 +72,23 @@ def _least_loaded(replay: Replay, req: Request) -> Replica:
 ROUTERS = {"round_robin": _round_robin, "least_loaded": _least_loaded}
 
 
+class Client(Protocol):
+    """What drives a replay beyond the requests given up front: told of every finished
+    request, it returns the requests it sends in answer (arrival times at or after
+    ``now``, indices continuing the replay's), which the replay then schedules."""
+
+    def on_finish(self, request: Request, now: float) -> Iterable[Request]:
+        """Requests sent because ``request`` finished at ``now`` (s)."""
+        ...
+
+
 class Replay:
     """One replay run: owns its clock, requests, replicas and step log."""
 
-    def __init__(self, requests: list[Request], cfg: EngineConfig, cost: StepCost, align_arrivals: bool = False):
-        self.requests = requests
+    def __init__(self, requests: list[Request], cfg: EngineConfig, cost: StepCost, align_arrivals: bool = False,
+                 client: Client | None = None):
+        self.requests = requests  # (grows by what the client sends)
+        self.client = client
         self.cfg = cfg
         self.cost = cost
         self.loop = EventLoop()
@@ -178,33 +197,20 @@ class Replay:
         first or last token, nothing waits and nothing is preempted: then the next plan
         is the same requests one token further on, and a step's cost needs only their
         count and KV-length sum, maximum and minimum. Coasting stops before a plan in
-        which a request would finish or KV blocks would run out, or at a step end that
-        an arrival precedes; the requests' token counts are then brought up to date and
-        the ordinary loop takes over. KV blocks are taken and their hashes committed in
-        the order :func:`mist.replay.scheduler.plan_step` would (requests in running order,
-        allocations before commits), so the replay is the same event for event, bit for
-        bit. Coasting reads what is coming from the event loop, so an event a subclass
-        creates at a step end must be on the loop before the step's successor is planned
-        (:class:`mist.replay.clients.ClosedLoop` queues its follow-up requests first).
+        which a request would finish or KV blocks would run out (:func:`_grow_kv`), or
+        at a step end that an arrival precedes; the requests' token counts are then
+        brought up to date and the ordinary loop takes over, so the replay is the same
+        event for event, bit for bit. Coasting reads what is coming from the event loop,
+        so a client's answer to a finished request is scheduled before the step's
+        successor is planned (:meth:`_on_step_end`).
         """
         running, kv, cost, steps = rep.running, rep.kv, self.cost, self.steps
-        block, free = kv.block_size, kv.free
+        free = kv.free
         sync = not self.cfg.async_scheduling
         n = len(running)
         kv_sum, kv_max, kv_min = plan.kv_decode_sum, plan.kv_decode_max, plan.kv_decode_min
         last_plan = min(r.output_len - r.num_generated for r in running)  # first plan with a finish
-        # per request, the plans (counted from 1 after ``plan``) that take a KV block or
-        # fill one (its hashes committed): every ``block`` plans from the first, so kept
-        # by the first's phase, in running order
-        takes = [[] for _ in range(block)]
-        fills = [[] for _ in range(block)] if kv.prefix_caching else None
-        for r in running:
-            c = r.num_computed
-            first = max(len(r.blocks) * block - c + 1, 1)
-            takes[first % block].append((first, r))
-            if fills is not None:
-                first = max((r.num_committed + 1) * block - c, 1)
-                fills[first % block].append((first, r))
+        takes, fills = _block_phases(running, kv)
         next_arrival = self.loop.next_time()
         done = 0  # plans built here beyond ``plan``
         current = plan
@@ -214,32 +220,14 @@ class Replay:
             if sync and next_arrival < end:
                 break
             k = done + 1
-            if k >= last_plan:
+            if k >= last_plan or not _grow_kv(kv, takes, fills, k):
                 break
-            phase = k % block
-            due = [r for first, r in takes[phase] if first <= k]
-            if len(due) > len(free):
-                break
-            for r in due:
-                kv.allocate(r, r.num_computed + k)
-            if fills is not None:
-                for first, r in fills[phase]:
-                    if first <= k:  # commit reads the request's computed tokens as of this plan
-                        had = r.num_computed
-                        r.num_computed = had + k
-                        kv.commit(r)
-                        r.num_computed = had
             done = k
             kv_sum += n
             kv_max += 1
             kv_min += 1
             if not sync and next_arrival < end:  # the plan just built waits for this step's end
-                pending = StepPlan()
-                pending.items = [(r, 1) for r in running]
-                pending.num_tokens = pending.n_decode = n
-                pending.kv_decode_sum = pending.kv_tokens = kv_sum
-                pending.kv_decode_max, pending.kv_decode_min = kv_max, kv_min
-                rep.pending = pending
+                rep.pending = _decode_plan(running, kv_sum, kv_max, kv_min)
                 break
             now = end
             d = cost.step_s(n, n, [], n, kv_sum, kv_max, kv_min)
@@ -301,7 +289,15 @@ class Replay:
                         release(req)
                     else:  # preempted while its last token was in flight: done all the same
                         rep.waiting.remove(req)
+                    if self.client is not None:  # queued before the next plan (see _coast)
+                        self._feed(self.client.on_finish(req, now))
         return self._kick(group, now)
+
+    def _feed(self, requests: Iterable[Request]) -> None:
+        """Schedule the arrival of requests a client sends during the replay."""
+        for req in requests:
+            self.requests.append(req)
+            self.loop.schedule(req.arrival_s, ARRIVAL, self._on_arrival, req)
 
     def run(self) -> None:
         if self.align:
@@ -319,6 +315,56 @@ class Replay:
         # one 2-D conversion (every count is an integer far below 2**53, so exact in float64)
         grid = np.array(self.steps, dtype=np.float64)
         return {n: grid[:, i] if n.endswith("_s") else grid[:, i].astype(np.int64) for i, n in enumerate(names)}
+
+
+def _block_phases(running: list, kv: KVCache) -> tuple[list, list | None]:
+    """For coasting (:meth:`Replay._coast`): per request, the plans (counted from 1
+    after the current one) that take a KV block, and those that fill one (its hashes
+    committed; ``None`` without prefix caching). Both recur every ``block_size`` plans
+    from the first, so they are kept by the first's phase (``k % block_size``), in
+    running order."""
+    block = kv.block_size
+    takes = [[] for _ in range(block)]
+    fills = [[] for _ in range(block)] if kv.prefix_caching else None
+    for r in running:
+        c = r.num_computed
+        first = max(len(r.blocks) * block - c + 1, 1)
+        takes[first % block].append((first, r))
+        if fills is not None:
+            first = max((r.num_committed + 1) * block - c, 1)
+            fills[first % block].append((first, r))
+    return takes, fills
+
+
+def _grow_kv(kv: KVCache, takes: list, fills: list | None, k: int) -> bool:
+    """Take and commit the KV blocks of coasted plan ``k`` in the order
+    :func:`mist.replay.scheduler.plan_step` would (requests in running order,
+    allocations before commits); False, with nothing taken, when blocks run out."""
+    phase = k % kv.block_size
+    due = [r for first, r in takes[phase] if first <= k]
+    if len(due) > len(kv.free):
+        return False
+    for r in due:
+        kv.allocate(r, r.num_computed + k)
+    if fills is not None:
+        for first, r in fills[phase]:
+            if first <= k:  # commit reads the request's computed tokens as of this plan
+                had = r.num_computed
+                r.num_computed = had + k
+                kv.commit(r)
+                r.num_computed = had
+    return True
+
+
+def _decode_plan(running: list, kv_sum: int, kv_max: int, kv_min: int) -> StepPlan:
+    """The plan of a quiet decode step of ``running`` (see :meth:`Replay._coast`)."""
+    n = len(running)
+    plan = StepPlan()
+    plan.items = [(r, 1) for r in running]
+    plan.num_tokens = plan.n_decode = n
+    plan.kv_decode_sum = plan.kv_tokens = kv_sum
+    plan.kv_decode_max, plan.kv_decode_min = kv_max, kv_min
+    return plan
 
 
 def replay_requests(requests: list[Request], cfg: EngineConfig, cost: StepCost,

@@ -1,10 +1,20 @@
-"""One call from data to simulated tables: settings + profile + requests -> replay."""
+"""One call from data to simulated tables: settings + profile + requests -> replay.
+
+:func:`load_deployment` and :func:`prepare` turn a profile bundle, a model config and a
+run's engine settings into the engine settings and step cost of a replay;
+:func:`simulate` replays a ``requests`` table through them; :func:`replay_trace` is the
+whole ``mist replay`` job, from file paths (:class:`ReplaySettings`) to simulated
+tables and their summary (:class:`ReplayResult`).
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -15,7 +25,7 @@ from mist.calibrate.skew import skew_from_bundle
 from mist.profiles.bundle import Bundle, read_bundle, to_operator_profile
 from mist.profiles.hardware import Hardware, get_hardware
 from mist.profiles.model import ModelConfig, load_model_config
-from mist.replay.config import EngineConfig
+from mist.replay.config import ARRIVAL, ARRIVALS, EngineConfig
 from mist.replay.deployment import (
     ALLREDUCE_LATENCY_S,
     build_step_cost,
@@ -26,7 +36,10 @@ from mist.replay.deployment import (
 from mist.replay.engine import replay_requests
 from mist.replay.request import Request
 from mist.replay.step_cost import StepCost
+from mist.traces.derive import latencies
 from mist.traces.errors import ReplayError, TraceError
+from mist.traces.formats import read_trace
+from mist.traces.readers.vllm_run import read_run_meta
 from mist.traces.schema import REQUESTS, STEPS, from_columns
 
 
@@ -171,11 +184,6 @@ def check_capacity(reqs: list[Request], cfg: EngineConfig) -> None:
                           "them; drop them from the trace or give more device memory")
 
 
-#: how request arrivals are fed: the real engine's stamp, the stamp aligned to the
-#: nearest replayed step boundary (vLLM takes it between steps), or the client's send time
-ARRIVALS = ("engine", "engine-aligned", "client")
-
-
 def effective_arrival(requests: pa.Table, arrival: str) -> str:
     """The rule ``arrival`` comes to for ``requests``: aligning needs every request to
     carry the engine's stamp (``queued_s``); a client's send time is no step boundary, so
@@ -188,7 +196,7 @@ def effective_arrival(requests: pa.Table, arrival: str) -> str:
     return arrival if stamped else "engine"
 
 
-def simulate(requests: pa.Table, cfg: EngineConfig, cost: StepCost, arrival: str = "engine"):
+def simulate(requests: pa.Table, cfg: EngineConfig, cost: StepCost, arrival: str = ARRIVAL):
     """Replay ``requests``; return (simulated requests table, steps table, wall seconds).
 
     ``arrival``: one of :data:`ARRIVALS` (see :func:`effective_arrival`). Aligned arrivals
@@ -226,3 +234,130 @@ def simulate(requests: pa.Table, cfg: EngineConfig, cost: StepCost, arrival: str
     sim = from_columns(REQUESTS, cols, metadata={"mist.source_format": "mist-replay", "mist.arrival": applied})
     steps = from_columns(STEPS, rep.step_columns())
     return sim, steps, wall
+
+
+@dataclass(frozen=True)
+class ReplaySettings:
+    """What ``mist replay`` replays: a request stream through the engine of a run.
+
+    Attributes
+    ----------
+    trace : Path
+        Request stream in any format :func:`mist.traces.formats.read_trace` reads.
+    profiles : Path
+        Layer-profile bundle root.
+    model : Path
+        Hugging Face ``config.json`` of the model.
+    engine : Path
+        A run's ``meta.json`` (or the run folder holding it): the engine settings.
+    format : str or None
+        Trace format (None: detected).
+    hardware : str or None
+        Hardware catalog name (None: the bundle's).
+    arrival : str
+        One of :data:`ARRIVALS`; a trace's own send times by default (what every
+        format carries).
+    """
+
+    trace: Path
+    profiles: Path
+    model: Path
+    engine: Path
+    format: str | None = None
+    hardware: str | None = None
+    arrival: str = "client"
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """A replayed trace (see :func:`replay_trace`).
+
+    Attributes
+    ----------
+    requests, steps : pyarrow.Table
+        The simulated ``requests`` and ``steps`` tables.
+    config : EngineConfig
+        The engine replayed.
+    wall_s : float
+        Wall time of the replay alone (s).
+    rows_read : int
+        Rows the trace reader read.
+    skipped : dict
+        Rows the reader skipped, by reason.
+    warnings : tuple of str
+        What about the inputs deserves a warning (the replay ran all the same).
+    latencies : pandas.DataFrame
+        Per request: ``request_id``, ``ttft``, ``tpot``, ``e2e`` (s).
+    """
+
+    requests: pa.Table
+    steps: pa.Table
+    config: EngineConfig
+    wall_s: float
+    rows_read: int
+    skipped: dict = field(default_factory=dict)
+    warnings: tuple = ()
+    latencies: pd.DataFrame | None = None
+
+    @property
+    def simulated_s(self) -> float:
+        """Simulated time (s) until the last request finished."""
+        return float(np.nanmax(self.requests.column("finished_s").to_numpy(zero_copy_only=False)))
+
+    @property
+    def kv_blocks(self) -> int:
+        """KV-cache blocks of all replicas together."""
+        return self.config.num_gpu_blocks * self.config.data_parallel
+
+    def summary(self) -> dict:
+        """Counts, simulated span (s), replay speed and latency percentiles (s), rounded
+        as ``mist replay`` writes them to ``summary.json``."""
+        n = self.requests.num_rows
+        return {
+            "requests": n, "steps": self.steps.num_rows, "simulated_s": round(self.simulated_s, 3),
+            "rows_read": self.rows_read, "skipped": dict(self.skipped),
+            "replay_wall_s": round(self.wall_s, 4), "requests_per_wall_s": round(n / self.wall_s, 1),
+            "latency_s": {m: {k: round(v, 6) for k, v in _percentiles(self.latencies[m].to_numpy(float)).items()}
+                          for m in ("ttft", "tpot", "e2e")},
+        }
+
+    def summary_markdown(self) -> str:
+        """The run in a sentence and a table of latency percentiles (Markdown)."""
+        table = ["| metric | mean s | P50 s | P90 s | P99 s |", "| --- | ---: | ---: | ---: | ---: |"]
+        table += [f"| {m} | " + " | ".join(f"{p[k]:.4f}" for k in ("mean", "p50", "p90", "p99")) + " |"
+                  for m, p in self.summary()["latency_s"].items() if p]
+        return (f"{self.requests.num_rows} requests, {self.steps.num_rows} steps, {self.simulated_s:.1f} s "
+                f"simulated; engine {self.config}\n\n" + "\n".join(table))
+
+
+def _percentiles(x: np.ndarray) -> dict:
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return {}
+    return {"mean": float(x.mean()), "p50": float(np.percentile(x, 50)),
+            "p90": float(np.percentile(x, 90)), "p99": float(np.percentile(x, 99))}
+
+
+def replay_trace(settings: ReplaySettings) -> ReplayResult:
+    """Replay a request stream through the engine of a run (``mist replay``, without
+    writing anything): no measured timings needed, the engine settings from the run's
+    ``meta.json`` (and the ``cluster.json`` beside it, if any).
+
+    Raises
+    ------
+    TraceError
+        When an input cannot be read, or ``settings.engine`` is a file other than ``meta.json``.
+    ReplayError
+        As :func:`simulate` and :func:`prepare` raise it.
+    """
+    trace = read_trace(settings.trace, settings.format)
+    engine = Path(settings.engine)
+    if engine.is_file() and engine.name != "meta.json":
+        raise TraceError(engine, "--engine takes a run's meta.json (or the run folder holding it)")
+    meta = read_run_meta(engine.parent if engine.name == "meta.json" else engine)
+    bundle, model, hardware = load_deployment(settings.profiles, settings.model, settings.hardware)
+    cfg, cost, _ = prepare(meta, bundle, model, hardware)
+    warnings = tuple(input_warnings(trace.requests, model))
+    sim, steps, wall = simulate(trace.requests, cfg, cost, arrival=settings.arrival)
+    return ReplayResult(requests=sim, steps=steps, config=cfg, wall_s=wall, rows_read=trace.rows_read,
+                        skipped=dict(trace.skipped), warnings=warnings, latencies=latencies(sim.to_pandas()))

@@ -106,39 +106,29 @@ def _build(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now: f
     plan = StepPlan()
     budget = cfg.max_num_batched_tokens
     block = kv.block_size
-    add_item = plan.items.append
-    add_prefill = plan.prefills.append
+    add_item, add_prefill = plan.items.append, plan.prefills.append
     add_first, add_last = plan.first.append, plan.last.append
     decode_kv: list[int] = []  # KV lengths of the decodes (their count, sum, max and min)
     add_decode = decode_kv.append
-    to_commit: list[Request] = []
+    to_commit: list[Request] = []  # (and the KV tokens of the prefills)
     prefill_kv = 0
     # A for loop over a list that preemption shrinks from the back: when the current
     # request preempts itself it was the last, and the loop ends.
     for req in running:
         if budget <= 0:
             break
-        computed = req.num_computed
-        num_tokens = req.num_tokens
+        computed, num_tokens = req.num_computed, req.num_tokens
         n = num_tokens - computed
         if n > budget:
             n = budget
-        generated = req.num_generated
-        output_len = req.output_len
+        generated, output_len = req.num_generated, req.output_len
         if n <= 0 or generated >= output_len:  # done, awaiting its last output
             continue
         need = computed + n
         # (fast path: most decodes fit in the blocks the request already holds)
-        if need > len(req.blocks) * block and not kv.allocate(req, need):
-            fits = False
-            while not fits:  # preempt from the back until this request fits, or is the victim
-                victim = _preempt(running, waiting, kv)
-                plan.preempted += 1
-                if victim is req:
-                    break
-                fits = kv.allocate(req, need)
-            if not fits:
-                continue
+        if (need > len(req.blocks) * block and not kv.allocate(req, need)
+                and not _make_room(req, need, running, waiting, kv, plan)):
+            continue
         add_item((req, n))
         budget -= n
         if advance:  # as _advance does, but committing later
@@ -163,15 +153,35 @@ def _build(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now: f
         budget = _admit(cfg, running, waiting, kv, now, plan, budget)
     plan.num_tokens = cfg.max_num_batched_tokens - budget
     if advance:
-        if decode_kv:
-            plan.n_decode, plan.kv_decode_sum = len(decode_kv), sum(decode_kv)
-            plan.kv_decode_max, plan.kv_decode_min = max(decode_kv), min(decode_kv)
-        plan.kv_tokens = plan.kv_decode_sum + prefill_kv
-        for req in to_commit:
-            kv.commit(req)
-        if len(plan.items) > n_scheduled:
-            _advance(plan, n_scheduled, kv)
+        _settle(plan, decode_kv, prefill_kv, to_commit, n_scheduled, kv)
     return plan
+
+
+def _make_room(req: Request, need: int, running: list, waiting: deque, kv: KVCache, plan: StepPlan) -> bool:
+    """Preempt from the back of ``running`` until ``req`` gets KV blocks for ``need``
+    tokens (True), or is itself the victim (False)."""
+    while True:
+        victim = _preempt(running, waiting, kv)
+        plan.preempted += 1
+        if victim is req:
+            return False
+        if kv.allocate(req, need):
+            return True
+
+
+def _settle(plan: StepPlan, decode_kv: list, prefill_kv: int, to_commit: list, n_scheduled: int,
+            kv: KVCache) -> None:
+    """Finish a plan whose first ``n_scheduled`` (running) requests were advanced while
+    scheduled: the decodes' cost inputs from their KV lengths ``decode_kv``, the prefills'
+    KV tokens ``prefill_kv``, the deferred commits, then the admitted requests applied."""
+    if decode_kv:
+        plan.n_decode, plan.kv_decode_sum = len(decode_kv), sum(decode_kv)
+        plan.kv_decode_max, plan.kv_decode_min = max(decode_kv), min(decode_kv)
+    plan.kv_tokens = plan.kv_decode_sum + prefill_kv
+    for req in to_commit:
+        kv.commit(req)
+    if len(plan.items) > n_scheduled:
+        _advance(plan, n_scheduled, kv)
 
 
 def _admit(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now: float,

@@ -71,7 +71,8 @@ def test_coasting_a_closed_loop_sees_each_follow_up_request(async_scheduling):
                        async_scheduling=async_scheduling)
 
     def run(coast):
-        loop = ClosedLoop(cfg, _cost(), users=6, isl=300, osl=120, requests_per_user=4, stagger_s=0.7)
+        client = ClosedLoop(users=6, isl=300, osl=120, requests_per_user=4, stagger_s=0.7)
+        loop = Replay(client.start(), cfg, _cost(), client=client)
         loop.coast = coast
         loop.run()
         return loop

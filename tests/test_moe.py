@@ -15,6 +15,7 @@ from mist.replay.config import EngineConfig
 from mist.replay.deployment import moe_table
 from mist.replay.engine import replay_requests
 from mist.replay.request import Request
+from mist.replay.run import ReplaySettings, replay_trace
 from mist.replay.step_cost import StepCost
 from mist.validate.cli import main
 
@@ -138,45 +139,53 @@ RUNS = {  # run -> (bundle, model config, workload)
     "Qwen3-30B-A3B-Instruct-2507": ("Qwen/Qwen3-30B-A3B-Instruct-2507", "Qwen/Qwen3-30B-A3B-Instruct-2507",
                                     "qwen3-30b-a3b"),
 }
+MOE_RUN = "Qwen3-30B-A3B-Instruct-2507"
 
 
-@pytest.mark.parametrize("run", list(RUNS))
-def test_replayed_makespan_matches_the_measured_run_duration(shared_data, tmp_path, run):
-    """The MoE run ships no per-request timings, but its meta.json says how long the
-    300-request benchmark took; the replay of its workload must take about as long."""
+def _settings(shared, run: str) -> ReplaySettings:
     bundle, model, workload = RUNS[run]
-    run_dir = shared_data / "vllm-runs" / "RTXPRO6000" / run
-    assert main(["replay", "--trace", str(shared_data / "workloads" / f"sharegpt-{workload}-300-sps10.jsonl"),
-                 "--profiles", str(shared_data / "profiles/llmservingsim/RTXPRO6000" / bundle / "bf16"),
-                 "--model", str(shared_data / "models/llmservingsim" / f"{model}.json"),
-                 "--engine", str(run_dir / "meta.json"), "--out", str(tmp_path)]) == 0
-    meta = json.loads((run_dir / "meta.json").read_text())
+    return ReplaySettings(trace=shared / f"workloads/sharegpt-{workload}-300-sps10.jsonl",
+                          profiles=shared.gpu_bundles / bundle / "bf16",
+                          model=shared.models / "llmservingsim" / f"{model}.json",
+                          engine=shared.runs / run / "meta.json")
+
+
+@pytest.fixture(scope="module")
+def moe_replay(shared):
+    """The shared MoE run's workload replayed (DP 2 with expert parallelism)."""
+    return replay_trace(_settings(shared, MOE_RUN))
+
+
+def _check_makespan(shared, run: str, result) -> None:
+    """The run ships no per-request timings (the MoE one), but its meta.json says how long
+    the 300-request benchmark took; the replay of its workload must take about as long."""
+    meta = json.loads((shared.runs / run / "meta.json").read_text())
     t = {k: datetime.fromisoformat(meta[k].replace("Z", "+00:00")).timestamp() for k in ("started_at", "finished_at")}
     measured = t["finished_at"] - t["started_at"]
-    simulated = json.loads((tmp_path / "summary.json").read_text())["simulated_s"]
-    assert abs(simulated - measured) / measured < 0.10
-    assert {"report.md", "latency.png", "queue.png"} <= {p.name for p in tmp_path.iterdir()}
+    assert abs(result.simulated_s - measured) / measured < 0.10
 
 
-def test_validate_reproduces_its_own_replay_of_the_moe_run(shared_data, tmp_path):
+def test_replayed_moe_makespan_matches_the_measured_run_duration(shared, moe_replay):
+    _check_makespan(shared, MOE_RUN, moe_replay)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", ["Llama-3.1-8B", "Qwen3-32B"])
+def test_replayed_makespan_matches_the_measured_run_duration(shared, run):
+    _check_makespan(shared, run, replay_trace(_settings(shared, run)))
+
+
+def test_validate_reproduces_its_own_replay_of_the_moe_run(shared, moe_replay, tmp_path):
     """The shared MoE run (DP 2 with expert parallelism) ships no per-request timings.
     Written out as a vLLM run, the replay's own output must come back from `mist
     validate` with zero error: the run reader, the request matching, the engine settings
     of meta.json and the DP/EP replay agree end to end."""
-    import pandas as pd
-
-    bundle, model, workload = RUNS["Qwen3-30B-A3B-Instruct-2507"]
-    run_dir = shared_data / "vllm-runs" / "RTXPRO6000" / "Qwen3-30B-A3B-Instruct-2507"
-    trace = shared_data / "workloads" / f"sharegpt-{workload}-300-sps10.jsonl"
-    args = ["--profiles", str(shared_data / "profiles/llmservingsim/RTXPRO6000" / bundle / "bf16"),
-            "--model", str(shared_data / "models/llmservingsim" / f"{model}.json")]
-    assert main(["replay", "--trace", str(trace), *args, "--engine", str(run_dir / "meta.json"),
-                 "--out", str(tmp_path / "replay")]) == 0
-    sim = pd.read_parquet(tmp_path / "replay" / "simulated.requests.parquet")
+    settings = _settings(shared, MOE_RUN)
+    sim = moe_replay.requests.to_pandas()
     run = tmp_path / "run"
     run.mkdir()
     for name in ("meta.json", "cluster.json"):
-        (run / name).write_text((run_dir / name).read_text())
+        (run / name).write_text((settings.engine.parent / name).read_text())
     epoch, mono = 1.777e9, 4.0e5  # the two clocks a vLLM run records
     with open(run / "requests.jsonl", "w") as f:
         for r in sim.itertuples():
@@ -186,7 +195,8 @@ def test_validate_reproduces_its_own_replay_of_the_moe_run(shared_data, tmp_path
                                 "first_token_ts": mono + r.first_token_s, "last_token_ts": mono + r.finished_s})
                     + "\n")
     out = tmp_path / "v.json"
-    assert main(["validate", "--run", str(run), *args, "--workload", str(trace), "--json", str(out)]) == 0
+    assert main(["validate", "--run", str(run), "--profiles", str(settings.profiles), "--model", str(settings.model),
+                 "--workload", str(settings.trace), "--json", str(out)]) == 0
     summary = json.loads(out.read_text())
     for metric in ("ttft", "tpot", "e2e"):
         assert summary["metrics"][metric]["mape"] == pytest.approx(0.0, abs=1e-6), metric
