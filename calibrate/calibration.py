@@ -126,6 +126,19 @@ def _round(x: float, digits: int = 4) -> float | None:
     return None if not np.isfinite(x) else round(float(x), digits)
 
 
+def _degree_plan(bundle, rows: pd.DataFrame, tp: int) -> tuple[dict, list]:
+    """The report entry of degree ``tp`` (operators ignored and missing) and its fitting
+    tasks ``(tp, operator, rows)``; TraceError when no known operator was measured."""
+    ops = sorted(set(rows["operator"]))
+    known = [op for op in ops if op in OPERATORS]
+    if not known:
+        raise TraceError(bundle.root / f"tp{tp}", "no known operator measured at this degree")
+    entry = {"ignored_operators": [op for op in ops if op not in OPERATORS],
+             "missing_required": [op for op in COMMON + (() if "moe" in known else MLP) if op not in known],
+             "operators": {}}  # fmt: skip
+    return entry, [(tp, op, rows[rows["operator"] == op]) for op in known]
+
+
 def calibrate_bundle(bundle, tps: Iterable[int] | None = None, k: int = 5, seed: int = 0,
                      progress: Callable[[list], Iterable] | None = None
                      ) -> tuple[dict[int, dict[str, LatencyModel]], dict]:
@@ -164,14 +177,8 @@ def calibrate_bundle(bundle, tps: Iterable[int] | None = None, k: int = 5, seed:
     profile = to_operator_profile(bundle).to_pandas()
     tasks, per_tp = [], {}
     for tp in tps:
-        rows = profile[profile["tp"] == tp]
-        ops = sorted(set(rows["operator"]))
-        known = [op for op in ops if op in OPERATORS]
-        if not known:
-            raise TraceError(bundle.root / f"tp{tp}", "no known operator measured at this degree")
-        per_tp[tp] = {"ignored_operators": [op for op in ops if op not in OPERATORS],
-                      "missing_required": [op for op in COMMON + (() if "moe" in known else MLP) if op not in known], "operators": {}}
-        tasks += [(tp, op, rows[rows["operator"] == op]) for op in known]
+        per_tp[tp], more = _degree_plan(bundle, profile[profile["tp"] == tp], tp)
+        tasks += more
     models: dict[int, dict[str, LatencyModel]] = {tp: {} for tp in tps}
     for tp, op, frame in (progress(tasks) if progress else tasks):
         X, y = _xy(op, frame)

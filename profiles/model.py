@@ -310,6 +310,23 @@ def _int_fields(cfg: dict, path: Path) -> dict[str, int]:
     return out
 
 
+def _head_dim(cfg: dict, default: int, kv_lora: int) -> int:
+    """Query/key head dimension: with latent attention (``kv_lora`` > 0) the no-RoPE plus
+    RoPE parts; else ``head_dim``, or ``default`` (hidden size / heads) when absent."""
+    if kv_lora:
+        return int(cfg.get("qk_nope_head_dim", 0)) + int(cfg.get("qk_rope_head_dim", 0))
+    return int(cfg.get("head_dim") or default)
+
+
+def _shared_expert_size(cfg: dict, moe_inter: int) -> int:
+    """Intermediate size of the always-active shared experts, all together (0 if none):
+    a given size, plus ``n_shared_experts`` experts of ``moe_inter`` each."""
+    shared = int(
+        cfg.get("shared_expert_intermediate_size") or cfg.get("shared_intermediate_size") or 0
+    )
+    return shared + int(cfg.get("n_shared_experts") or 0) * moe_inter
+
+
 def load_model_config(path) -> ModelConfig:
     """Read a Hugging Face ``config.json`` into a :class:`ModelConfig`.
 
@@ -331,16 +348,9 @@ def load_model_config(path) -> ModelConfig:
     f = _int_fields(cfg, path)
     nh = f["num_heads"]
     kv_lora = int(cfg.get("kv_lora_rank") or 0)
-    if kv_lora:
-        head_dim = int(cfg.get("qk_nope_head_dim", 0)) + int(cfg.get("qk_rope_head_dim", 0))
-    else:
-        head_dim = int(cfg.get("head_dim") or f["hidden_size"] // nh)
+    head_dim = _head_dim(cfg, f["hidden_size"] // nh, kv_lora)
     experts = f["num_experts"]
     moe_inter = f["moe_intermediate_size"] or (f["intermediate_size"] if experts else 0)
-    shared = int(
-        cfg.get("shared_expert_intermediate_size") or cfg.get("shared_intermediate_size") or 0
-    )
-    shared += int(cfg.get("n_shared_experts") or 0) * moe_inter
     archs = top.get("architectures") or cfg.get("architectures") or [""]
     window = _sliding_window(cfg, f["max_position_embeddings"])
     return ModelConfig(
@@ -362,7 +372,7 @@ def load_model_config(path) -> ModelConfig:
         torch_dtype=str(_first(cfg, "torch_dtype") or _first(top, "torch_dtype") or "auto"),
         max_position_embeddings=f["max_position_embeddings"],
         num_dense_layers=_dense_layers(cfg, f["num_layers"], experts),
-        shared_expert_intermediate_size=shared,
+        shared_expert_intermediate_size=_shared_expert_size(cfg, moe_inter),
         attention_bias=bool(cfg.get("attention_bias", False)),
         qk_norm=bool(cfg.get("use_qk_norm")) or str(cfg.get("model_type", "")).startswith("qwen3"),
         q_lora_rank=int(cfg.get("q_lora_rank") or 0),

@@ -92,10 +92,8 @@ def generate(
 
     Parameters
     ----------
-    n : int
-        Number of requests.
-    rate : float
-        Mean arrival rate, requests/s.
+    n, rate : int, float
+        Number of requests; their mean arrival rate, requests/s.
     arrival : {"poisson", "gamma"}
         Inter-arrival law; ``burstiness`` is the gamma shape (ignored by poisson).
     input_len, output_len : int
@@ -132,18 +130,19 @@ def generate(
     outs = LENGTHS[output_dist](rng, n, output_len, output_spread)
     ins = np.maximum(np.round(ins), prefix + 1).astype(np.int64)
     outs = np.maximum(np.round(outs), 1).astype(np.int64)
+    return _records(rng, arrival_ns, ins, outs, prefix, vocab_size)
+
+
+def _records(rng: np.random.Generator, arrival_ns: np.ndarray, ins: np.ndarray, outs: np.ndarray,
+             prefix: int, vocab_size: int) -> list[dict]:
+    """Workload records with token ids drawn from ``rng``: the shared prefix, then each
+    prompt's own ids in request order (the order fixes the file for a seed)."""
     shared = rng.integers(0, vocab_size, size=prefix).tolist()
     records = []
-    for i in range(n):
+    for i in range(len(ins)):
         own = rng.integers(0, vocab_size, size=int(ins[i]) - prefix).tolist()
-        records.append(
-            {
-                "input_toks": int(ins[i]),
-                "output_toks": int(outs[i]),
-                "arrival_time_ns": int(arrival_ns[i]),
-                "input_tok_ids": shared + own,
-            }
-        )
+        records.append({"input_toks": int(ins[i]), "output_toks": int(outs[i]),
+                        "arrival_time_ns": int(arrival_ns[i]), "input_tok_ids": shared + own})
     return records
 
 
