@@ -1,4 +1,4 @@
-"""Predict the shared silicon rows from kernel databases through `mist silicon`.
+"""Predict the shared silicon rows from kernel databases (the library job behind `mist silicon`).
 
     python bench/silicon.py                        # every system with both kernels and rows
     python bench/silicon.py --arrivals staggered   # the steady state alone
@@ -9,7 +9,7 @@
 Prints, per system: rows predicted/skipped, TTFT and TPOT MAPE / median APE / bias
 (%), the same per model (marking the model the step overhead was fitted on: the
 others are its validation), where the kernel latencies came from, the wall time
-of the command, a TPOT decomposition, the TTFT residual left per input length and
+of the prediction, a TPOT decomposition, the TTFT residual left per input length and
 measured and predicted TTFT in units of the deployment's lone prefill by concurrency.
 Before them, from the measurements alone: every attention-DP row against the plain
 tensor + expert parallel row of the same deployment at D x its batch (the reading
@@ -19,10 +19,7 @@ tensor + expert parallel row of the same deployment at D x its batch (the readin
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runs import SHARED  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mist.replay.silicon import SiliconSettings, predict_deployments  # noqa: E402
 from mist.validate.cli.argtypes import ratio  # noqa: E402
 
 SILICON = SHARED / "silicon" / "aiconfigurator_silicon_sample.csv"
@@ -59,21 +57,13 @@ def main() -> int:
     for folder in sorted(p for p in KERNELS.iterdir() if p.is_dir()):
         if folder.name not in systems:
             continue
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "s.json"
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "mist.validate.cli", "silicon", "--silicon", str(SILICON),
-                            "--kernels", str(folder), "--models", str(SHARED / "models"),
-                            "--system", folder.name, "--backend", args.backend, "--arrivals", args.arrivals,
-                            "--json", str(out), "--out", tmp]
-                           + (["--no-step-overhead"] if args.no_step_overhead else [])
-                           + (["--no-moe-efficiency"] if args.no_moe_efficiency else [])
-                           + (["--length-ratio", str(args.length_ratio)] if args.length_ratio else []),
-                           check=True, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-            wall = time.perf_counter() - t0
-            s = json.loads(out.read_text())
-            rows = pd.read_csv(Path(tmp) / "predictions.csv")
+        t0 = time.perf_counter()
+        result = predict_deployments(SiliconSettings(
+            silicon=SILICON, kernels=folder, models=SHARED / "models", system=folder.name, backend=args.backend,
+            arrivals=args.arrivals, no_step_overhead=args.no_step_overhead,
+            no_moe_efficiency=args.no_moe_efficiency, length_ratio=args.length_ratio or None))
+        wall = time.perf_counter() - t0
+        s, rows = result.summary, result.predictions
         r, a, b = s["rows"], s["ttft"], s["tpot"]
         print(f"{folder.name:10s} {r['total']:5d} {r['predicted']:5d} {a['mape']:9.1f} {a['median_ape']:6.1f} "
               f"{a['bias']:+7.1f} {b['mape']:9.1f} {b['median_ape']:6.1f} {b['bias']:+7.1f} {wall:7.1f}")

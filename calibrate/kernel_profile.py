@@ -201,6 +201,82 @@ def moe_layer(ks: KernelSet, model: ModelConfig, tp: int, ep: int, gemm_dtype: s
     return np.where(t > 0, out, 0.0).reshape(shape)
 
 
+#: feature columns of the composed operator rows (None where an operator does not use one)
+FEATURES = ("tokens", "sequences", "prefill_chunk", "kv_prefill", "n_decode", "kv_decode", "activated_experts")
+
+
+class _Rows:
+    """Operator rows being composed, column by column (latencies in s)."""
+
+    def __init__(self):
+        self.columns: dict[str, list] = {"operator": [], "latency_s": [], **{key: [] for key in FEATURES}}
+
+    def add(self, op: str, lat, **feats) -> None:
+        n = int(np.size(lat))
+        self.columns["operator"] += [op] * n
+        self.columns["latency_s"] += [float(x) for x in np.ravel(lat)]
+        for key in FEATURES:
+            vals = feats.get(key)
+            self.columns[key] += [None] * n if vals is None else [int(v) for v in np.ravel(vals)]
+
+
+def _linear_rows(rows: _Rows, ks: KernelSet, model: ModelConfig, tp: int, gemm_dtype: str, T) -> None:
+    """Attention projections and the dense MLP of one TP rank, by tokens."""
+    d, hid = model.head_dim, model.hidden_size
+    h_tp, kv_tp, i_tp = model.num_heads // tp, max(1, model.num_kv_heads // tp), model.intermediate_size // tp
+    rows.add("qkv_proj", ks.gemm(T, (h_tp + 2 * kv_tp) * d, hid, gemm_dtype), tokens=T)
+    rows.add("o_proj", ks.gemm(T, hid, h_tp * d, gemm_dtype), tokens=T)
+    if model.num_layers > model.num_moe_layers:  # dense MLP layers
+        rows.add("gate_up_proj", ks.gemm(T, 2 * i_tp, hid, gemm_dtype), tokens=T)
+        rows.add("down_proj", ks.gemm(T, hid, i_tp, gemm_dtype), tokens=T)
+        rows.add("act_fn", ks.elementwise(T * 3 * i_tp * ACT_BYTES), tokens=T)
+
+
+def _moe_rows(rows: _Rows, ks: KernelSet, model: ModelConfig, tp: int, budget: int, expert_parallel: int,
+              moe_dtype: str, moe_efficiency: dict | None) -> None:
+    """One MoE layer by tokens per EP rank and experts hit on the rank."""
+    local = model.num_experts // expert_parallel
+    hits = np.array(sorted(set(range(1, min(local, 16) + 1)) | set(_geometric(16, local, 1.25))), dtype=float)
+    tt, hh = np.meshgrid(token_grid(-(-budget // expert_parallel)), hits, indexing="ij")
+    rows.add("moe", moe_layer(ks, model, tp, expert_parallel, moe_dtype, tt, hh, moe_efficiency),
+             tokens=tt, activated_experts=hh)
+
+
+def _memory_bound_rows(rows: _Rows, ks: KernelSet, model: ModelConfig, tp: int, T, max_seqs: int) -> None:
+    """Norms, rotary embedding, embedding by tokens; the LM head and sampler by sequences."""
+    a, d, hid = ACT_BYTES, model.head_dim, model.hidden_size
+    h_tp, kv_tp = model.num_heads // tp, max(1, model.num_kv_heads // tp)
+    rows.add("layernorm", ks.elementwise(T * hid * a * 2), tokens=T)
+    rows.add("rotary_emb", ks.elementwise(T * (h_tp + kv_tp) * d * a * 2), tokens=T)
+    if model.qk_norm:
+        rows.add("qk_norm", ks.elementwise(T * (h_tp + kv_tp) * d * a * 2), tokens=T)
+    rows.add("embedding", ks.elementwise(T * hid * a), tokens=T)
+    rows.add("final_layernorm", ks.elementwise(T * hid * a * 2), tokens=T)
+    S = np.array(_geometric(1, max_seqs, 1.25), dtype=float)
+    vocab_tp = -(-model.vocab_size // tp)
+    rows.add("lm_head", ks.gemm(S, vocab_tp, hid, "bfloat16"), sequences=S)
+    # logits (fp32) gathered and read by softmax/sampling a few times
+    rows.add("sampler", ks.elementwise(S * model.vocab_size * 4 * 3), sequences=S)
+
+
+def _attention_rows(rows: _Rows, ks: KernelSet, model: ModelConfig, tp: int, kv_dtype: str, budget: int,
+                    max_seqs: int, max_len: int) -> None:
+    """One layer's attention on the 4-D batch grid, the mean over full and windowed layers."""
+    C, K, N, V = attention_grid(budget, max_seqs, max_len)
+    shape = (model.num_heads // tp, max(1, model.num_kv_heads // tp), model.head_dim)
+    pre = prefill_attention(ks, C[:, None], K[None, :], shape, kv_dtype)  # (C, K)
+    dec = decode_attention(ks, N[:, None], V[None, :], shape, kv_dtype)  # (N, V)
+    if model.num_sliding_layers and model.sliding_window:
+        share, window = model.num_sliding_layers / model.num_layers, model.sliding_window
+        pre_w = windowed_prefill_attention(ks, C[:, None], K[None, :], window, shape, kv_dtype)
+        dec_w = decode_attention(ks, N[:, None], np.minimum(V, window)[None, :], shape, kv_dtype)
+        pre = (1 - share) * pre + share * pre_w
+        dec = (1 - share) * dec + share * dec_w
+    grid = pre[:, :, None, None] + dec[None, None, :, :]
+    cc, kk, nn, vv = np.meshgrid(C, K, N, V, indexing="ij")
+    rows.add("attention", grid.ravel(), prefill_chunk=cc, kv_prefill=kk, n_decode=nn, kv_decode=vv)
+
+
 def kernel_operator_profile(ks: KernelSet, model: ModelConfig, tp: int, gemm_dtype: str = "bfloat16",
                             kv_dtype: str = "bfloat16", budget: int = 8192, max_seqs: int = 256,
                             max_len: int = 32768, expert_parallel: int = 1,
@@ -219,59 +295,14 @@ def kernel_operator_profile(ks: KernelSet, model: ModelConfig, tp: int, gemm_dty
         raise ValueError(f"expert_parallel must be 1 or tp={tp}, not {expert_parallel}")
     if model.kv_lora_rank:
         raise ValueError(f"{model.name}: multi-head latent attention is not composed from kernels yet")
-    H, KV, d, hid = model.num_heads, model.num_kv_heads, model.head_dim, model.hidden_size
-    h_tp, kv_tp, i_tp = H // tp, max(1, KV // tp), model.intermediate_size // tp
     T = token_grid(budget)
-    features = ("tokens", "sequences", "prefill_chunk", "kv_prefill", "n_decode", "kv_decode",
-                "activated_experts")
-    rows: dict[str, list] = {"operator": [], "latency_s": [], **{key: [] for key in features}}
-
-    def add(op, lat, **feats):
-        n = int(np.size(lat))
-        rows["operator"] += [op] * n
-        rows["latency_s"] += [float(x) for x in np.ravel(lat)]
-        for key in features:
-            vals = feats.get(key)
-            rows[key] += [None] * n if vals is None else [int(v) for v in np.ravel(vals)]
-
-    add("qkv_proj", ks.gemm(T, (h_tp + 2 * kv_tp) * d, hid, gemm_dtype), tokens=T)
-    add("o_proj", ks.gemm(T, hid, h_tp * d, gemm_dtype), tokens=T)
-    a = ACT_BYTES
-    if model.num_layers > model.num_moe_layers:  # dense MLP layers
-        add("gate_up_proj", ks.gemm(T, 2 * i_tp, hid, gemm_dtype), tokens=T)
-        add("down_proj", ks.gemm(T, hid, i_tp, gemm_dtype), tokens=T)
-        add("act_fn", ks.elementwise(T * 3 * i_tp * a), tokens=T)
+    rows = _Rows()
+    _linear_rows(rows, ks, model, tp, gemm_dtype, T)
     if model.num_moe_layers:
-        local = model.num_experts // expert_parallel
-        hits = np.array(sorted(set(range(1, min(local, 16) + 1)) | set(_geometric(16, local, 1.25))), dtype=float)
-        tt, hh = np.meshgrid(token_grid(-(-budget // expert_parallel)), hits, indexing="ij")
-        add("moe", moe_layer(ks, model, tp, expert_parallel, moe_dtype or gemm_dtype, tt, hh, moe_efficiency),
-            tokens=tt, activated_experts=hh)
-    add("layernorm", ks.elementwise(T * hid * a * 2), tokens=T)
-    add("rotary_emb", ks.elementwise(T * (h_tp + kv_tp) * d * a * 2), tokens=T)
-    if model.qk_norm:
-        add("qk_norm", ks.elementwise(T * (h_tp + kv_tp) * d * a * 2), tokens=T)
-    add("embedding", ks.elementwise(T * hid * a), tokens=T)
-    add("final_layernorm", ks.elementwise(T * hid * a * 2), tokens=T)
-    S = np.array(_geometric(1, max_seqs, 1.25), dtype=float)
-    vocab_tp = -(-model.vocab_size // tp)
-    add("lm_head", ks.gemm(S, vocab_tp, hid, "bfloat16"), sequences=S)
-    # logits (fp32) gathered and read by softmax/sampling a few times
-    add("sampler", ks.elementwise(S * model.vocab_size * 4 * 3), sequences=S)
-    C, K, N, V = attention_grid(budget, max_seqs, max_len)
-    shape = (h_tp, kv_tp, d)
-    pre = prefill_attention(ks, C[:, None], K[None, :], shape, kv_dtype)  # (C, K)
-    dec = decode_attention(ks, N[:, None], V[None, :], shape, kv_dtype)  # (N, V)
-    if model.num_sliding_layers and model.sliding_window:
-        share, window = model.num_sliding_layers / model.num_layers, model.sliding_window
-        pre_w = windowed_prefill_attention(ks, C[:, None], K[None, :], window, shape, kv_dtype)
-        dec_w = decode_attention(ks, N[:, None], np.minimum(V, window)[None, :], shape, kv_dtype)
-        pre = (1 - share) * pre + share * pre_w
-        dec = (1 - share) * dec + share * dec_w
-    grid = pre[:, :, None, None] + dec[None, None, :, :]
-    cc, kk, nn, vv = np.meshgrid(C, K, N, V, indexing="ij")
-    add("attention", grid.ravel(), prefill_chunk=cc, kv_prefill=kk, n_decode=nn, kv_decode=vv)
-    n = len(rows["operator"])
-    cols = dict(rows, hardware=[ks.sheet.name] * n, tp=[tp] * n, dtype=[gemm_dtype] * n,
+        _moe_rows(rows, ks, model, tp, budget, expert_parallel, moe_dtype or gemm_dtype, moe_efficiency)
+    _memory_bound_rows(rows, ks, model, tp, T, max_seqs)
+    _attention_rows(rows, ks, model, tp, kv_dtype, budget, max_seqs, max_len)
+    n = len(rows.columns["operator"])
+    cols = dict(rows.columns, hardware=[ks.sheet.name] * n, tp=[tp] * n, dtype=[gemm_dtype] * n,
                 model=[model.name] * n, source=["kernels"] * n)
     return from_columns(OPERATOR_PROFILE, cols)

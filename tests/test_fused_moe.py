@@ -16,7 +16,6 @@ from mist.calibrate.kernels import Datasheet, KernelSet
 from mist.traces.errors import TraceError
 
 REPO = Path(__file__).resolve().parents[1]
-H100 = "profiles/aiconfigurator/h100_sxm"
 
 
 @pytest.fixture
@@ -91,14 +90,14 @@ def test_measurement_reader_rejects_bad_input(tmp_path, change, reason):
     assert str(path) in str(err.value)
 
 
-def test_shipped_efficiency_is_the_fit_of_the_shipped_measurements(shared_data):
+def test_shipped_efficiency_is_the_fit_of_the_shipped_measurements(shared):
     # profiles/fused_moe_efficiency.yaml was written by `mist silicon --fit-moe-efficiency`
     # (README); refitting on the same published times and H100 tables gives the same rates
-    from mist.replay.silicon import KernelVersions
-    from mist.validate.cli.silicon import _datasheet
+    from mist.calibrate.kernels import system_datasheet
+    from mist.replay.silicon_kernels import KernelVersions
 
-    sheet, _ = _datasheet(shared_data / H100, "h100_sxm")
-    ks = KernelVersions(shared_data / H100, sheet, hardware="h100_sxm", framework="vllm").for_version(None)
+    sheet, _ = system_datasheet(shared.h100_kernels, "h100_sxm")
+    ks = KernelVersions(shared.h100_kernels, sheet, hardware="h100_sxm", framework="vllm").for_version(None)
     system, source, series = fused_moe.read_measurements(REPO / "profiles" / "fused_moe_measurements.yaml")
     fit = fused_moe.fit_efficiency(ks, system, source, series)
     shipped = fused_moe.FusedMoEEfficiency.load(fused_moe.DEFAULT_EFFICIENCY)

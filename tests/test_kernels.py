@@ -10,15 +10,13 @@ import pyarrow as pa
 import pytest
 
 from mist.calibrate.kernel_profile import prefill_attention
-from mist.calibrate.kernels import Datasheet, KernelSet, LogGrid
+from mist.calibrate.kernels import Datasheet, KernelSet
+from mist.calibrate.kernels_grid import LogGrid
 from mist.replay.clients import run_closed_loop
 from mist.replay.config import EngineConfig
 from mist.replay.step_cost import StepCost
 from mist.traces.errors import TraceError
 from mist.traces.readers.silicon import read_silicon
-
-H100 = "profiles/aiconfigurator/h100_sxm"
-SILICON = "silicon/aiconfigurator_silicon_sample.csv"
 
 
 # -- LogGrid: closed-form checks --------------------------------------------------------
@@ -152,11 +150,11 @@ def test_silicon_reader_reports_bad_numbers(tmp_path):
     assert err.value.line == 3 and "osl" in str(err.value)
 
 
-def test_kernel_db_reader_units_and_families(shared_data):
+def test_kernel_db_reader_units_and_families(shared):
     from mist.traces.readers.aiconfigurator import read_kernel_db
 
-    table = read_kernel_db(shared_data / H100, version="0.19.0").to_pandas()
-    raw = pd.read_parquet(shared_data / H100 / "gemm/vllm/0.19.0/gemm_perf.parquet")
+    table = read_kernel_db(shared.h100_kernels, version="0.19.0").to_pandas()
+    raw = pd.read_parquet(shared.h100_kernels / "gemm/vllm/0.19.0/gemm_perf.parquet")
     r = raw.iloc[0]
     row = table[(table.operator == "gemm") & (table.dtype == r.gemm_dtype) & (table.m == r.m)
                 & (table.n == r.n) & (table.k == r.k)]
@@ -169,10 +167,10 @@ def test_kernel_db_reader_units_and_families(shared_data):
     assert lat[-1] > 10 * lat[0]
 
 
-def test_kernel_set_answers_inside_measured_range_as_measured(shared_data):
+def test_kernel_set_answers_inside_measured_range_as_measured(shared):
     from mist.traces.readers.aiconfigurator import read_kernel_db, read_system_yaml
 
-    d = shared_data / H100
+    d = shared.h100_kernels
     prof = read_kernel_db(d, version="0.19.0")
     ks = KernelSet(prof, Datasheet.from_aiconfigurator("h100_sxm", read_system_yaml(d)))
     raw = pd.read_parquet(d / "gemm/vllm/0.19.0/gemm_perf.parquet")
@@ -187,26 +185,63 @@ def test_kernel_set_answers_inside_measured_range_as_measured(shared_data):
     assert ks.tally()["gemm"]["weight-only"] == 1
 
 
-def test_silicon_command_on_a_few_rows(shared_data, tmp_path):
-    from mist.validate.cli import main
-
-    rows = pd.read_csv(shared_data / SILICON)
+@pytest.fixture(scope="module")
+def few_rows_csv(shared, tmp_path_factory):
+    """Two Qwen3-32B rows and one disaggregated row of h100_sxm/vllm."""
+    rows = pd.read_csv(shared.silicon_csv)
     pick = rows[(rows.system == "h100_sxm") & (rows.backend == "vllm")]
     pick = pd.concat([pick[pick.model_path == "Qwen/Qwen3-32B"].head(2),
                       pick[pick["mode"] == "disagg"].head(1)])
-    csv = tmp_path / "rows.csv"
+    csv = tmp_path_factory.mktemp("few") / "rows.csv"
     pick.to_csv(csv, index=False)
-    out = tmp_path / "summary.json"
-    rc = main(["silicon", "--silicon", str(csv), "--kernels", str(shared_data / H100),
-               "--models", str(shared_data / "models"), "--system", "h100_sxm", "--json", str(out)])
-    assert rc == 0
-    s = json.loads(out.read_text())
+    return csv
+
+
+def _check_few_rows_summary(s: dict) -> None:
     assert s["rows"]["total"] == 3 and s["rows"]["predicted"] == 2
     assert sum(s["rows"]["skipped"].values()) == 1
     for metric in ("ttft", "tpot"):
         assert set(s[metric]) == {"mape", "median_ape", "p90_ape", "bias"}
     # predictions are of the measured order of magnitude (not a tuned bar: a sanity bound)
     assert 0 < s["tpot"]["mape"] < 100
+
+
+def test_predict_deployments_on_a_few_rows(shared, few_rows_csv):
+    from mist.replay.silicon import SiliconSettings, predict_deployments
+
+    result = predict_deployments(SiliconSettings(silicon=few_rows_csv, kernels=shared.h100_kernels,
+                                                 models=shared.models, system="h100_sxm", kernel_cv=False))
+    _check_few_rows_summary(result.summary)
+    assert len(result.predictions) == 3 and result.predictions["pred_ttft_ms"].notna().sum() == 2
+    assert result.summary["kernel_cv"] == {} and result.kernel_cv.empty
+
+
+@pytest.mark.slow  # the command cross-validates every kernel table (~20 s); the test above is the fast one
+def test_silicon_command_on_a_few_rows(shared, few_rows_csv, tmp_path):
+    from mist.validate.cli import main
+
+    out = tmp_path / "summary.json"
+    rc = main(["silicon", "--silicon", str(few_rows_csv), "--kernels", str(shared.h100_kernels),
+               "--models", str(shared.models), "--system", "h100_sxm", "--json", str(out), "--out", str(tmp_path)])
+    assert rc == 0
+    s = json.loads(out.read_text())
+    _check_few_rows_summary(s)
+    assert s["kernel_cv"]["gemm/bfloat16"]["held_out"] > 0
+    assert {p.name for p in tmp_path.iterdir()} >= {"predictions.csv", "scatter.png", "kernel_cv.csv"}
+
+
+def test_cross_validation_holds_out_measured_shapes():
+    # a pure power law along one axis: every held-out message size is filled exactly
+    # from its neighbours (log-log interpolation inside, the local power law outside)
+    from mist.calibrate.kernels_grid import cross_validate_kernels
+
+    size = 2.0 ** np.arange(10, 30)
+    table = pa.table({"operator": ["nccl_all_reduce"] * len(size), "dtype": ["half"] * len(size),
+                      "tp": [8] * len(size), "message_bytes": size, "latency_s": 1e-9 * size**0.8})
+    cv = cross_validate_kernels(table, k=4)
+    assert list(cv["kernel"]) == ["nccl_all_reduce"] and list(cv["variant"]) == ["half"]
+    assert 0 < cv["held_out"].iloc[0] <= len(size)
+    assert cv["mape"].iloc[0] < 1e-6
 
 
 def test_loggrid_caps_measurement_spikes_by_larger_shapes():
@@ -221,25 +256,25 @@ def test_loggrid_caps_measurement_spikes_by_larger_shapes():
     assert LogGrid(m[:, None], y, monotone=False).predict([[2048.0]])[0][0] == pytest.approx(0.748e-3)
 
 
-def test_gemm_dtype_of_rows_and_checkpoints(shared_data):
+def test_gemm_dtype_of_rows_and_checkpoints(shared):
     from mist.profiles.model import load_model_config
-    from mist.replay.silicon import gemm_dtype
+    from mist.replay.silicon_rows import gemm_dtype
 
-    block = load_model_config(shared_data / "models" / "Qwen--Qwen3-32B-FP8_config.json")
-    dense = load_model_config(shared_data / "models" / "Qwen--Qwen3-32B_config.json")
+    block = load_model_config(shared.models / "Qwen--Qwen3-32B-FP8_config.json")
+    dense = load_model_config(shared.models / "Qwen--Qwen3-32B_config.json")
     assert block.quantization == "fp8_block"  # quantization_config has weight_block_size
     assert gemm_dtype(pd.Series({"gemm_quant_mode": "fp8"}), block) == "fp8_block"
     assert gemm_dtype(pd.Series({"gemm_quant_mode": "fp8"}), dense) == "fp8"
     assert gemm_dtype(pd.Series({"gemm_quant_mode": float("nan"), "precision": float("nan")}), dense) == "bfloat16"
 
 
-def test_rows_of_a_four_bit_requantised_fp8_checkpoint(shared_data):
+def test_rows_of_a_four_bit_requantised_fp8_checkpoint(shared):
     # MiniMax-M2.5 ships block-scaled fp8; its Blackwell "nvfp4" rows ran an NVFP4
     # re-quantisation, so both its GEMMs and its experts are 4-bit there
     from mist.profiles.model import load_model_config
-    from mist.replay.silicon import gemm_dtype, moe_dtype
+    from mist.replay.silicon_rows import gemm_dtype, moe_dtype
 
-    model = load_model_config(shared_data / "models" / "MiniMaxAI--MiniMax-M2.5_config.json")
+    model = load_model_config(shared.models / "MiniMaxAI--MiniMax-M2.5_config.json")
     assert model.quantization == "fp8_block"
     fp4 = pd.Series({"gemm_quant_mode": "nvfp4", "moe_quant_mode": "nvfp4"})
     fp8 = pd.Series({"gemm_quant_mode": "fp8", "moe_quant_mode": "fp8"})
@@ -249,10 +284,10 @@ def test_rows_of_a_four_bit_requantised_fp8_checkpoint(shared_data):
     assert gemm_dtype(odd, model) == "fp8_block"  # unknown names are not read as 4-bit
 
 
-def test_ingest_reads_a_kernel_database_folder(shared_data, tmp_path):
+def test_ingest_reads_a_kernel_database_folder(shared, tmp_path):
     from mist.traces.formats import detect_format, read_profile
 
-    d = shared_data / H100
+    d = shared.h100_kernels
     assert detect_format(d) == "aiconfigurator-dir"
     res = read_profile(d)
     ops = res.rows_per_operator()
@@ -282,7 +317,7 @@ def test_kernel_db_prefers_the_serving_engine_and_its_nearest_version(tmp_path):
     assert lat(version="v0.13.0", framework="vllm") == [1e-3]
 
     # each silicon row reads the tables nearest its own engine version
-    from mist.replay.silicon import KernelVersions
+    from mist.replay.silicon_kernels import KernelVersions
 
     sheet = Datasheet(name="toy", mem_bw_bytes_s=1e12, peak_flops={"bfloat16": 1e15})
     kv = KernelVersions(root, sheet, framework="vllm", default="0.12.0")
@@ -401,37 +436,37 @@ def test_moe_experts_in_an_unmeasured_4bit_format_run_weight_only():
     assert big - fp8 == pytest.approx(experts_bf16 / 2, rel=1e-6)  # bf16 compute: twice fp8's
 
 
-def test_gpt_oss_rows_are_composed_with_bf16_attention_and_mxfp4_experts(shared_data):
+def test_gpt_oss_rows_are_composed_with_bf16_attention_and_mxfp4_experts(shared):
     from mist.profiles.model import load_model_config
-    from mist.replay.silicon import (
+    from mist.replay.silicon_predict import kv_blocks_for
+    from mist.replay.silicon_rows import (
         find_model,
         gemm_dtype,
-        kv_blocks_for,
         model_index,
         moe_dtype,
         skip_reason,
     )
     from mist.traces.readers.aiconfigurator import read_kernel_db, read_system_yaml
 
-    index = model_index(shared_data / "models")
+    index = model_index(shared.models)
     model = load_model_config(find_model(index, "openai/gpt-oss-120b"))
     assert (model.quantization, model.sliding_window, model.num_sliding_layers) == ("mxfp4", 128, 18)
-    rows = read_silicon(shared_data / SILICON)
+    rows = read_silicon(shared.silicon_csv)
     oss = rows[(rows.system == "h100_sxm") & (rows.backend == "vllm") & (rows.model_path == "openai/gpt-oss-120b")]
     row = oss.iloc[0]
     assert (gemm_dtype(row, model), moe_dtype(row, model)) == ("bfloat16", "mxfp4")
-    sheet = Datasheet.from_aiconfigurator("h100_sxm", read_system_yaml(shared_data / H100))
-    kernels = KernelSet(read_kernel_db(shared_data / H100, hardware="h100_sxm", framework="vllm"), sheet)
+    sheet = Datasheet.from_aiconfigurator("h100_sxm", read_system_yaml(shared.h100_kernels))
+    kernels = KernelSet(read_kernel_db(shared.h100_kernels, hardware="h100_sxm", framework="vllm"), sheet)
     assert {skip_reason(r, index, kernels) for _, r in oss.iterrows()} == {None}
     # 4-bit experts leave more room for KV than bf16 ones would; only the 18 full-attention
     # layers' KV grows with the sequence
     assert kv_blocks_for(model, sheet, 2, "bfloat16", "mxfp4") > 1.5 * kv_blocks_for(model, sheet, 2, "bfloat16")
 
 
-def test_kernel_profile_tables_moe_layers_and_silicon_reads_their_sharding(shared_data):
+def test_kernel_profile_tables_moe_layers_and_silicon_reads_their_sharding(shared):
     from mist.calibrate.calibration import fit_operators
     from mist.calibrate.kernel_profile import kernel_operator_profile
-    from mist.replay.silicon import expert_parallel_of, model_index, skip_reason
+    from mist.replay.silicon_rows import expert_parallel_of, model_index, skip_reason
     from mist.traces.readers.aiconfigurator import read_kernel_db
 
     ks, model = _moe_toy()
@@ -452,18 +487,18 @@ def test_kernel_profile_tables_moe_layers_and_silicon_reads_their_sharding(share
     assert expert_parallel_of(pd.Series({"tp_size": 4.0, "moe_tp_size": 4.0, "moe_ep_size": 1.0}), 4) == 1
     assert expert_parallel_of(pd.Series({"tp_size": 4.0}), 4) == 1
     assert expert_parallel_of(pd.Series({"tp_size": 4.0, "moe_tp_size": 2.0, "moe_ep_size": 2.0}), 4) is None
-    rows = read_silicon(shared_data / SILICON)
+    rows = read_silicon(shared.silicon_csv)
     minimax = rows[(rows.system == "h100_sxm") & (rows.model_path == "MiniMaxAI/MiniMax-M2.5")]
-    kernels = KernelSet(read_kernel_db(shared_data / H100, hardware="h100_sxm", framework="vllm"), ks.sheet)
-    reasons = {skip_reason(r, model_index(shared_data / "models"), kernels) for _, r in minimax.iterrows()}
+    kernels = KernelSet(read_kernel_db(shared.h100_kernels, hardware="h100_sxm", framework="vllm"), ks.sheet)
+    reasons = {skip_reason(r, model_index(shared.models), kernels) for _, r in minimax.iterrows()}
     assert reasons == {None}  # attention-DP rows included (their experts span the TP ranks)
     dp_rows = minimax[minimax["attention_dp_size"] > 1]
     assert len(dp_rows) and all(expert_parallel_of(r, int(r["tp_size"])) == int(r["tp_size"])
                                 for _, r in dp_rows.iterrows())
 
 
-def test_attention_dp_rows_count_users_per_rank_and_skip_dense_models(shared_data):
-    from mist.replay.silicon import (
+def test_attention_dp_rows_count_users_per_rank_and_skip_dense_models(shared):
+    from mist.replay.silicon_rows import (
         attention_dp_of,
         expert_parallel_of,
         model_index,
@@ -480,9 +515,9 @@ def test_attention_dp_rows_count_users_per_rank_and_skip_dense_models(shared_dat
     assert expert_parallel_of(pd.Series({**dp, "moe_ep_size": 8.0}), 4) is None  # experts over half the GPUs
     plain = pd.Series({"batch_size": 16.0, "tp_size": 4.0, "attention_dp_size": float("nan")})
     assert attention_dp_of(plain) == 1 and users_of(plain) == 16
-    index = model_index(shared_data / "models")
-    sheet = Datasheet.from_aiconfigurator("h100_sxm", read_system_yaml(shared_data / H100))
-    kernels = KernelSet(read_kernel_db(shared_data / H100, hardware="h100_sxm", framework="vllm"), sheet)
+    index = model_index(shared.models)
+    sheet = Datasheet.from_aiconfigurator("h100_sxm", read_system_yaml(shared.h100_kernels))
+    kernels = KernelSet(read_kernel_db(shared.h100_kernels, hardware="h100_sxm", framework="vllm"), sheet)
     base = {"mode": "agg", "batch_size": 8.0, "pp_size": 1.0, "precision": "fp8", "gemm_quant_mode": "fp8"}
     dense = pd.Series({**base, "model_path": "meta-llama/Llama-3.1-70B", "tp_size": 4.0, "attention_dp_size": 2.0})
     assert skip_reason(dense, index, kernels) == "attention data parallel of a dense model"
@@ -522,24 +557,25 @@ def test_formats_without_tensor_cores_run_weight_only_gemms():
     assert not fp8_device.weight_only("fp8") and fp8_device.weight_only("mxfp4")
 
 
-def test_fp8_rows_on_a_device_without_fp8_are_predicted_weight_only(shared_data):
-    from mist.replay.silicon import model_index, skip_reason
+def test_fp8_rows_on_a_device_without_fp8_are_predicted_weight_only(shared):
+    from mist.replay.silicon_rows import model_index, skip_reason
     from mist.traces.readers.aiconfigurator import read_kernel_db, read_system_yaml
 
-    a100 = shared_data / "profiles/aiconfigurator/a100_sxm"
+    a100 = shared.aiconfigurator / "a100_sxm"
     sheet = Datasheet.from_aiconfigurator("a100_sxm", read_system_yaml(a100))
     kernels = KernelSet(read_kernel_db(a100, hardware="a100_sxm", framework="vllm"), sheet)
     assert kernels.gemm_dtypes() == ["bfloat16"] and "fp8" not in sheet.peak_flops
-    rows = read_silicon(shared_data / SILICON)
+    rows = read_silicon(shared.silicon_csv)
     llama = rows[(rows.system == "h100_sxm") & (rows.backend == "vllm")
                  & (rows.model_path == "meta-llama/Llama-3.1-70B")]
     assert set(llama["gemm_quant_mode"]) == {"fp8"}
-    index = model_index(shared_data / "models")
+    index = model_index(shared.models)
     assert {skip_reason(r, index, kernels) for _, r in llama.iterrows()} == {None}
     # and predicted: decode reads one byte per weight, so it beats the same row in bf16,
     # but no more than the halved weight reads allow
     from mist.profiles.model import load_model_config
-    from mist.replay.silicon import find_model, predict_row
+    from mist.replay.silicon_predict import predict_row
+    from mist.replay.silicon_rows import find_model
 
     row = llama[llama.tp_size == 8].sort_values(["batch_size", "isl", "osl"]).iloc[0]
     model = load_model_config(find_model(index, row["model_path"]))

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 
 from mist.calibrate.lookup import GridLookup
+from mist.calibrate.step_overhead import StepOverhead, fit_step_overhead
 from mist.replay.clients import run_closed_loop
 from mist.replay.config import EngineConfig
-from mist.replay.silicon import StepOverhead, fit_step_overhead
+from mist.replay.silicon_predict import with_step_overhead
 from mist.replay.step_cost import StepCost
 from mist.traces.errors import TraceError
-
-H100 = "profiles/aiconfigurator/h100_sxm"
-SILICON = "silicon/aiconfigurator_silicon_sample.csv"
 
 
 def _flat_cost(step_s: float) -> StepCost:
@@ -34,7 +34,7 @@ def test_first_wave_queues_behind_its_own_prefills_closed_form():
 def test_step_overhead_adds_per_step_and_per_sequence_time():
     cost = _flat_cost(0.004)
     extra = StepOverhead(per_step_s=0.0013, per_sequence_s=20e-6)
-    with_it = extra.apply(cost)
+    with_it = with_step_overhead(cost, extra)
     for seqs, tokens in ((1, 1), (8, 8), (64, 1088), (250, 250)):
         base = cost.step_s(tokens, seqs, [], seqs, 0, 0)
         assert with_it.step_s(tokens, seqs, [], seqs, 0, 0) - base == pytest.approx(0.0013 + 20e-6 * seqs)
@@ -78,22 +78,23 @@ def test_fit_recovers_an_overhead_and_never_goes_negative():
 
 
 @pytest.fixture(scope="module")
-def llama_rows(shared_data):
+def llama_rows(shared):
+    from mist.calibrate.kernels import system_datasheet
     from mist.profiles.model import load_model_config
-    from mist.replay.silicon import KernelVersions, find_model, model_index
-    from mist.validate.cli.silicon import _datasheet
+    from mist.replay.silicon_kernels import KernelVersions
+    from mist.replay.silicon_rows import find_model, model_index
 
-    rows = pd.read_csv(shared_data / SILICON)
+    rows = pd.read_csv(shared.silicon_csv)
     rows = rows[(rows.system == "h100_sxm") & (rows.backend == "vllm") & (rows.model_path == "meta-llama/Llama-3.1-70B")
                 & (rows.tp_size == 8) & (rows.isl == 1024) & (rows.osl == 1024)].sort_values("batch_size")
-    sheet, _ = _datasheet(shared_data / H100, "h100_sxm")
-    kernels = KernelVersions(shared_data / H100, sheet, hardware="h100_sxm", framework="vllm").for_version(None)
-    model = load_model_config(find_model(model_index(shared_data / "models"), "meta-llama/Llama-3.1-70B"))
+    sheet, _ = system_datasheet(shared.h100_kernels, "h100_sxm")
+    kernels = KernelVersions(shared.h100_kernels, sheet, hardware="h100_sxm", framework="vllm").for_version(None)
+    model = load_model_config(find_model(model_index(shared.models), "meta-llama/Llama-3.1-70B"))
     return rows, model, kernels
 
 
 def test_benchmark_mean_is_the_first_wave_blended_with_the_steady_state(llama_rows):
-    from mist.replay.silicon import predict_row
+    from mist.replay.silicon_predict import predict_row
 
     rows, model, kernels = llama_rows
     row, cache = rows.iloc[-1], {}
@@ -108,7 +109,7 @@ def test_benchmark_mean_is_the_first_wave_blended_with_the_steady_state(llama_ro
 def test_lockstep_end_of_the_protocol_range(llama_rows):
     # clients kept in lock-step queue their prompts behind each other every wave, so
     # the lock-step mean is the larger; a one-wave benchmark has no range at all
-    from mist.replay.silicon import predict_row
+    from mist.replay.silicon_predict import predict_row
 
     rows, model, kernels = llama_rows
     row, cache = rows.iloc[-1], {}
@@ -133,7 +134,7 @@ def test_protocol_range_places_measurements_between_the_two_ends():
 def test_benchmark_means_follow_measured_ttft_growth_with_concurrency(llama_rows):
     # measured TTFT of Llama-3.1-70B fp8 TP 8, 1k/1k grows 2.6x from 4 to 64 users;
     # the steady state alone cannot show that, the benchmark's whole-run mean does
-    from mist.replay.silicon import predict_row
+    from mist.replay.silicon_predict import predict_row
 
     rows, model, kernels = llama_rows
     lo, hi = rows.iloc[0], rows.iloc[-1]
@@ -145,52 +146,69 @@ def test_benchmark_means_follow_measured_ttft_growth_with_concurrency(llama_rows
     assert growth["benchmark"] == pytest.approx(measured, rel=0.2)
 
 
-def test_silicon_command_fits_an_overhead_and_reports_it(shared_data, tmp_path):
-    import json
-
-    from mist.validate.cli import main
-
-    rows = pd.read_csv(shared_data / SILICON)
+@pytest.fixture(scope="module")
+def two_models_csv(shared, tmp_path_factory):
+    """Llama-3.1-70B and Qwen3-32B rows at TP 8, 1k/1k, up to 8 users (2 rows each)."""
+    rows = pd.read_csv(shared.silicon_csv)
     rows = rows[(rows.system == "h100_sxm") & (rows.backend == "vllm") & (rows.tp_size == 8) & (rows.isl == 1024)
                 & (rows.osl == 1024) & (rows.batch_size <= 8)]
     rows = rows[rows.model_path.isin(["meta-llama/Llama-3.1-70B", "Qwen/Qwen3-32B"])]
-    csv = tmp_path / "rows.csv"
+    csv = tmp_path_factory.mktemp("silicon") / "rows.csv"
     rows.to_csv(csv, index=False)
-    base = ["silicon", "--silicon", str(csv), "--kernels", str(shared_data / H100), "--models",
-            str(shared_data / "models"), "--system", "h100_sxm"]
-    fitted, out = tmp_path / "overhead.yaml", tmp_path / "s.json"
-    assert main(base + ["--fit-step-overhead", str(fitted), "--fit-model", "meta-llama/Llama-3.1-70B",
-                        "--json", str(out)]) == 0
+    return csv
+
+
+def test_predict_deployments_fits_an_overhead_and_reports_it(shared, two_models_csv, tmp_path):
+    from mist.replay.silicon import SiliconSettings, predict_deployments
+
+    base = SiliconSettings(silicon=two_models_csv, kernels=shared.h100_kernels, models=shared.models,
+                           system="h100_sxm", kernel_cv=False)
+    fitted = tmp_path / "overhead.yaml"
+    result = predict_deployments(replace(base, fit_step_overhead=fitted, fit_model="meta-llama/Llama-3.1-70B"))
     overhead = StepOverhead.load(fitted)
     assert overhead.fitted_on["model"] == "meta-llama/Llama-3.1-70B" and overhead.fitted_on["rows"] == 2
-    s = json.loads(out.read_text())
+    assert result.step_overhead.fitted_on == overhead.fitted_on
+    s = result.summary
     assert s["step_overhead"]["per_step_ms"] == pytest.approx(overhead.per_step_s * 1e3)
+    assert s["step_overhead"]["source"] == f"fitted here, written to {fitted}"
     assert set(s["by_model"]) == {"meta-llama/Llama-3.1-70B", "Qwen/Qwen3-32B"}
+    assert s["settings"]["requests_per_user"] == 10 and s["kernel_cv"] == {}
     # the fit brings the training rows' TPOT closer to the measurement than kernels alone
-    bare = tmp_path / "bare.json"
-    assert main(base + ["--no-step-overhead", "--json", str(bare)]) == 0
-    before = json.loads(bare.read_text())["by_model"]["meta-llama/Llama-3.1-70B"]["tpot"]["mape"]
+    bare = predict_deployments(replace(base, no_step_overhead=True)).summary
+    assert bare["step_overhead"] is None
+    before = bare["by_model"]["meta-llama/Llama-3.1-70B"]["tpot"]["mape"]
     assert s["by_model"]["meta-llama/Llama-3.1-70B"]["tpot"]["mape"] <= before
+
+
+def test_silicon_command_refuses_fitting_flags_that_do_not_go_together(shared, two_models_csv, tmp_path):
+    from mist.validate.cli import main
+
+    base = ["silicon", "--silicon", str(two_models_csv), "--kernels", str(shared.h100_kernels), "--models",
+            str(shared.models), "--system", "h100_sxm"]
+    fitted = tmp_path / "overhead.yaml"
     # the two fitting flags go together; a model with no rows is refused
     assert main(base + ["--fit-model", "meta-llama/Llama-3.1-70B"]) == 2
     assert main(base + ["--fit-step-overhead", str(fitted), "--fit-model", "nobody/none"]) == 2
+    assert main(base + ["--fit-step-overhead", str(fitted), "--fit-model", "meta-llama/Llama-3.1-70B",
+                        "--no-step-overhead"]) == 2
+    assert not fitted.exists()
 
 
 def test_datasheet_of_an_uncatalogued_system_comes_from_the_users_catalog(tmp_path):
     import yaml
 
-    from mist.validate.cli.silicon import _datasheet
+    from mist.calibrate.kernels import system_datasheet
 
     kernels = tmp_path / "x1_sxm"  # a kernel folder with no x1_sxm.yaml beside it
     kernels.mkdir()
     with pytest.raises(TraceError, match="--hardware FILE"):
-        _datasheet(kernels, "x1_sxm")
+        system_datasheet(kernels, "x1_sxm")
     user = tmp_path / "mine.yaml"
     user.write_text(yaml.safe_dump({"devices": {"X1_SXM": {
         "kind": "gpu", "vendor": "Example", "peak_tflops": {"bf16": 500, "fp8": 1000}, "memory_gb": 96,
         "memory_bw_gbps": 4000, "interconnect": {"name": "link", "bw_gbps_per_direction": 400},
         "source": "made up for this test"}}}))
-    sheet, source = _datasheet(kernels, "x1_sxm", [user])
+    sheet, source = system_datasheet(kernels, "x1_sxm", [user])
     assert source == "hardware catalog: X1_SXM"
     assert (sheet.mem_bw_bytes_s, sheet.peak_flops["bfloat16"], sheet.link_bw_bytes_s) == (4000e9, 500e12, 400e9)
 
@@ -229,26 +247,27 @@ def test_a_client_of_fixed_lengths_is_the_lock_step_loop_counted_whole():
 def test_a_client_slot_freed_by_a_short_request_sends_the_next_one_hand_worked():
     # two slots, constant 10 ms steps, room for every prompt in one step: requests 0
     # and 1 start at 0 and get their first token at 10 ms; request 1 (2 tokens) ends at
-    # 20 ms and its slot sends request 2 then; request 0 (6 tokens) ends at 60 ms
-    from mist.replay.clients import BenchmarkClient
+    # 20 ms and its slot sends request 2 then, whose first token comes one or two steps
+    # later (as the step starting at 20 ms does or does not take it); request 0 (6
+    # tokens) ends at 60 ms, the end of the run. Had request 2 waited for request 0's
+    # slot, the run would last 80 ms.
+    import numpy as np
+
+    from mist.replay.clients import run_benchmark_client
 
     cfg = EngineConfig(max_num_seqs=16, max_num_batched_tokens=600, async_scheduling=False)
-    client = BenchmarkClient(cfg, _flat_cost(0.01), 2, [[100, 6], [100, 2], [100, 2]])
-    client.run()
-    reqs = {r.index: r for r in client.requests}
-    assert len(reqs) == 3
-    assert reqs[0].first_token_s == pytest.approx(0.01) and reqs[1].first_token_s == pytest.approx(0.01)
-    assert reqs[1].finished_s == pytest.approx(0.02)
-    assert reqs[2].arrival_s == pytest.approx(0.02) and client.user_of[2] == client.user_of[1]
-    assert reqs[0].finished_s == pytest.approx(0.06)
-    assert reqs[2].finished_s > reqs[2].first_token_s > reqs[2].arrival_s
+    s = run_benchmark_client(cfg, _flat_cost(0.01), 2, np.array([[100, 6], [100, 2], [100, 2]]))
+    assert s.requests == s.measured == 3
+    assert s.throughput_tok_s == pytest.approx((6 + 2 + 2) / 0.06)
+    assert s.tpot_s == pytest.approx(0.01)
+    assert (0.01 + 0.01 + 0.01) / 3 - 1e-9 <= s.ttft_s <= (0.01 + 0.01 + 0.02) / 3 + 1e-9
 
 
 def test_varied_lengths_break_the_lock_step(llama_rows):
     # identical requests started together stay in lock-step and queue their prompts
     # behind each other every wave; drawn lengths (InferenceX's 0.8) scatter the users,
     # so their mean TTFT falls well below the lock-step one
-    from mist.replay.silicon import predict_row
+    from mist.replay.silicon_predict import predict_row
 
     rows, model, kernels = llama_rows
     row, cache = rows.iloc[-1], {}
@@ -269,7 +288,7 @@ def test_varied_lengths_break_the_lock_step(llama_rows):
 
 def test_engine_limits_are_vllms_defaults_unless_given():
     from mist.calibrate.kernels import Datasheet
-    from mist.replay.silicon import engine_limits
+    from mist.replay.silicon_predict import engine_limits
 
     h100 = Datasheet(name="h100_sxm", mem_bw_bytes_s=3.35e12, peak_flops={"bfloat16": 989e12},
                      link_bw_bytes_s=450e9, memory_bytes=80 * 2**30)
@@ -285,7 +304,7 @@ def test_a_given_sequence_cap_queues_the_users_beyond_it_littles_law(llama_rows)
     # 64 users, C slots, always full in the steady state: 64 - C users wait, and by
     # Little's law each waits (64 - C) / C times a request's time in its slot (its
     # prefill, about the uncapped TTFT, plus OSL - 1 decode steps at the capped batch)
-    from mist.replay.silicon import predict_row
+    from mist.replay.silicon_predict import predict_row
 
     rows, model, kernels = llama_rows
     row, cache = rows.iloc[-1], {}
@@ -301,7 +320,7 @@ def test_a_given_sequence_cap_queues_the_users_beyond_it_littles_law(llama_rows)
 
 def test_a_given_token_budget_chunks_the_prompt(llama_rows):
     # a 1024-token prompt alone: one step under vLLM's 8192 budget, four under 256
-    from mist.replay.silicon import predict_row
+    from mist.replay.silicon_predict import predict_row
 
     rows, model, kernels = llama_rows
     row, cache = rows.iloc[0], {}

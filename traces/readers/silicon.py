@@ -16,19 +16,81 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from mist.traces.errors import TraceError
+from mist.traces.schema import SILICON_ROWS, from_columns
 
-REQUIRED = ("system", "backend", "model_path", "mode", "isl", "osl", "batch_size", "tp_size",
-            "silicon_ttft_ms", "silicon_tpot_ms")
+#: columns a silicon CSV must have (values nullable or not: :data:`SILICON_ROWS`)
+REQUIRED = tuple(f.name for f in SILICON_ROWS
+                 if not f.nullable or (f.metadata or {}).get(b"mist.required") == b"column")
+#: numeric columns (NaN where empty in the frame :func:`read_silicon` returns)
+NUMERIC = tuple(f.name for f in SILICON_ROWS if pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
 #: counts: whole numbers where given (``batch_size`` may be empty: a disaggregated row)
-COUNTS = ("isl", "osl", "batch_size", "tp_size", "pp_size", "attention_dp_size", "moe_tp_size", "moe_ep_size")
-NUMERIC = ("isl", "osl", "batch_size", "tp_size", "pp_size", "attention_dp_size", "moe_tp_size",
-           "moe_ep_size", "silicon_ttft_ms", "silicon_tpot_ms")
+COUNTS = tuple(f.name for f in SILICON_ROWS if pa.types.is_integer(f.type))
+#: the measured latencies (ms)
+LATENCIES = tuple(f.name for f in SILICON_ROWS if pa.types.is_floating(f.type))
+TEXT = ("system", "backend", "backend_version", "model_path", "mode")
+
+
+def _line(df: pd.DataFrame, position: int) -> int:
+    return int(df.index[position]) + 2  # the header is line 1
+
+
+def _load_csv(path: Path) -> pd.DataFrame:
+    if path.is_dir():
+        raise TraceError(path, "is a folder; a silicon CSV file is needed")
+    if not path.is_file():
+        raise TraceError(path, "file not found")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise TraceError(path, "empty file (expected a header line and rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise TraceError(path, f"not a readable CSV file ({str(exc).strip().splitlines()[-1]})") from exc
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise TraceError(path, f"missing columns {missing}", line=1)
+    return df
+
+
+def _to_numbers(df: pd.DataFrame, path: Path) -> None:
+    """Numeric columns as floats in place (NaN where empty; absent columns all NaN)."""
+    for col in NUMERIC:
+        if col not in df.columns:
+            df[col] = ""
+        raw = df[col].str.strip()
+        num = pd.to_numeric(raw.where(raw != "", None), errors="coerce")
+        bad = np.flatnonzero(num.isna().to_numpy() & (raw != "").to_numpy())
+        if len(bad):
+            raise TraceError(path, f"column {col!r} holds {raw.iloc[bad[0]]!r}, not a number", line=_line(df, bad[0]))
+        df[col] = num.astype(float)
+
+
+def _check_values(df: pd.DataFrame, path: Path) -> None:
+    for col in LATENCIES:
+        values = df[col].to_numpy()
+        bad = np.flatnonzero(~((values > 0) & np.isfinite(values)))
+        if len(bad):
+            raise TraceError(path, f"{col} must be a positive finite number of ms, got {float(values[bad[0]])}",
+                             line=_line(df, bad[0]))
+    for col in COUNTS:
+        values = df[col].to_numpy()
+        least = 1 if col in ("isl", "osl", "batch_size", "tp_size") else 0  # 0: "not used" in some rows
+        bad = np.flatnonzero(~np.isnan(values) & ((values < least) | (values != np.floor(values))
+                                                  | ~np.isfinite(values)))
+        if len(bad):
+            raise TraceError(path, f"{col} must be a whole number of at least {least}, got {float(values[bad[0]])}",
+                             line=_line(df, bad[0]))
+    for col in ("isl", "osl"):
+        bad = np.flatnonzero(np.isnan(df[col].to_numpy()))
+        if len(bad):
+            raise TraceError(path, f"{col} is empty", line=_line(df, bad[0]))
 
 
 def read_silicon(path, system: str | None = None, backend: str | None = None) -> pd.DataFrame:
-    """Rows of a silicon CSV with numeric columns as floats (NaN where empty).
+    """Rows of a silicon CSV (columns of :data:`mist.traces.schema.SILICON_ROWS`, plus any
+    others the file has) with numeric columns as floats (NaN where empty).
 
     ``system`` / ``backend`` keep only those rows (names compared without case or
     surrounding spaces) before the values are checked, so a bad cell in another
@@ -44,53 +106,32 @@ def read_silicon(path, system: str | None = None, backend: str | None = None) ->
         line 1 is the header).
     """
     path = Path(path)
-    if path.is_dir():
-        raise TraceError(path, "is a folder; a silicon CSV file is needed")
-    if not path.is_file():
-        raise TraceError(path, "file not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise TraceError(path, "empty file (expected a header line and rows)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise TraceError(path, f"not a readable CSV file ({str(exc).strip().splitlines()[-1]})") from exc
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise TraceError(path, f"missing columns {missing}", line=1)
-    for col in ("system", "backend", "backend_version", "model_path", "mode"):
+    df = _load_csv(path)
+    for col in TEXT:
         if col in df.columns:
             df[col] = df[col].str.strip()
     if system is not None:
         df = df[df["system"].str.casefold() == system.strip().casefold()]
     if backend is not None:
         df = df[df["backend"].str.casefold() == backend.strip().casefold()]
-    for col in NUMERIC:
-        if col not in df.columns:
-            df[col] = ""
-        raw = df[col].str.strip()
-        num = pd.to_numeric(raw.where(raw != "", None), errors="coerce")
-        bad = np.flatnonzero(num.isna().to_numpy() & (raw != "").to_numpy())
-        if len(bad):
-            raise TraceError(path, f"column {col!r} holds {raw.iloc[bad[0]]!r}, not a number",
-                             line=int(df.index[bad[0]]) + 2)
-        df[col] = num.astype(float)
-    for col in ("silicon_ttft_ms", "silicon_tpot_ms"):
-        values = df[col].to_numpy()
-        bad = np.flatnonzero(~((values > 0) & np.isfinite(values)))
-        if len(bad):
-            raise TraceError(path, f"{col} must be a positive finite number of ms, got {float(values[bad[0]])}",
-                             line=int(df.index[bad[0]]) + 2)
-    for col in COUNTS:
-        values = df[col].to_numpy()
-        least = 1 if col in ("isl", "osl", "batch_size", "tp_size") else 0  # 0: "not used" in some rows
-        bad = np.flatnonzero(~np.isnan(values) & ((values < least) | (values != np.floor(values))
-                                                  | ~np.isfinite(values)))
-        if len(bad):
-            raise TraceError(path, f"{col} must be a whole number of at least {least}, got {float(values[bad[0]])}",
-                             line=int(df.index[bad[0]]) + 2)
-    for col in ("isl", "osl"):
-        bad = np.flatnonzero(np.isnan(df[col].to_numpy()))
-        if len(bad):
-            raise TraceError(path, f"{col} is empty", line=int(df.index[bad[0]]) + 2)
+    _to_numbers(df, path)
+    _check_values(df, path)
     df.attrs["source"] = str(path)
     return df
+
+
+def silicon_table(rows: pd.DataFrame) -> pa.Table:
+    """The canonical :data:`mist.traces.schema.SILICON_ROWS` table of :func:`read_silicon`'s
+    rows (counts as integers, null where empty; text columns null where absent or empty)."""
+    cols = {}
+    for field in SILICON_ROWS:
+        if field.name not in rows.columns:
+            continue
+        values = rows[field.name]
+        if pa.types.is_integer(field.type):
+            cols[field.name] = [None if np.isnan(v) else int(v) for v in values.to_numpy(float)]
+        elif pa.types.is_string(field.type):
+            cols[field.name] = [v if isinstance(v, str) and v else None for v in values]
+        else:
+            cols[field.name] = values.to_numpy(float)
+    return from_columns(SILICON_ROWS, cols, {"mist.source": rows.attrs.get("source", "")})

@@ -71,7 +71,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from mist.traces.errors import ReplayError, TraceError
 from mist.traces.io import atomic_write_json
 from mist.validate.cli.argtypes import positive_int, ratio, seed
 
@@ -135,27 +134,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="YAML of published fused-MoE kernel times (e.g. profiles/fused_moe_measurements.yaml)")
 
 
-def _datasheet(kernels: Path, system: str, extra: list | tuple = ()):
-    from mist.calibrate.kernels import Datasheet
-    from mist.profiles.hardware import get_hardware, load_catalog
-    from mist.traces.readers.aiconfigurator import read_system_yaml
-
-    catalog = load_catalog(extra=extra) if extra else None  # read (and checked) even when unused
-    sheet = read_system_yaml(kernels)
-    if sheet is not None:
-        return Datasheet.from_aiconfigurator(system, sheet), f"{kernels.name}.yaml beside the kernels"
-    try:
-        hw = get_hardware(system, catalog)
-    except KeyError:
-        raise TraceError(kernels, f"no datasheet: neither {kernels.name}.yaml beside the folder "
-                                  f"nor a catalogued device named {system!r} (give one with "
-                                  "--hardware FILE)") from None
-    flops = {("bfloat16" if k == "bf16" else k): v for k, v in hw.peak_flops.items()}
-    return Datasheet(name=system, mem_bw_bytes_s=hw.memory_bw_bytes_s, peak_flops=flops,
-                     link_bw_bytes_s=hw.interconnect_bw_bytes_s or 64e9, memory_bytes=hw.memory_bytes,
-                     sm_version=hw.sm_version), f"hardware catalog: {hw.name}"
-
-
 def _plot(df, path: Path) -> None:
     import matplotlib
 
@@ -180,126 +158,35 @@ def _plot(df, path: Path) -> None:
     plt.close(fig)
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def _settings(args: argparse.Namespace):
+    from mist.replay.silicon import SiliconSettings
 
-    from mist.calibrate import fused_moe
-    from mist.calibrate.kernels import KernelSet, cross_validate_kernels
-    from mist.replay.silicon import (
-        DEFAULT_STEP_OVERHEAD,
-        KernelVersions,
-        StepOverhead,
-        default_requests_per_user,
-        fit_step_overhead,
-        predict_silicon,
-    )
-    from mist.traces.readers.silicon import read_silicon
+    return SiliconSettings(
+        silicon=args.silicon, kernels=args.kernels, models=args.models, system=args.system, backend=args.backend,
+        arrivals=args.arrivals, requests_per_user=args.requests_per_user, length_ratio=args.length_ratio,
+        seed=args.seed, max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
+        include_warmup=args.include_warmup, step_overhead=args.step_overhead, no_step_overhead=args.no_step_overhead,
+        fit_step_overhead=args.fit_step_overhead, fit_model=args.fit_model, moe_efficiency=args.moe_efficiency,
+        no_moe_efficiency=args.no_moe_efficiency, fit_moe_efficiency=args.fit_moe_efficiency,
+        moe_measurements=args.moe_measurements, hardware=tuple(args.hardware))
 
-    if args.requests_per_user is not None and args.requests_per_user < 1:
-        raise TraceError(args.silicon, "--requests-per-user must be at least 1")
-    if args.requests_per_user is None:
-        args.requests_per_user = default_requests_per_user(args.arrivals)
-    if args.arrivals != "client" and (args.length_ratio is not None or args.seed is not None):
-        raise ReplayError("--length-ratio and --seed describe the simulated client: they go with "
-                          "--arrivals client")
-    if args.arrivals == "client" and args.include_warmup:
-        raise ReplayError("--arrivals client counts every request already; --include-warmup is for "
-                          "staggered/burst")
-    args.length_ratio = 1.0 if args.length_ratio is None else args.length_ratio
-    args.seed = 0 if args.seed is None else args.seed
-    if not args.models.is_dir():
-        raise TraceError(args.models, "models folder not found")
-    if bool(args.fit_step_overhead) != bool(args.fit_model):
-        raise TraceError(args.silicon, "--fit-step-overhead and --fit-model go together")
-    if args.fit_step_overhead and (args.step_overhead or args.no_step_overhead):
-        raise TraceError(args.silicon, "--fit-step-overhead fits its own overhead: drop --step-overhead "
-                                       "and --no-step-overhead")
-    overhead, overhead_source = None, "none"
-    if args.fit_step_overhead is None and not args.no_step_overhead:
-        path = args.step_overhead or DEFAULT_STEP_OVERHEAD
-        if args.step_overhead is not None or path.is_file():
-            overhead, overhead_source = StepOverhead.load(path), str(path)
-    if bool(args.fit_moe_efficiency) != bool(args.moe_measurements):
-        raise TraceError(args.silicon, "--fit-moe-efficiency and --moe-measurements go together")
-    if args.fit_moe_efficiency and (args.moe_efficiency or args.no_moe_efficiency):
-        raise TraceError(args.silicon, "--fit-moe-efficiency fits its own rate: drop --moe-efficiency "
-                                       "and --no-moe-efficiency")
-    if args.kernels.name.casefold() != args.system.casefold():
-        print(f"mist silicon: warning: the kernel folder {args.kernels.name!r} is named for another system "
-              f"than --system {args.system!r}; its tables and datasheet are used for every row", file=sys.stderr)
-    rows = read_silicon(args.silicon, args.system, args.backend)
-    if not len(rows):
-        raise TraceError(args.silicon, f"no rows for system {args.system!r} and backend {args.backend!r}")
-    if args.fit_model and not (rows["model_path"] == args.fit_model).any():
-        raise TraceError(args.silicon, f"no {args.system}/{args.backend} rows of --fit-model {args.fit_model!r}")
-    sheet, sheet_source = _datasheet(args.kernels, args.system, args.hardware)
-    kernels = KernelVersions(args.kernels, sheet, hardware=args.system, framework=args.backend)
-    profile = kernels.for_version(None).profile  # the newest tables (the set unversioned rows read)
-    moe_eff, moe_source = None, "none"
-    if args.fit_moe_efficiency is not None:
-        system, source, series = fused_moe.read_measurements(args.moe_measurements)
-        if system.casefold() != args.system.casefold():
-            raise TraceError(args.moe_measurements, f"measured on {system!r}, not on --system {args.system!r}")
-        # a set of its own, so the fit's lookups stay out of the rows' kernel_sources
-        moe_eff = fused_moe.fit_efficiency(KernelSet(profile, sheet), system, source, series, {
-            "measurements": args.moe_measurements.name, "gemm_table": kernels.gemm_table(None)})
-        moe_eff.save(args.fit_moe_efficiency)
-        moe_source = f"fitted here, written to {args.fit_moe_efficiency}"
+
+def _print_fits(result) -> None:
+    """What the run fitted, in the order it fitted it."""
+    s, moe, overhead = result.settings, result.moe_efficiency, result.step_overhead
+    if s.fit_moe_efficiency is not None:
         print("fused-MoE efficiency fitted on published kernel times: " + ", ".join(
-            f"{d} {v:.2f} of peak" for d, v in sorted(moe_eff.efficiency.items()))
-            + f", half of it at {moe_eff.tokens_per_expert_half:g} tokens per expert")
-    elif not args.no_moe_efficiency:
-        path = args.moe_efficiency or fused_moe.DEFAULT_EFFICIENCY
-        if args.moe_efficiency is not None or path.is_file():
-            moe_eff = fused_moe.for_system(path, args.system, sheet.sm_version)
-            if moe_eff is None:
-                moe_source = f"none ({path} is for another kind of device)"
-            elif moe_eff.system == args.system:
-                moe_source = str(path)
-            else:
-                moe_source = f"{path}, fitted on {moe_eff.system}: same compute capability (SM {sheet.sm_version})"
-    moe_rates = None if moe_eff is None else moe_eff.rates()
-
-    def predict(step_overhead, what):
-        return predict_silicon(rows, kernels, args.models, args.requests_per_user,
-                               progress=lambda it, total: tqdm(it, total=total, desc=what, file=sys.stderr,
-                                                               disable=None),
-                               arrivals=args.arrivals, exclude_warmup=not args.include_warmup,
-                               overhead=step_overhead, moe_efficiency=moe_rates,
-                               length_ratio=args.length_ratio, seed=args.seed,
-                               max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs)
-
-    if args.fit_step_overhead is not None:
-        bare, _ = predict(None, "rows (no overhead)")
-        overhead = fit_step_overhead(bare, bare["model"] == args.fit_model, {
-            "model": args.fit_model, "system": args.system, "backend": args.backend,
-            "silicon": args.silicon.name, "arrivals": args.arrivals,
-            "requests_per_user": args.requests_per_user,
-            **({"length_ratio": args.length_ratio, "seed": args.seed} if args.arrivals == "client" else {})})
-        overhead.save(args.fit_step_overhead)
-        overhead_source = f"fitted here, written to {args.fit_step_overhead}"
-        print(f"step overhead fitted on {overhead.fitted_on['rows']} {args.fit_model} rows: "
+            f"{d} {v:.2f} of peak" for d, v in sorted(moe.efficiency.items()))
+            + f", half of it at {moe.tokens_per_expert_half:g} tokens per expert")
+    if s.fit_step_overhead is not None:
+        print(f"step overhead fitted on {overhead.fitted_on['rows']} {s.fit_model} rows: "
               f"{overhead.per_step_s * 1e3:.3f} ms per step + {overhead.per_sequence_s * 1e6:.1f} us per sequence")
-    df, summary = predict(overhead, "rows")
-    cv = cross_validate_kernels(profile)
-    summary["kernel_sources"] = kernels.tally()
-    summary["kernel_cv"] = {f"{r.kernel}/{r.variant}": {"mape": round(r.mape, 2), "median_ape": round(r.median_ape, 2),
-                                                        "held_out": int(r.held_out)} for r in cv.itertuples()}
-    summary["step_overhead"] = None if overhead is None else dict(overhead.to_dict(), source=overhead_source)
-    summary["moe_efficiency"] = None if moe_eff is None else dict(moe_eff.to_dict(), source=moe_source)
-    summary["settings"] = {"system": args.system, "backend": args.backend,
-                           "kernel_tables": "nearest each row's backend_version (rows without one: the "
-                                            "newest); kernel_cv on the newest",
-                           "datasheet": sheet_source, "arrivals": args.arrivals,
-                           "max_num_batched_tokens": args.max_num_batched_tokens or "vLLM default",
-                           "max_num_seqs": args.max_num_seqs or "vLLM default",
-                           "requests_per_user": args.requests_per_user,
-                           "warmup_excluded": args.arrivals == "benchmark" or (
-                               args.arrivals != "client" and not args.include_warmup),
-                           **({"length_ratio": args.length_ratio, "seed": args.seed}
-                              if args.arrivals == "client" else {})}
+
+
+def _print_summary(result) -> None:
+    s, summary = result.settings, result.summary
     r = summary["rows"]
-    print(f"{args.system}/{args.backend}: {r['predicted']} of {r['total']} rows predicted; skipped: {r['skipped'] or 'none'}")
+    print(f"{s.system}/{s.backend}: {r['predicted']} of {r['total']} rows predicted; skipped: {r['skipped'] or 'none'}")
     for metric in ("ttft", "tpot"):
         e = summary[metric]
         if e["mape"] is not None:
@@ -312,32 +199,57 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {model} ({part['rows']} rows): TTFT MAPE {part['ttft']['mape']:.1f} / median "
               f"{part['ttft']['median_ape']:.1f} %, TPOT MAPE {part['tpot']['mape']:.1f} / median "
               f"{part['tpot']['median_ape']:.1f} %{where}")
+
+
+def _print_corrections(result) -> None:
+    overhead, moe_eff, moe_source = result.step_overhead, result.moe_efficiency, result.moe_source
     if overhead is not None:
         print(f"  step overhead: {overhead.per_step_s * 1e3:.3f} ms + {overhead.per_sequence_s * 1e6:.1f} us/sequence "
-              f"(fitted on {overhead.fitted_on.get('model', '?')}; {overhead_source})")
+              f"(fitted on {overhead.fitted_on.get('model', '?')}; {result.step_overhead_source})")
     rates = ", ".join(f"{d} {v:.2f} of peak" for d, v in sorted((moe_eff.efficiency if moe_eff else {}).items()))
     if rates and moe_eff.tokens_per_expert_half:
         rates += f", half of it at {moe_eff.tokens_per_expert_half:g} tokens per expert"
     print(f"  fused-MoE efficiency: {rates} ({moe_source})" if rates else f"  fused-MoE efficiency: {moe_source}")
     print("  kernel latencies by source: " + "; ".join(
-        f"{fam} " + ", ".join(f"{s} {c}" for s, c in srcs.items()) for fam, srcs in summary["kernel_sources"].items()))
+        f"{fam} " + ", ".join(f"{s} {c}" for s, c in srcs.items())
+        for fam, srcs in result.summary["kernel_sources"].items()))
+
+
+def _write_outputs(result, out: Path) -> None:
+    """``predictions.csv``, ``scatter.png`` (when a row was predicted) and ``kernel_cv.csv``."""
+    out.mkdir(parents=True, exist_ok=True)
+    df = result.predictions
+    tmp = out / ".predictions.csv.tmp"
+    df.to_csv(tmp, index=False)
+    tmp.replace(out / "predictions.csv")
+    ok = df[df["pred_ttft_ms"].notna()]
+    written = ["predictions.csv"]
+    if len(ok):
+        _plot(ok, out / "scatter.png")
+        written.append("scatter.png")
+    else:  # no stale plot of an earlier run left to be mistaken for this one's
+        (out / "scatter.png").unlink(missing_ok=True)
+    result.kernel_cv.round(3).to_csv(out / "kernel_cv.csv", index=False)
+    print(f"wrote {out}/" + ", ".join([*written, "kernel_cv.csv"]))
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from mist.replay.silicon import predict_deployments
+
+    result = predict_deployments(_settings(args), progress=lambda it, total, what: tqdm(
+        it, total=total, desc=what, file=sys.stderr, disable=None))
+    for warning in result.warnings:
+        print(f"mist silicon: warning: {warning}", file=sys.stderr)
+    _print_fits(result)
+    _print_summary(result)
+    _print_corrections(result)
     if args.json:
-        atomic_write_json(args.json, summary)
+        atomic_write_json(args.json, result.summary)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        tmp = args.out / ".predictions.csv.tmp"
-        df.to_csv(tmp, index=False)
-        tmp.replace(args.out / "predictions.csv")
-        ok = df[df["pred_ttft_ms"].notna()]
-        written = ["predictions.csv"]
-        if len(ok):
-            _plot(ok, args.out / "scatter.png")
-            written.append("scatter.png")
-        else:  # no stale plot of an earlier run left to be mistaken for this one's
-            (args.out / "scatter.png").unlink(missing_ok=True)
-        cv.round(3).to_csv(args.out / "kernel_cv.csv", index=False)
-        print(f"wrote {args.out}/" + ", ".join([*written, "kernel_cv.csv"]))
-    if not summary["rows"]["predicted"]:
-        print(f"mist silicon: warning: no row was predicted (skipped: {summary['rows']['skipped']})",
+        _write_outputs(result, args.out)
+    if not result.summary["rows"]["predicted"]:
+        print(f"mist silicon: warning: no row was predicted (skipped: {result.summary['rows']['skipped']})",
               file=sys.stderr)
     return 0
