@@ -2,8 +2,8 @@
 
 The replay asks for operator latencies millions of times, one step at a time, so
 numpy's per-call overhead (microseconds) would dominate. These lookups are compiled
-once from fitted :class:`~calibrate.estimator.LatencyModel` grids into plain Python
-lists and evaluated with scalar arithmetic.
+once from fitted :class:`~mist.calibrate.estimator.LatencyModel` grids (its ``axes_``
+and ``grid_``) into plain Python tuples and evaluated with scalar arithmetic.
 """
 
 from __future__ import annotations
@@ -12,12 +12,26 @@ from bisect import bisect_right
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.utils.validation import check_is_fitted
 
 from mist.calibrate.estimator import LatencyModel
 
 
 def integer_table(model: LatencyModel, upto: int) -> np.ndarray:
-    """Latency (s) of a 1-feature model at every integer 0..upto (0 maps to 0 s)."""
+    """Latency (s) of a 1-feature model at every integer 0..upto (0 maps to 0 s).
+
+    Parameters
+    ----------
+    model : LatencyModel
+        Fitted on one feature (a count: tokens, sequences).
+    upto : int
+        Largest count tabulated.
+
+    Returns
+    -------
+    ndarray of shape (upto + 1,)
+        Latency (s) indexed by the count.
+    """
     x = np.arange(upto + 1, dtype=float)
     out = model.predict(x[:, None])
     out[0] = 0.0
@@ -30,6 +44,15 @@ class GridLookup:
 
     Out-of-range arguments are clipped to the measured range; callers that need to
     know (the cost model does) test :meth:`inside` first.
+
+    Attributes
+    ----------
+    axes : tuple of tuple of float
+        Increasing grid coordinates of each argument (units of the model's features).
+    values : tuple of float
+        Latency (s) at every grid point, the grid flattened row-major.
+    strides : tuple of int
+        Step in ``values`` for one step along each axis.
     """
 
     axes: tuple[tuple[float, ...], ...]
@@ -38,6 +61,8 @@ class GridLookup:
 
     @classmethod
     def from_model(cls, model: LatencyModel) -> GridLookup:
+        """The lookup of a fitted (or loaded) model's grid: its ``axes_`` and ``grid_``."""
+        check_is_fitted(model, ("axes_", "grid_"))
         grid = np.asarray(model.grid_, dtype=float)
         strides = tuple(int(s // grid.itemsize) for s in grid.strides)
         return cls(tuple(tuple(map(float, a)) for a in model.axes_), tuple(grid.ravel().tolist()), strides)
