@@ -1,5 +1,6 @@
-"""The shared real runs the benchmarks and the fidelity gate replay: their paths, and
-what a benchmark that drives the replay library directly needs to replay one."""
+"""The shared real runs the benchmarks and the fidelity gate replay: their paths, the
+settings of `mist validate`'s library job for each, and what a benchmark that drives the
+replay library directly needs to replay one."""
 
 from __future__ import annotations
 
@@ -33,13 +34,6 @@ def validate_settings(name: str, shared: Path = SHARED, **changes):
     run, bundle, model, workload = (shared / p for p in RUNS[name])
     return ValidateSettings(run_dir=run, profiles=bundle, model=model, workload=workload, timeseries=False,
                             **changes)
-
-
-def validate_args(name: str, shared: Path = SHARED) -> list[str]:
-    """``mist validate`` arguments for run ``name`` (without --out/--json)."""
-    run, bundle, model, workload = (shared / p for p in RUNS[name])
-    return ["validate", "--run", str(run), "--profiles", str(bundle), "--model", str(model),
-            "--workload", str(workload)]
 
 
 def replay_inputs(name: str, shared: Path = SHARED):

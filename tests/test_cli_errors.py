@@ -12,10 +12,6 @@ import pytest
 from mist.traces.io import atomic_write_json
 from mist.validate.cli import main
 
-LLAMA = "profiles/llmservingsim/RTXPRO6000/meta-llama/Llama-3.1-8B/bf16"
-LLAMA_JSON = "models/llmservingsim/meta-llama/Llama-3.1-8B.json"
-RUN = "vllm-runs/RTXPRO6000/Llama-3.1-8B"
-
 
 def _workload(path, rows) -> None:
     with open(path, "w") as f:
@@ -23,50 +19,51 @@ def _workload(path, rows) -> None:
             f.write(json.dumps({"input_toks": inp, "output_toks": out, "arrival_time_ns": i * 10**8}) + "\n")
 
 
-def _replay(shared, trace, out, model=LLAMA_JSON, engine=None):
-    return ["replay", "--trace", str(trace), "--profiles", str(shared / LLAMA), "--model", str(shared / model),
-            "--engine", str(engine or shared / RUN / "meta.json"), "--out", str(out)]
+def _replay(shared, trace, out, model=None, engine=None):
+    return ["replay", "--trace", str(trace), "--profiles", str(shared.llama_bundle), "--model",
+            str(model or shared.llama_config), "--engine", str(engine or shared.llama_run / "meta.json"),
+            "--out", str(out)]
 
 
-def test_an_output_path_that_cannot_be_created_fails_before_any_work(shared_data, tmp_path, capsys):
+def test_an_output_path_that_cannot_be_created_fails_before_any_work(shared, tmp_path, capsys):
     trace = tmp_path / "w.jsonl"
     _workload(trace, [(100, 10)])
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    assert main(_replay(shared_data, trace, blocker / "sub")) == 2
+    assert main(_replay(shared, trace, blocker / "sub")) == 2
     assert "a_file is a file, not a folder" in capsys.readouterr().err
-    assert main(_replay(shared_data, trace, blocker)) == 2
+    assert main(_replay(shared, trace, blocker)) == 2
     assert "exists and is a file" in capsys.readouterr().err
     assert blocker.read_text() == "x"
 
 
-def test_an_engine_without_room_for_a_kv_cache_is_refused(shared_data, tmp_path, capsys):
+def test_an_engine_without_room_for_a_kv_cache_is_refused(shared, tmp_path, capsys):
     trace = tmp_path / "w.jsonl"
     _workload(trace, [(100, 10)])
     # Llama-3.1-70B's bf16 weights (141 GB) do not fit in the run's 96 GB
-    argv = _replay(shared_data, trace, tmp_path / "out", model="models/llmservingsim/meta-llama/Llama-3.1-70B.json")
+    argv = _replay(shared, trace, tmp_path / "out", model=shared.models / "llmservingsim/meta-llama/Llama-3.1-70B.json")
     assert main(argv) == 2
     assert "no KV cache" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
-def test_a_request_larger_than_the_kv_cache_is_named(shared_data, tmp_path, capsys):
+def test_a_request_larger_than_the_kv_cache_is_named(shared, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    meta = json.loads((shared_data / RUN / "meta.json").read_text())
+    meta = json.loads((shared.llama_run / "meta.json").read_text())
     meta["engine_kwargs"]["num_gpu_blocks"] = 100  # 1600 tokens of KV cache
     (run / "meta.json").write_text(json.dumps(meta))
     trace = tmp_path / "w.jsonl"
     _workload(trace, [(100, 10), (1500, 200), (50, 5)])
-    assert main(_replay(shared_data, trace, tmp_path / "out", engine=run / "meta.json")) == 2
+    assert main(_replay(shared, trace, tmp_path / "out", engine=run / "meta.json")) == 2
     err = capsys.readouterr().err
     assert "1 request(s) need more KV cache than the engine holds (1600 tokens" in err and "needs 1699" in err
     _workload(trace, [(100, 10), (1000, 200), (50, 5)])
-    assert main(_replay(shared_data, trace, tmp_path / "out", engine=run / "meta.json")) == 0
+    assert main(_replay(shared, trace, tmp_path / "out", engine=run / "meta.json")) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["requests"] == summary["rows_read"] == 3 and summary["skipped"] == {}
 
 
-def test_impossible_engine_and_cluster_figures_name_the_file(shared_data, tmp_path, capsys):
+def test_impossible_engine_and_cluster_figures_name_the_file(shared, tmp_path, capsys):
     trace = tmp_path / "w.jsonl"
     _workload(trace, [(100, 10)])
     run = tmp_path / "run"
@@ -77,24 +74,24 @@ def test_impossible_engine_and_cluster_figures_name_the_file(shared_data, tmp_pa
         ({}, {"mem_size": -96}, "npu_mem.mem_size must be a positive number"),
         ({}, {"mem_size": "96GB"}, "npu_mem.mem_size must be a positive number"),
     ]:
-        meta = json.loads((shared_data / RUN / "meta.json").read_text())
+        meta = json.loads((shared.llama_run / "meta.json").read_text())
         meta["engine_kwargs"].update(bad_meta)
         (run / "meta.json").write_text(json.dumps(meta))
-        cluster = json.loads((shared_data / RUN / "cluster.json").read_text())
+        cluster = json.loads((shared.llama_run / "cluster.json").read_text())
         cluster["nodes"][0]["instances"][0]["npu_mem"].update(bad_cluster or {})
         (run / "cluster.json").write_text(json.dumps(cluster))
-        assert main(_replay(shared_data, trace, tmp_path / "out", engine=run / "meta.json")) == 2
+        assert main(_replay(shared, trace, tmp_path / "out", engine=run / "meta.json")) == 2
         err = capsys.readouterr().err
         assert expected in err and str(run) in err, err
 
 
-def test_validate_reads_every_input_before_writing_anything(shared_data, tmp_path, capsys):
+def test_validate_reads_every_input_before_writing_anything(shared, tmp_path, capsys):
     run = tmp_path / "run"
-    shutil.copytree(shared_data / RUN, run)
+    shutil.copytree(shared.llama_run, run)
     (run / "timeseries.csv").write_text("t,running\n1,x\n")
     out, summary = tmp_path / "out", tmp_path / "v.json"
-    argv = ["validate", "--run", str(run), "--profiles", str(shared_data / LLAMA), "--model",
-            str(shared_data / LLAMA_JSON), "--json", str(summary), "--out", str(out)]
+    argv = ["validate", "--run", str(run), "--profiles", str(shared.llama_bundle), "--model",
+            str(shared.llama_config), "--json", str(summary), "--out", str(out)]
     assert main(argv) == 2
     assert "timeseries.csv: missing columns ['waiting']" in capsys.readouterr().err
     assert not out.exists() and not summary.exists()
@@ -103,12 +100,12 @@ def test_validate_reads_every_input_before_writing_anything(shared_data, tmp_pat
     assert "timeseries.csv:2: waiting must be a number, got 'x'" in capsys.readouterr().err
 
 
-def test_per_bucket_skew_asked_for_without_its_table_is_an_error(shared_data, tmp_path, capsys):
+def test_per_bucket_skew_asked_for_without_its_table_is_an_error(shared, tmp_path, capsys):
     bundle = tmp_path / "bundle"
-    shutil.copytree(shared_data / LLAMA, bundle)
+    shutil.copytree(shared.llama_bundle, bundle)
     (bundle / "tp1" / "skew_fit.csv").unlink()
-    argv = ["validate", "--run", str(shared_data / RUN), "--profiles", str(bundle), "--model",
-            str(shared_data / LLAMA_JSON), "--skew", "buckets"]
+    argv = ["validate", "--run", str(shared.llama_run), "--profiles", str(bundle), "--model",
+            str(shared.llama_config), "--skew", "buckets"]
     assert main(argv) == 2
     assert "skew_fit.csv: per-bucket skew asked for" in capsys.readouterr().err
 
@@ -182,8 +179,8 @@ def test_a_version_newer_than_every_table_reads_the_newest():
                       "9.9.9": "0.19.0", "nightly": "0.19.0"}
 
 
-def test_calibrate_accelerator_refuses_a_file_twice_and_a_k_that_leaves_nothing(shared_data, tmp_path, capsys):
-    bench = str(shared_data / "benchmarks/llm-inference-bench/All_results.csv")
+def test_calibrate_accelerator_refuses_a_file_twice_and_a_k_that_leaves_nothing(shared, tmp_path, capsys):
+    bench = str(shared.llm_bench_csv)
     out = tmp_path / "r.json"
     base = ["calibrate-accelerator", "--target", "Nvidia GH200 GPU", "--json", str(out)]
     assert main([*base, "--bench", bench, bench, "--points", "10"]) == 2
@@ -192,17 +189,17 @@ def test_calibrate_accelerator_refuses_a_file_twice_and_a_k_that_leaves_nothing(
     assert "left to predict with --points 5000" in capsys.readouterr().err and not out.exists()
 
 
-def test_an_unknown_hardware_name_or_a_wrong_engine_file_is_an_error(shared_data, tmp_path, capsys):
+def test_an_unknown_hardware_name_or_a_wrong_engine_file_is_an_error(shared, tmp_path, capsys):
     trace = tmp_path / "w.jsonl"
     _workload(trace, [(100, 10)])
-    assert main([*_replay(shared_data, trace, tmp_path / "out"), "--hardware", "FOO9000"]) == 2
+    assert main([*_replay(shared, trace, tmp_path / "out"), "--hardware", "FOO9000"]) == 2
     assert "unknown hardware 'FOO9000'" in capsys.readouterr().err
-    wrong = _replay(shared_data, trace, tmp_path / "out", engine=shared_data / RUN / "requests.jsonl")
+    wrong = _replay(shared, trace, tmp_path / "out", engine=shared.llama_run / "requests.jsonl")
     assert main(wrong) == 2 and "--engine takes a run's meta.json" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
-def test_review_regressions_stay_fixed(shared_data, tmp_path, capsys):
+def test_review_regressions_stay_fixed(shared, tmp_path, capsys):
     from mist.profiles.model import load_model_config
     from mist.replay.config import EngineConfig
     from mist.replay.request import Request
@@ -219,19 +216,19 @@ def test_review_regressions_stay_fixed(shared_data, tmp_path, capsys):
         check_capacity([Request(0, "r0", 0.0, 600, 4)],
                        EngineConfig(max_num_batched_tokens=512, enable_chunked_prefill=False, num_gpu_blocks=100))
     # `mist ingest --out X.PARQUET` may be re-run; other commands' --out stays a folder
-    csv = shared_data / "profiles/splitwise/perf_model.csv"
+    csv = shared / "profiles/splitwise/perf_model.csv"
     out = tmp_path / "S.PARQUET"
     assert main(["ingest", str(csv), "--out", str(out)]) == 0 and main(["ingest", str(csv), "--out", str(out)]) == 0
     trace = tmp_path / "w.jsonl"
     _workload(trace, [(100, 10)])
-    assert main(_replay(shared_data, trace, tmp_path / "res.parquet")) == 0
-    assert main(_replay(shared_data, trace, tmp_path / "res.parquet")) == 0
+    assert main(_replay(shared, trace, tmp_path / "res.parquet")) == 0
+    assert main(_replay(shared, trace, tmp_path / "res.parquet")) == 0
     # validate without --out does not need (or check) the run's throughput log
     run = tmp_path / "run"
-    shutil.copytree(shared_data / RUN, run)
+    shutil.copytree(shared.llama_run, run)
     (run / "timeseries.csv").write_text("t,running\n1,3\n")
-    assert main(["validate", "--run", str(run), "--profiles", str(shared_data / LLAMA), "--model",
-                 str(shared_data / LLAMA_JSON), "--json", str(tmp_path / "v.json")]) == 0
+    assert main(["validate", "--run", str(run), "--profiles", str(shared.llama_bundle), "--model",
+                 str(shared.llama_config), "--json", str(tmp_path / "v.json")]) == 0
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -3,33 +3,30 @@
 Two checks per run, both on measured requests the simulator never saw:
 - the issue's acceptance bounds (E2E and TPOT MAPE <= 5 %, TTFT MAPE <= 20 %);
 - no regression beyond the tolerance recorded in ``bench/baselines.json``
-  (made by ``python bench/fidelity.py --update`` through the same command line).
+  (made by ``python bench/fidelity.py --update`` through the same library job).
+
+The runs are replayed by :func:`mist.validate.run.validate_run`, the job behind
+`mist validate` (whose ``--json`` is :meth:`ValidationResult.summary`).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import pytest
 
 from mist.validate.baseline import check, load_baselines
-from mist.validate.cli import main
+from mist.validate.run import validate_run
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
-from runs import RUNS, validate_args  # noqa: E402
+from runs import RUNS, validate_settings  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def summaries(shared_data, tmp_path_factory):
-    out = {}
-    for name in RUNS:
-        path = tmp_path_factory.mktemp("fidelity") / "summary.json"
-        assert main([*validate_args(name, shared_data), "--json", str(path)]) == 0
-        out[name] = json.loads(path.read_text())
-    return out
+def summaries(shared):
+    return {name: validate_run(validate_settings(name, shared.root)).summary() for name in RUNS}
 
 
 @pytest.mark.parametrize("name", list(RUNS))
@@ -48,16 +45,13 @@ def test_no_regression_against_baselines(summaries):
     assert check(current, baselines) == []
 
 
-
-def test_the_summary_names_the_arrival_rule_the_replay_applied(summaries, shared_data, tmp_path):
+def test_the_summary_names_the_arrival_rule_the_replay_applied(summaries, shared):
     # by default the engine's stamps as they are; aligned when asked on an async run with
     # a stamp on every request
     assert {s["arrival"] for s in summaries.values()} == {"engine"}
     name = next(iter(RUNS))
-    path = tmp_path / "aligned.json"
-    assert main([*validate_args(name, shared_data), "--arrival", "engine-aligned", "--json", str(path)]) == 0
-    assert json.loads(path.read_text())["arrival"] == "engine-aligned"
+    aligned = validate_run(validate_settings(name, shared.root, arrival="engine-aligned"))
+    assert aligned.summary()["arrival"] == aligned.arrival == "engine-aligned"
     # without async scheduling there are no in-flight plans to join: not aligned
-    assert main([*validate_args(name, shared_data), "--arrival", "engine-aligned", "--no-async-scheduling",
-                 "--json", str(path)]) == 0
-    assert json.loads(path.read_text())["arrival"] == "engine"
+    planned = validate_run(validate_settings(name, shared.root, arrival="engine-aligned", async_scheduling=False))
+    assert planned.summary()["arrival"] == "engine"

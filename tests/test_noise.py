@@ -5,21 +5,20 @@ from __future__ import annotations
 import json
 
 from mist.validate.cli import main
+from mist.validate.noise import NoiseSettings, noise_floor
 
 
-def test_a_recording_against_itself_has_zero_error(shared_data, tmp_path):
-    run = shared_data / "vllm-bench-cpu" / "tiny-llama-rate1.5"
-    out = tmp_path / "self.json"
-    assert main(["noise", "--a", str(run), "--b", str(run), "--json", str(out)]) == 0
-    s = json.loads(out.read_text())
+def test_a_recording_against_itself_has_zero_error(shared):
+    run = shared.vllm_bench_cpu / "tiny-llama-rate1.5"
+    s = noise_floor(NoiseSettings(a=run, b=run)).summary()
     assert s["requests"]["matched"] == 60
     for m in s["metrics"].values():
         assert all(v == 0 for v in m.values())
 
 
-def test_two_real_cpu_recordings_differ_and_are_matched(shared_data, tmp_path):
-    a = shared_data / "vllm-bench-cpu" / "tiny-llama-rate1.5"
-    b = shared_data / "vllm-bench-cpu" / "tiny-llama-rate1.5-run2"
+def test_two_real_cpu_recordings_differ_and_are_matched(shared, tmp_path):
+    a = shared.vllm_bench_cpu / "tiny-llama-rate1.5"
+    b = shared.vllm_bench_cpu / "tiny-llama-rate1.5-run2"
     out = tmp_path / "noise.json"
     assert main(["noise", "--a", str(a), "--b", str(b), "--json", str(out), "--out", str(tmp_path / "r")]) == 0
     s = json.loads(out.read_text())
@@ -27,3 +26,5 @@ def test_two_real_cpu_recordings_differ_and_are_matched(shared_data, tmp_path):
     # the real engine does vary between identical runs on this machine
     assert s["metrics"]["e2e"]["mape"] > 0.5
     assert (tmp_path / "r" / "report.md").is_file()
+    # the command line writes what the library returns
+    assert s == json.loads(json.dumps(noise_floor(NoiseSettings(a=a, b=b)).summary()))

@@ -44,13 +44,14 @@ def _steps():
             "duration_s": 0.1,
             "num_running": np.arange(2 * t.size) % 7,
             "num_waiting": np.arange(2 * t.size) % 3,
+            "kv_blocks_used": np.arange(2 * t.size) % 50,
         }
     )
 
 
 def _timeseries():
     t = np.arange(1.0, 11.0)
-    return pd.DataFrame({"t": t, "running": (t * 3) % 11, "waiting": t % 4})
+    return pd.DataFrame({"t": t, "running": (t * 3) % 11, "waiting": t % 4, "kv_cache_pct": 3 * t})
 
 
 def _write(out_dir, **kwargs):
@@ -66,7 +67,8 @@ def _write(out_dir, **kwargs):
 
 
 def test_report_writes_all_files_deterministically(tmp_path):
-    paths = [_write(tmp_path / d, steps=_steps(), timeseries=_timeseries()) for d in ("a", "b")]
+    # two replicas' steps and a measured KV gauge: the queue plot with its KV panel
+    paths = [_write(tmp_path / d, steps=_steps(), timeseries=_timeseries(), kv_capacity=200) for d in ("a", "b")]
     names = sorted(p.name for p in paths[0].parent.iterdir())
     assert names == [
         "ape_vs_arrival.png",
@@ -81,6 +83,7 @@ def test_report_writes_all_files_deterministically(tmp_path):
     assert text.startswith("# Synthetic run\n")
     assert "- matched (compared): 38" in text and "`r038`, `r039`" in text
     assert "| ttft" in text and "scheduler: fcfs" in text
+    assert "Queue depth and KV cache over time" in text
     for name in names:
         if name.endswith(".png"):
             assert f"]({name})" in text
@@ -92,18 +95,20 @@ def test_report_without_queue_data_skips_queue_plot(tmp_path):
     assert "queue.png" not in path.read_text()
 
 
-def test_report_with_real_timeseries(tmp_path, shared_data):
-    ts = pd.read_csv(shared_data / "vllm-runs/RTXPRO6000/Llama-3.1-8B/timeseries.csv")
-    _write(tmp_path, timeseries=ts)
-    assert (tmp_path / "queue.png").stat().st_size > 1000
+def test_report_with_real_timeseries(shared):
+    # the queue plot is the report's only use of the timeseries: drawn alone
+    from mist.validate.report import _png, plot_queue
+
+    ts = pd.read_csv(shared.llama_run / "timeseries.csv")
+    assert len(_png(plot_queue(None, ts))) > 1000
 
 
-def test_kv_panel_sums_replicas_over_their_capacity(tmp_path):
+def test_kv_panel_sums_replicas_over_their_capacity():
     """The KV panel's simulated line is the blocks held by all replicas over all their
     blocks (each replica holding its last value between its steps); a timeseries whose
     kv_cache_pct is 0 at every tick counts as not recorded."""
-    from mist.validate.run import kv_note
     from mist.validate.report import kv_usage_pct, measured_kv_pct, plot_queue
+    from mist.validate.run import kv_note
 
     steps = pd.DataFrame({"replica": [0, 1, 0, 1], "start_s": [0.0, 0.5, 1.0, 1.5],
                           "num_running": 1, "num_waiting": 0, "kv_blocks_used": [10, 30, 50, 20]})
@@ -117,8 +122,6 @@ def test_kv_panel_sums_replicas_over_their_capacity(tmp_path):
     assert measured_kv_pct(ts).tolist() == [12.5, 30.0]
     assert kv_note(steps, ts, 100, 2).endswith("measured peak 30.0 % (timeseries kv_cache_pct).")
     assert len(plot_queue(steps, ts, 200).axes) == 3 and len(plot_queue(steps, ts).axes) == 2
-    _write(tmp_path, steps=steps, timeseries=ts, kv_capacity=200)
-    assert "Queue depth and KV cache over time" in (tmp_path / "report.md").read_text()
 
 
 def test_replay_report_is_deterministic_and_long_series_are_sampled(tmp_path):
