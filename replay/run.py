@@ -280,24 +280,24 @@ class ReplayResult:
         The engine replayed.
     wall_s : float
         Wall time of the replay alone (s).
+    latencies : pandas.DataFrame
+        Per request: ``request_id``, ``ttft``, ``tpot``, ``e2e`` (s).
     rows_read : int
         Rows the trace reader read.
     skipped : dict
         Rows the reader skipped, by reason.
     warnings : tuple of str
         What about the inputs deserves a warning (the replay ran all the same).
-    latencies : pandas.DataFrame
-        Per request: ``request_id``, ``ttft``, ``tpot``, ``e2e`` (s).
     """
 
     requests: pa.Table
     steps: pa.Table
     config: EngineConfig
     wall_s: float
+    latencies: pd.DataFrame
     rows_read: int
     skipped: dict = field(default_factory=dict)
     warnings: tuple = ()
-    latencies: pd.DataFrame | None = None
 
     @property
     def simulated_s(self) -> float:

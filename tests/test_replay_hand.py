@@ -21,7 +21,7 @@ import pytest
 from mist.calibrate.estimator import LatencyModel
 from mist.calibrate.lookup import GridLookup
 from mist.replay.config import EngineConfig
-from mist.replay.engine import replay_requests
+from mist.replay.engine import Replay, replay_requests
 from mist.replay.request import Request
 from mist.replay.step_cost import StepCost
 
@@ -259,3 +259,51 @@ def test_data_parallel_replicas_run_in_parallel():
     for r in reqs:
         assert r.first_token_s == pytest.approx(0.21)
         assert r.finished_s == pytest.approx(0.21 + 2 * 0.111)
+
+
+class _FollowUp:
+    """A client that answers request 0's end with one request of 50 prompt and 2 output
+    tokens, sent ``think_s`` later."""
+
+    def __init__(self, think_s):
+        self.think_s = think_s
+
+    def on_finish(self, request, now):
+        return [Request(1, "follow", now + self.think_s, 50, 2)] if request.index == 0 else []
+
+
+def test_a_client_feeds_the_replay_what_it_sends_when_a_request_ends():
+    # request 0 ends at 0.21 + 0.111 (prefill, one decode); the follow-up arrives 0.5 s
+    # later, to an idle engine: a 50-token prefill then one decode
+    first = Request(0, "r0", 0.0, 100, 2)
+    rep = Replay([first], _cfg(), _cost(), client=_FollowUp(0.5))
+    rep.run()
+    assert [r.index for r in rep.requests] == [0, 1]
+    follow = rep.requests[1]
+    assert follow.arrival_s == pytest.approx(prefill_s(100) + decode_s(1) + 0.5)
+    assert follow.first_token_s - follow.arrival_s == pytest.approx(prefill_s(50))
+    assert follow.finished_s - follow.first_token_s == pytest.approx(decode_s(1))
+
+
+def test_replay_trace_job_on_the_shipped_sample(tmp_path):
+    """``mist replay``'s job from paths: the shipped CPU run's requests, replayed at
+    their send times through its own engine settings, all finish; a file other than
+    meta.json as the engine is refused."""
+    from pathlib import Path
+
+    from mist.replay.run import ReplaySettings, replay_trace
+    from mist.traces.errors import TraceError
+
+    repo = Path(__file__).resolve().parents[1]
+    run = repo / "traces/samples/cpu-tiny-llama"
+    settings = ReplaySettings(trace=run, profiles=repo / "profiles/samples/cpu-tiny-llama/fp32",
+                              model=run / "model_config.json", engine=run / "meta.json")
+    result = replay_trace(settings)
+    summary = result.summary()
+    assert result.requests.num_rows == summary["requests"] == 200 and not result.warnings
+    assert result.requests.schema.metadata[b"mist.arrival"] == b"client"
+    assert summary["simulated_s"] == round(result.simulated_s, 3) > 0
+    assert set(summary["latency_s"]) == {"ttft", "tpot", "e2e"}
+    assert "| ttft |" in result.summary_markdown()
+    with pytest.raises(TraceError, match="meta.json"):
+        replay_trace(ReplaySettings(**{**settings.__dict__, "engine": run / "requests.jsonl"}))
