@@ -169,7 +169,6 @@ def test_replayed_moe_makespan_matches_the_measured_run_duration(shared, moe_rep
     _check_makespan(shared, MOE_RUN, moe_replay)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("run", ["Llama-3.1-8B", "Qwen3-32B"])
 def test_replayed_makespan_matches_the_measured_run_duration(shared, run):
     _check_makespan(shared, run, replay_trace(_settings(shared, run)))
