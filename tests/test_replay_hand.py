@@ -307,3 +307,23 @@ def test_replay_trace_job_on_the_shipped_sample(tmp_path):
     assert "| ttft |" in result.summary_markdown()
     with pytest.raises(TraceError, match="meta.json"):
         replay_trace(ReplaySettings(**{**settings.__dict__, "engine": run / "requests.jsonl"}))
+
+
+@pytest.mark.slow  # (the report's plots; the job itself: test_replay_trace_job_on_the_shipped_sample)
+def test_mist_replay_writes_the_jobs_tables_summary_and_report(tmp_path):
+    import json
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from mist.validate.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    run = repo / "traces/samples/cpu-tiny-llama"
+    assert main(["replay", "--trace", str(run), "--profiles", str(repo / "profiles/samples/cpu-tiny-llama/fp32"),
+                 "--model", str(run / "model_config.json"), "--engine", str(run / "meta.json"),
+                 "--out", str(tmp_path)]) == 0
+    assert {"simulated.requests.parquet", "simulated.steps.parquet", "summary.json", "report.md", "latency.png",
+            "queue.png"} <= {p.name for p in tmp_path.iterdir()}
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["requests"] == pq.read_metadata(tmp_path / "simulated.requests.parquet").num_rows == 200
