@@ -6,8 +6,9 @@
     python bench/accelerators.py --sampling per-framework # K rows of each framework (opt-in)
     python bench/accelerators.py --only-framework vLLM    # target keeps only its vLLM rows
 
-For every accelerator in ``All_results.csv`` and every seed it runs the project's own
-command, ``mist calibrate-accelerator``, and prints per accelerator the
+For every accelerator in ``All_results.csv`` and every seed it runs the job behind
+``mist calibrate-accelerator`` (:func:`mist.calibrate.accelerator.calibrate_accelerator`,
+in-process), and prints per accelerator the
 rows predicted and the errors (%) over all frameworks and over vLLM rows alone: mean over
 seeds of MAPE and of the median APE, the worst seed's median APE, and the prior scale each
 seed's K rows chose (1: the target is like the training accelerators). Nothing is typed in.
@@ -21,14 +22,16 @@ all K points and every prediction come from the target's vLLM rows.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from mist.calibrate.accelerator import AcceleratorSettings, calibrate_accelerator
+from mist.calibrate.sampling import SAMPLINGS
+from mist.traces.readers.llm_inference_bench import read_llm_inference_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT.parent / "shared" / "data" / "benchmarks" / "llm-inference-bench" / "All_results.csv"
@@ -46,14 +49,11 @@ def only_framework(csv: Path, target: str, framework: str, folder: Path) -> Path
 
 
 def run_one(csv: Path, target: str, k: int, seed: int, sampling: str) -> tuple[dict, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "report.json"
-        cmd = [sys.executable, "-m", "mist.validate.cli", "calibrate-accelerator", "--bench", str(csv),
-               "--target", target, "--points", str(k), "--seed", str(seed), "--json", str(out),
-               "--sampling", sampling]
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
-        return json.loads(out.read_text()), time.perf_counter() - start
+    """The report of one calibration and its wall time (s)."""
+    start = time.perf_counter()
+    result = calibrate_accelerator(AcceleratorSettings(bench=(csv,), target=target, points=k, seed=seed,
+                                                       sampling=sampling))
+    return result.report, time.perf_counter() - start
 
 
 def _mean(values) -> str:
@@ -71,16 +71,13 @@ def main() -> int:
     parser.add_argument("--bench", type=Path, default=BENCH, help="All_results.csv")
     parser.add_argument("--points", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--sampling", default="stratified", choices=("stratified", "random", "per-framework"))
+    parser.add_argument("--sampling", default="stratified", choices=SAMPLINGS)
     parser.add_argument("--only-framework", metavar="FW",
                         help="drop the target's rows of other frameworks (an accelerator measured with FW only)")
     args = parser.parse_args()
     if not args.bench.is_file():
         print(f"benchmark table not found at {args.bench}", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(ROOT))
-    from mist.traces.readers.llm_inference_bench import read_llm_inference_bench
-
     bench = read_llm_inference_bench(args.bench)
     raw_hw = np.array(bench.column("hardware").to_pylist())
     raw_fw = np.array([f.casefold() for f in bench.column("framework").to_pylist()])

@@ -127,9 +127,9 @@ def batch_terms(table: pd.DataFrame, hardware: list, models: list) -> tuple[pd.D
     Parameters
     ----------
     table : pd.DataFrame
-        :data:`mist.traces.readers.llm_inference_bench.SCHEMA` columns (``num_devices``,
-        ``framework``, ``input_tokens``, ``output_tokens``, ``batch_size``,
-        ``parallelism``, ``latency_s``).
+        ``offline_batch_bench`` columns (:data:`mist.traces.schema.OFFLINE_BATCH_BENCH`:
+        ``num_devices``, ``framework``, ``input_tokens``, ``output_tokens``,
+        ``batch_size``, ``parallelism``, ``latency_s``).
     hardware, models : list
         Per row, the :class:`mist.profiles.hardware.Hardware` and
         :class:`mist.profiles.model.ModelConfig`, or None when unknown.
@@ -141,55 +141,17 @@ def batch_terms(table: pd.DataFrame, hardware: list, models: list) -> tuple[pd.D
     skip : pd.Series of str
         ``""`` for modelled rows, else the first reason that applies.
     """
-    n = table["num_devices"].to_numpy(float)
-    inp = table["input_tokens"].to_numpy(float)
-    out = table["output_tokens"].to_numpy(float)
-    batch = table["batch_size"].to_numpy(float)
-    sem = [semantics(f) for f in table["framework"]]
-    one_seq = np.array([s.one_sequence for s in sem])
-    layer = np.array([s.layer_split for s in sem]) | table["parallelism"].str.contains("pp").to_numpy()
-    paged = np.array([s.paged_kv for s in sem])
+    rows = _rows(table)
     a, d = _arch(models), _device(hardware)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        seqs = np.where(one_seq, 1.0, batch)
-        chunk = np.where(one_seq, np.minimum(batch, inp), seqs * inp)  # tokens per prompt pass
-        tp = np.where(layer, 1.0, n)  # devices that share each layer's work
-        kv = a["kv_per_token"]
-        capacity = (n * (GPU_MEMORY_UTILIZATION * d["mem"] - RESERVE_BYTES)
-                    - DTYPE_BYTES * a["params"]) / kv
-        running = np.where(paged, np.clip(np.minimum(seqs, capacity / (inp + out)), 1, None), seqs)
-        waves = seqs / running
-        decode = waves * (out - 1)  # decode passes
-        prompt_passes = np.ceil(seqs * inp / chunk)
-        ctx_sum = (out - 1) * inp + out * (out - 1) / 2  # sum of contexts over decode steps
-        flops_pf = seqs * (2 * (a["active"] - a["embed"]) * inp + 2 * a["layers"] * a["q_width"] * inp**2
-                           + 2 * a["lm_head"])
-        t = {
-            "const_1dev": (n == 1).astype(float),
-            "const_multi": (n > 1).astype(float),
-            "prefill": flops_pf / (tp * d["peak"]),
-            "prefill_weights": prompt_passes * _touched(a, chunk) / (tp * d["bw"]),
-            "weights": decode * _touched(a, running) / (tp * d["bw"]),
-            "kv": waves * running * kv * ctx_sum / (tp * d["bw"]),
-            "decode_flops": (decode * 2 * a["active"] * running
-                             + waves * running * 4 * a["layers"] * a["q_width"] * ctx_sum) / (tp * d["peak"]),
-            "steps": decode + prompt_passes,
-            "seq_steps": decode * running,
-            "allreduce": np.where(tp > 1, (decode + prompt_passes) * 2 * a["layers"] * (tp - 1), 0.0),
-            "allreduce_bytes": np.where(tp > 1, 2 * a["layers"] * seqs * inp * a["hidden"] * DTYPE_BYTES
-                                        * 2 * (tp - 1) / tp / d["link"], 0.0),
-            "hops": np.where(layer, (n - 1) * (decode + prompt_passes), 0.0),
-        }
-        t["kv_sliding"] = t["kv"] * a["sliding"]
-        bound = np.maximum((out - 1) * _touched(a, np.ones_like(n)) / (n * d["bw"]),
-                           flops_pf / (n * d["peak"]))
+        t, bound = _time_terms(rows, a, d)
     terms = pd.DataFrame({k: t[k] for k in TERMS}, index=table.index)
     skip = pd.Series("", index=table.index, dtype=object)
     checks = [
         (np.array([h is None for h in hardware]), NO_DATASHEET),
         (~np.isfinite(d["peak"]) & np.array([h is not None for h in hardware]), NO_PEAK),
         (np.array([m is None for m in models]), NO_MODEL),
-        (inp + out > a["context"], BEYOND_CONTEXT),
+        (rows["inp"] + rows["out"] > a["context"], BEYOND_CONTEXT),
         # decode weight reads at peak bandwidth, prompt FLOPs at peak: nothing runs faster
         (table["latency_s"].to_numpy(float) < bound, BELOW_BOUND),
     ]
@@ -197,3 +159,54 @@ def batch_terms(table: pd.DataFrame, hardware: list, models: list) -> tuple[pd.D
         skip[(skip == "") & mask] = reason
     terms[skip != ""] = np.nan
     return terms, skip
+
+
+def _rows(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per-row counts (float) and the framework's execution semantics (bool)."""
+    sem = [semantics(f) for f in table["framework"]]
+    return {
+        "n": table["num_devices"].to_numpy(float),
+        "inp": table["input_tokens"].to_numpy(float),
+        "out": table["output_tokens"].to_numpy(float),
+        "batch": table["batch_size"].to_numpy(float),
+        "one_seq": np.array([s.one_sequence for s in sem]),
+        "layer": np.array([s.layer_split for s in sem]) | table["parallelism"].str.contains("pp").to_numpy(),
+        "paged": np.array([s.paged_kv for s in sem]),
+    }
+
+
+def _time_terms(r: dict, a: dict, d: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The :data:`TERMS` of rows ``r`` (:func:`_rows`) on architectures ``a`` and devices
+    ``d``, and the datasheet bound no run can beat (s)."""
+    n, inp, out, layer = r["n"], r["inp"], r["out"], r["layer"]
+    seqs = np.where(r["one_seq"], 1.0, r["batch"])
+    chunk = np.where(r["one_seq"], np.minimum(r["batch"], inp), seqs * inp)  # tokens per prompt pass
+    tp = np.where(layer, 1.0, n)  # devices that share each layer's work
+    kv = a["kv_per_token"]
+    capacity = (n * (GPU_MEMORY_UTILIZATION * d["mem"] - RESERVE_BYTES) - DTYPE_BYTES * a["params"]) / kv
+    running = np.where(r["paged"], np.clip(np.minimum(seqs, capacity / (inp + out)), 1, None), seqs)
+    waves = seqs / running
+    decode = waves * (out - 1)  # decode passes
+    prompt_passes = np.ceil(seqs * inp / chunk)
+    ctx_sum = (out - 1) * inp + out * (out - 1) / 2  # sum of contexts over decode steps
+    flops_pf = seqs * (2 * (a["active"] - a["embed"]) * inp + 2 * a["layers"] * a["q_width"] * inp**2
+                       + 2 * a["lm_head"])
+    t = {
+        "const_1dev": (n == 1).astype(float),
+        "const_multi": (n > 1).astype(float),
+        "prefill": flops_pf / (tp * d["peak"]),
+        "prefill_weights": prompt_passes * _touched(a, chunk) / (tp * d["bw"]),
+        "weights": decode * _touched(a, running) / (tp * d["bw"]),
+        "kv": waves * running * kv * ctx_sum / (tp * d["bw"]),
+        "decode_flops": (decode * 2 * a["active"] * running
+                         + waves * running * 4 * a["layers"] * a["q_width"] * ctx_sum) / (tp * d["peak"]),
+        "steps": decode + prompt_passes,
+        "seq_steps": decode * running,
+        "allreduce": np.where(tp > 1, (decode + prompt_passes) * 2 * a["layers"] * (tp - 1), 0.0),
+        "allreduce_bytes": np.where(tp > 1, 2 * a["layers"] * seqs * inp * a["hidden"] * DTYPE_BYTES
+                                    * 2 * (tp - 1) / tp / d["link"], 0.0),
+        "hops": np.where(layer, (n - 1) * (decode + prompt_passes), 0.0),
+    }
+    t["kv_sliding"] = t["kv"] * a["sliding"]
+    bound = np.maximum((out - 1) * _touched(a, np.ones_like(n)) / (n * d["bw"]), flops_pf / (n * d["peak"]))
+    return t, bound

@@ -122,17 +122,7 @@ def skew_errors(bundle: Bundle, tp: int) -> dict | None:
     """
     if (tp, "skew") not in bundle.tables:
         return None
-    df = bundle.tables[(tp, "skew")]
-    where = bundle.root / f"tp{tp}" / "skew.csv"
-    missing = [c for c in SKEW_COLUMNS if c not in df.columns]
-    if missing:
-        raise TraceError(where, f"missing columns {missing}", line=1)
-    t_mean, t_max, t_skew = (positive_numbers(df[col], where, col, first_line=2)
-                             for col in ("t_mean_us", "t_max_us", "t_skew_us"))
-    keep = t_max >= t_mean
-    rows = df[keep]
-    gap = (t_max - t_mean)[keep]
-    base, meas = t_mean[keep], t_skew[keep]
+    rows, base, gap, meas, inverted = _skewed_batches(bundle, tp)
     default = skew_from_bundle(bundle, tp, buckets=False)
     alphas = {"mean_kv": np.zeros(len(rows)), "default": np.full(len(rows), default.default)}
     try:
@@ -152,5 +142,19 @@ def skew_errors(bundle: Bundle, tp: int) -> dict | None:
             a = alphas.get(variant)
             entry[variant] = None if a is None else ape_summary(base[m] + a[m] * gap[m], meas[m], digits=4)
         regimes[name] = entry
-    return {"batches": int(keep.sum()), "inverted": int((~keep).sum()),
+    return {"batches": len(rows), "inverted": inverted,
             "alpha_default": default.default, "regimes": regimes}
+
+
+def _skewed_batches(bundle: Bundle, tp: int):
+    """The rows of ``skew.csv`` with ``t_max >= t_mean``, their ``t_mean``, ``t_max -
+    t_mean`` and ``t_skew`` (us), and how many rows were inverted (left out)."""
+    df = bundle.tables[(tp, "skew")]
+    where = bundle.root / f"tp{tp}" / "skew.csv"
+    missing = [c for c in SKEW_COLUMNS if c not in df.columns]
+    if missing:
+        raise TraceError(where, f"missing columns {missing}", line=1)
+    t_mean, t_max, t_skew = (positive_numbers(df[col], where, col, first_line=2)
+                             for col in ("t_mean_us", "t_max_us", "t_skew_us"))
+    keep = t_max >= t_mean
+    return df[keep], t_mean[keep], (t_max - t_mean)[keep], t_skew[keep], int((~keep).sum())

@@ -24,7 +24,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from pathlib import Path
 
@@ -48,124 +47,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed, default=0, help="seed of the fold shuffle (default 0)")
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{x:.2f}"
-
-
-def _num(x: float) -> str:
-    return f"{x:g}"
-
-
-def markdown_tables(report: dict) -> str:
-    """One Markdown table per tp: operator, features, points, CV errors (%), ranges."""
-    b = report["bundle"]
-    lines = [f"# mist calibrate: {b['model']} on {b['hardware']}", "",
-             f"Bundle `{b['root']}` (engine {b['engine']} {b['engine_version']}, "
-             f"CUDA {b['cuda_version']}, {b['variant']}). "
-             f"{report['cv']['folds']}-fold cross-validation, seed {report['cv']['seed']}; "
-             "errors are absolute percentage errors of held-out points.", ""]
-    for tp, entry in report["tp"].items():
-        lines += [f"## tp={tp}", "",
-                  "| operator | features | points | CV MAPE % | median APE % | P90 APE % | measured range |",
-                  "|---|---|---:|---:|---:|---:|---|"]
-        for op, e in entry["operators"].items():
-            ranges = ", ".join(f"{f} {_num(lo)}–{_num(hi)}" for f, (lo, hi) in e["ranges"].items())
-            cv = e["cv"]
-            lines.append(f"| {op} | {', '.join(e['features'])} | {e['points']} | {_pct(cv['mape'])} | "
-                         f"{_pct(cv['median_ape'])} | {_pct(cv['p90_ape'])} | {ranges} |")
-        lines.append("")
-        if entry["missing_required"]:
-            lines += [f"Missing operators a dense decoder needs: {', '.join(entry['missing_required'])}.", ""]
-        if entry["ignored_operators"]:
-            lines += [f"Not modelled (unknown operators): {', '.join(entry['ignored_operators'])}.", ""]
-        if entry.get("skew"):
-            lines += skew_table(tp, entry["skew"])
-    if any(e["cv"]["mape"] is None for t in report["tp"].values() for e in t["operators"].values()):
-        lines += ["– : fewer than 2 × folds points, no cross-validated figure.", ""]
-    return "\n".join(lines)
-
-
-def _mape_p90(e: dict | None) -> str:
-    return "–" if e is None else f"{e['mape']:.2f} / {e['p90_ape']:.2f}"
-
-
-def skew_table(tp: str, skew: dict) -> list[str]:
-    """Markdown lines: how each KV-skew correction reproduces the bundle's skewed batches."""
-    lines = [f"### tp={tp}: KV-skew correction against `skew.csv`", "",
-             f"{skew['batches']:,} measured decode batches with uneven KV lengths (and {skew['inverted']} "
-             "timed faster with every KV length at the maximum than at the mean, left out). Each "
-             "batch's time is predicted from its own measured uniform-mean and uniform-max times, "
-             "`t_mean + alpha (t_max - t_mean)`, as the replay does; the "
-             "profiler fitted the alphas on these same batches, so the errors are in-sample. (Buckets "
-             "are keyed by the exact profiled prefill chunk: in a replay with `--skew buckets` a mixed "
-             "step whose chunk is not a profiled size takes the one alpha.)", "",
-             f"| regime | batches | measured over mean KV (median %) | mean KV alone: MAPE / P90 % | "
-             f"one alpha ({skew['alpha_default']:g}): MAPE / P90 % | per-bucket alphas: MAPE / P90 % |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for name, e in skew["regimes"].items():
-        lines.append(f"| {name} | {e['batches']:,} | {e['measured_extra_pct']:+.2f} | {_mape_p90(e['mean_kv'])} | "
-                     f"{_mape_p90(e['default'])} | {_mape_p90(e['buckets'])} |")
-    return lines + [""]
-
-
-def cv_plot(report: dict) -> bytes:
-    """PNG bytes of a grouped bar chart: CV MAPE (%) per operator, one bar per tp."""
-    import matplotlib.style
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    tps = list(report["tp"])
-    ops = sorted({op for entry in report["tp"].values() for op in entry["operators"]})
-    width = 0.8 / max(len(tps), 1)
-    with matplotlib.style.context("default"):
-        fig = Figure(figsize=(max(6.0, 0.6 * len(ops) + 2), 4.0), layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.subplots()
-        x = np.arange(len(ops))
-        for i, tp in enumerate(tps):
-            cv = [report["tp"][tp]["operators"].get(op, {}).get("cv", {}).get("mape") for op in ops]
-            ax.bar(x + (i - (len(tps) - 1) / 2) * width, [np.nan if v is None else v for v in cv],
-                   width, label=f"tp={tp}")
-        ax.set_xticks(x, ops, rotation=45, ha="right")
-        ax.set_ylabel("cross-validated MAPE (%)")
-        ax.set_title(f"{report['bundle']['model']} on {report['bundle']['hardware']}: "
-                     f"{report['cv']['folds']}-fold CV error per operator")
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    return buf.getvalue()
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from mist.calibrate.calibration import calibrate_bundle, grids_bytes
-    from mist.calibrate.skew import skew_errors
-    from mist.profiles.bundle import read_bundle
-    from mist.traces.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-
-    bundle = read_bundle(args.profiles)
+    from mist.calibrate.bundle_job import CalibrateSettings, calibrate_profiles, write_calibration
 
     def progress(tasks: list):
         return tqdm(tasks, desc="calibrate", unit="op", disable=not sys.stderr.isatty())
 
-    models, report = calibrate_bundle(bundle, args.tp, args.folds, args.seed, progress=progress)
-    for tp, entry in report["tp"].items():
-        entry["skew"] = skew_errors(bundle, int(tp))
-    # All-or-nothing: every output is rendered in memory before the first file is written.
-    grids, markdown, png = grids_bytes(models), markdown_tables(report), cv_plot(report)
-    out = args.out
-    atomic_write_bytes(out / "grids.parquet", grids)
-    atomic_write_json(out / "report.json", report)
-    atomic_write_text(out / "report.md", markdown)
-    atomic_write_bytes(out / "cv.png", png)
-    print(markdown, end="")
-    print(f"artifact: {out}")
-    for tp, entry in report["tp"].items():
-        if entry["missing_required"]:
-            print(f"mist calibrate: warning: tp={tp} lacks operator(s) {', '.join(entry['missing_required'])} "
-                  "that a dense decoder needs; `mist replay` and `mist validate` will refuse this bundle",
-                  file=sys.stderr)
+    settings = CalibrateSettings(profiles=args.profiles, tps=None if args.tp is None else tuple(args.tp),
+                                 folds=args.folds, seed=args.seed)
+    result = calibrate_profiles(settings, progress=progress)
+    write_calibration(result, args.out)
+    print(result.markdown(), end="")
+    print(f"artifact: {args.out}")
+    for tp, missing in result.missing_required().items():
+        print(f"mist calibrate: warning: tp={tp} lacks operator(s) {', '.join(missing)} "
+              "that a dense decoder needs; `mist replay` and `mist validate` will refuse this bundle",
+              file=sys.stderr)
     return 0

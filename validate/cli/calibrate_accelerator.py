@@ -44,7 +44,10 @@ from pathlib import Path
 
 from mist.validate.cli.argtypes import positive_int, seed
 
-SAMPLINGS = ("stratified", "random", "per-framework")  # calibrate.accelerator.SAMPLINGS
+#: mist.calibrate.sampling.SAMPLINGS, repeated so that ``mist --help`` imports no numpy
+#: (tests/test_calibrate_accelerator.py checks the two agree)
+SAMPLINGS = ("stratified", "random", "per-framework")
+
 HELP = "calibrate a new accelerator from K benchmark rows and predict the rest"
 
 
@@ -73,72 +76,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", type=Path, metavar="FILE", help="also write the target's rows with predictions (CSV)")
 
 
-def _pct(x) -> str:
-    return "–" if x is None else f"{x:.2f}"
-
-
-def summary(report: dict) -> str:
-    """Markdown table: one line per framework and the total."""
-    lines = [f"# mist calibrate-accelerator: {report['target']} ({report['sampling']}, "
-             f"K={report['points']}, seed {report['seed']})", "",
-             "| framework | points | rows predicted | MAPE % | median APE % | P90 APE % |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for fw, e in report["frameworks"].items():
-        lines.append(f"| {fw} | {e['points']} | {e['rows_predicted']} | {_pct(e['mape'])} | "
-                     f"{_pct(e['median_ape'])} | {_pct(e['p90_ape'])} |")
-    lines.append(f"| **all** | {report['points_used']} | {report['rows_predicted']} | "
-                 f"{_pct(report['mape'])} | {_pct(report['median_ape'])} | {_pct(report['p90_ape'])} |")
-    lines.append("")
-    for reason, n in report["skipped"].items():
-        lines.append(f"skipped {n} row(s): {reason}")
-    t = report["training"]
-    lines.append(f"prior from {t['rows']} rows of {len(t['accelerators'])} other accelerator(s), "
-                 f"{t['groups']} accelerator x framework group(s)"
-                 + (f"; its spread x{report['prior_scale']:g}, as the calibration rows' evidence chose"
-                    if report.get("prior_scale") is not None else ""))
-    return "\n".join(lines) + "\n"
-
-
 def run(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from mist.calibrate.accelerator import NoDatasheet, leave_one_accelerator_out
-    from mist.profiles.hardware import load_catalog
-    from mist.traces.errors import TraceError
+    from mist.calibrate.accelerator import AcceleratorSettings, calibrate_accelerator
     from mist.traces.io import atomic_write_json, atomic_write_text
-    from mist.traces.readers.llm_inference_bench import read_llm_inference_bench
 
     start = time.perf_counter()
-    seen: dict = {}
-    for path in args.bench:
-        key = path.resolve()
-        if key in seen:
-            raise TraceError(path, f"given twice in --bench (as {seen[key]}): its rows would be both "
-                                   "calibration points and predictions")
-        seen[key] = path
-    if args.models is not None and not args.models.is_dir():
-        raise TraceError(args.models, "--models folder not found")
-    table = pd.concat([read_llm_inference_bench(p).to_pandas() for p in args.bench],
-                      ignore_index=True)
-    catalog = load_catalog(extra=args.hardware)
-    try:
-        report, rows = leave_one_accelerator_out(table, args.target, args.points, args.seed,
-                                                 sampling=args.sampling, catalog=catalog,
-                                                 configs_dir=args.models)
-    except NoDatasheet as exc:
-        raise TraceError(args.bench[0], f"{exc}; give its datasheet figures with --hardware FILE "
-                                        "(format: profiles/hardware.yaml)") from exc
-    except ValueError as exc:
-        raise TraceError(args.bench[0], str(exc)) from exc
-    if not report["rows_predicted"]:
-        why = "; ".join(f"{n} {reason}" for reason, n in report["skipped"].items())
-        raise TraceError(args.bench[0], f"no row of {args.target!r} left to predict with --points "
-                                        f"{args.points} (skipped: {why})")
-    report["bench"] = [str(p) for p in args.bench]
-    rows_csv = rows.to_csv(index=False) if args.rows else None
-    atomic_write_json(args.json, report)
+    settings = AcceleratorSettings(bench=tuple(args.bench), target=args.target, points=args.points,
+                                   seed=args.seed, sampling=args.sampling, models_dir=args.models,
+                                   hardware=tuple(args.hardware))
+    result = calibrate_accelerator(settings)
+    rows_csv = result.rows.to_csv(index=False) if args.rows else None
+    atomic_write_json(args.json, result.report)
     if rows_csv is not None:
         atomic_write_text(args.rows, rows_csv)
-    print(summary(report), end="")
+    print(result.summary(), end="")
     print(f"report: {args.json} ({time.perf_counter() - start:.1f} s)")
     return 0
