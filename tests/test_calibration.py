@@ -1,14 +1,23 @@
-"""Calibration on a real layer-profile bundle: fit, cross-validate, artifact, CLI."""
+"""Calibration on a real layer-profile bundle: fit, cross-validate, artifact, job, CLI.
+
+The bundle is calibrated once for the module (fixture ``calibrated``, the job behind
+``mist calibrate``); the tests read its models and report rather than fitting again.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from mist.calibrate.bundle_job import CalibrateSettings, calibrate_profiles, write_calibration
 from mist.calibrate.calibration import (
     calibrate_bundle,
     cross_validate,
@@ -22,12 +31,12 @@ from mist.profiles.bundle import read_bundle, to_operator_profile
 from mist.traces.errors import TraceError
 from mist.validate.cli import main
 
-LLAMA = "profiles/llmservingsim/RTXPRO6000/meta-llama/Llama-3.1-8B/bf16"
+CPU_SAMPLE = Path(__file__).resolve().parents[1] / "profiles" / "samples" / "cpu-tiny-llama" / "fp32"
 
 
 @pytest.fixture(scope="module")
-def bundle(shared_data):
-    return read_bundle(shared_data / LLAMA)
+def bundle(shared):
+    return read_bundle(shared.llama_bundle)
 
 
 @pytest.fixture(scope="module")
@@ -36,25 +45,39 @@ def profile(bundle):
 
 
 @pytest.fixture(scope="module")
-def calibrated(bundle):
-    return calibrate_bundle(bundle)
+def result(shared):
+    """The Llama bundle calibrated by the job (5-fold CV, seed 0), with its skew errors."""
+    return calibrate_profiles(CalibrateSettings(profiles=shared.llama_bundle))
 
 
-def test_every_required_operator_fitted_at_tp1_and_tp2(profile):
+@pytest.fixture(scope="module")
+def calibrated(result):
+    return result.models, result.report
+
+
+def test_every_required_operator_fitted_at_tp1_and_tp2(calibrated, profile):
+    models, _ = calibrated
     for tp in (1, 2):
-        models = fit_operators(profile, tp)
-        assert set(REQUIRED) <= set(models)
+        assert set(REQUIRED) <= set(models[tp])
         for op in REQUIRED:
-            assert models[op].n_features_in_ == len(OPERATORS[op][0])
+            assert models[tp][op].n_features_in_ == len(OPERATORS[op][0])
+    # fit_operators fits the same models the job does
+    alone = fit_operators(profile, 1)
+    assert sorted(alone) == sorted(models[1])
+    for op, m in alone.items():
+        np.testing.assert_array_equal(m.grid_, models[1][op].grid_)
 
 
-def test_cross_validated_errors_are_small_on_smooth_curves(profile):
+def test_cross_validated_errors_are_small_on_smooth_curves(calibrated, profile):
     # Dense GEMMs and element-wise ops are smooth in the token count: held-out points
     # are predicted by interpolating neighbours a factor ~1.1 apart, so a few percent
     # at most. Attention varies over four axes and is profiled on a power-of-two
     # grid, so held-out points lie further from what remains: a looser bound.
+    _, report = calibrated
     for tp in (1, 2):
-        cv = cross_validate(profile, tp, k=5, seed=0).set_index("operator")
+        ops = report["tp"][str(tp)]["operators"]
+        cv = pd.DataFrame([{"operator": op, "points": e["points"], **e["cv"]} for op, e in ops.items()])
+        cv = cv.set_index("operator")
         dense = cv.loc[[op for op in cv.index if OPERATORS[op][0] == DENSE]]
         assert cv.loc["qkv_proj", "median_ape"] < 10.0
         assert (dense["mape"] < 10.0).all(), dense
@@ -62,6 +85,12 @@ def test_cross_validated_errors_are_small_on_smooth_curves(profile):
         assert cv.loc["attention", "median_ape"] < 10.0
         assert cv.loc["attention", "mape"] < 25.0
         assert (cv["points"] > 0).all()
+    # cross_validate gives the report's figures (checked on the light operators)
+    light = profile.filter(pc.field("operator") != "attention")
+    alone = cross_validate(light, 1, k=5, seed=0).set_index("operator")
+    for op, e in report["tp"]["1"]["operators"].items():
+        if op != "attention":
+            assert {k: round(alone.loc[op, k], 4) for k in e["cv"]} == e["cv"], op
 
 
 def test_calibrate_bundle_report_matches_models(calibrated, bundle):
@@ -118,11 +147,13 @@ def test_load_artifact_rejects_grid_not_matching_axes(tmp_path):
         load_artifact(tmp_path)
 
 
-def test_mist_calibrate_end_to_end_is_deterministic(shared_data, tmp_path, capsys):
+def test_mist_calibrate_end_to_end_is_deterministic(result, shared, tmp_path, capsys):
+    # the command's files and the job's (computed apart, same inputs) are the same bytes
     outs = [tmp_path / "a", tmp_path / "b"]
-    for out in outs:
-        assert main(["calibrate", "--profiles", str(shared_data / LLAMA), "--out", str(out)]) == 0
+    assert main(["calibrate", "--profiles", str(shared.llama_bundle), "--out", str(outs[0])]) == 0
+    write_calibration(result, outs[1])
     printed = capsys.readouterr().out
+    assert printed == result.markdown() + f"artifact: {outs[0]}\n"
     assert "## tp=1" in printed and "| qkv_proj | tokens | 152 |" in printed
     assert "### tp=1: KV-skew correction against `skew.csv`" in printed
     skew = json.loads((outs[0] / "report.json").read_text())["tp"]["1"]["skew"]
@@ -133,13 +164,22 @@ def test_mist_calibrate_end_to_end_is_deterministic(shared_data, tmp_path, capsy
     assert set(load_artifact(outs[0])) == {1, 2}
 
 
-def test_mist_calibrate_selected_tp_and_errors(shared_data, tmp_path, capsys):
-    out = tmp_path / "one"
-    assert main(["calibrate", "--profiles", str(shared_data / LLAMA), "--out", str(out),
+def _two_degree_sample(tmp_path):
+    """The packaged CPU sample bundle with its tp1 copied as tp2: a small two-degree bundle."""
+    root = shutil.copytree(CPU_SAMPLE, tmp_path / "bundle")
+    shutil.copytree(root / "tp1", root / "tp2")
+    meta = root / "meta.yaml"
+    meta.write_text(meta.read_text().replace("tp_degrees: [1]", "tp_degrees: [1, 2]"))
+    return root
+
+
+def test_mist_calibrate_selected_tp_and_errors(tmp_path, capsys):
+    out, sample = tmp_path / "one", _two_degree_sample(tmp_path)
+    assert main(["calibrate", "--profiles", str(sample), "--out", str(out),
                  "--tp", "2", "--folds", "3", "--seed", "1"]) == 0
     assert set(load_artifact(out)) == {2}
-    assert main(["calibrate", "--profiles", str(shared_data / LLAMA), "--out", str(tmp_path / "x"),
-                 "--tp", "4"]) == 2
+    assert json.loads((out / "report.json").read_text())["cv"] == {"folds": 3, "seed": 1}
+    assert main(["calibrate", "--profiles", str(sample), "--out", str(tmp_path / "x"), "--tp", "4"]) == 2
     assert "tp4" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # all-or-nothing: nothing written on error
     assert main(["calibrate", "--profiles", str(tmp_path), "--out", str(tmp_path / "y")]) == 2
