@@ -10,11 +10,9 @@ from mist.calibrate.skew import SkewAlpha, skew_errors, skew_from_bundle
 from mist.profiles.bundle import Bundle, read_bundle
 from mist.traces.errors import TraceError
 
-LLAMA = "profiles/llmservingsim/RTXPRO6000/meta-llama/Llama-3.1-8B/bf16"
 
-
-def test_bucket_of_a_hand_made_batch(shared_data):
-    bundle = read_bundle(shared_data / LLAMA)
+def test_bucket_of_a_hand_made_batch(shared):
+    bundle = read_bundle(shared.llama_bundle)
     skew = skew_from_bundle(bundle, 1)
     fit = bundle.table(1, "skew_fit")
     # 100 decodes, KV from 200 to 3000 with mean 900: skew rate (900-200)/2800 = 0.25 -> "sr<=40%";
@@ -28,8 +26,8 @@ def test_bucket_of_a_hand_made_batch(shared_data):
     assert skew.default == pytest.approx(bundle.meta["skew_fit"]["per_tp"][1]["alpha_default"])
 
 
-def test_without_buckets_every_batch_gets_the_default(shared_data):
-    skew = skew_from_bundle(read_bundle(shared_data / LLAMA), 1, buckets=False)
+def test_without_buckets_every_batch_gets_the_default(shared):
+    skew = skew_from_bundle(read_bundle(shared.llama_bundle), 1, buckets=False)
     assert skew.table == {} and skew(0, 100, 200, 900, 3000, 0) == skew.default
 
 
@@ -39,14 +37,12 @@ def test_empty_table_returns_default():
 
 # --- skew_errors: how well each correction reproduces the measured skewed batches ---
 
-QWEN = "profiles/llmservingsim/RTXPRO6000/Qwen/Qwen3-32B/bf16"
 
-
-@pytest.mark.parametrize("path", [LLAMA, QWEN])
-def test_skew_errors_reproduce_the_profilers_own_fit_figures(shared_data, path):
+@pytest.mark.parametrize("name", ["llama_bundle", "qwen_bundle"])
+def test_skew_errors_reproduce_the_profilers_own_fit_figures(shared, name):
     """The profiler recorded its per-bucket fit's quality in meta.yaml (fractions, 4 decimals);
     recomputed here from skew.csv and skew_fit.csv they must agree."""
-    bundle = read_bundle(shared_data / path)
+    bundle = read_bundle(getattr(shared, name))
     for tp in bundle.tp_degrees:
         fit = bundle.meta["skew_fit"]["per_tp"][tp]
         got = skew_errors(bundle, tp)
