@@ -253,3 +253,11 @@ def test_silicon_client_settings_without_the_client_are_refused(tmp_path, capsys
                  "--json", str(out)])
     assert code == 2 and "counts every request already" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_validate_settings_refuse_a_misspelt_rule():
+    from mist.validate.run import ValidateSettings
+
+    for field, value in (("arrival", "Client"), ("drift", "on"), ("skew", "bucket")):
+        with pytest.raises(ValueError, match=f"{field} must be one of"):
+            ValidateSettings(run_dir="r", profiles="p", model="m", **{field: value})

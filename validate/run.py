@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from mist.profiles.measure.probe import drift_ratio
 from mist.replay.config import EngineConfig
-from mist.replay.run import input_warnings, load_deployment, prepare, simulate
+from mist.replay.run import ARRIVALS, input_warnings, load_deployment, prepare, simulate
 from mist.traces.errors import TraceError
 from mist.traces.io import write_table
 from mist.traces.readers.vllm_run import attach_workload, read_vllm_run
@@ -39,6 +39,8 @@ from mist.validate.metrics import format_table, rounded, summarize
 from mist.validate.report import kv_usage_pct, measured_kv_pct, write_report
 
 DRIFT_WARN = 0.05  # warn when the speed probes differ by more than this fraction
+DRIFT_RULES = ("auto", "off")  # see ValidateSettings.drift
+SKEW_RULES = ("default", "buckets", "off")  # see ValidateSettings.skew
 #: the columns of a run's ``timeseries.csv`` the report plots (1 s ticks of the engine)
 TIMESERIES_COLUMNS = ("t", "running", "waiting")
 #: plotted when present: the KV cache in use, % (vLLM's kv_cache_usage gauge x 100)
@@ -96,6 +98,12 @@ class ValidateSettings:
     async_scheduling: bool | None = None
     prefix_caching: bool | None = None
     timeseries: bool = True
+
+    def __post_init__(self):
+        # a misspelt rule must not fall back to the default silently
+        for name, allowed in (("arrival", ARRIVALS), ("drift", DRIFT_RULES), ("skew", SKEW_RULES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
