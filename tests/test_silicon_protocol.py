@@ -300,22 +300,30 @@ def test_engine_limits_are_vllms_defaults_unless_given():
     assert engine_limits(a100, max_num_seqs=64) == (2048, 64)
 
 
-def test_a_given_sequence_cap_queues_the_users_beyond_it_littles_law(llama_rows):
-    # 64 users, C slots, always full in the steady state: 64 - C users wait, and by
-    # Little's law each waits (64 - C) / C times a request's time in its slot (its
+def _check_littles_law(llama_rows, users: int, caps: tuple) -> None:
+    # U users, C slots, always full in the steady state: U - C users wait, and by
+    # Little's law each waits (U - C) / C times a request's time in its slot (its
     # prefill, about the uncapped TTFT, plus OSL - 1 decode steps at the capped batch)
     from mist.replay.silicon_predict import predict_row
 
     rows, model, kernels = llama_rows
-    row, cache = rows.iloc[-1], {}
-    users, osl = int(row.batch_size), int(row.osl)
-    assert users == 64
+    row, cache = rows[rows.batch_size == users].iloc[0], {}
+    osl = int(row.osl)
     free = predict_row(row, model, kernels, 12, cache, "staggered")
-    for cap in (32, 16):
+    for cap in caps:
         capped = predict_row(row, model, kernels, 12, cache, "staggered", max_num_seqs=cap)
         in_slot = free.ttft_ms + (osl - 1) * capped.tpot_ms
         assert capped.ttft_ms - free.ttft_ms == pytest.approx((users - cap) / cap * in_slot, rel=0.1)
         assert capped.tpot_ms < free.tpot_ms  # fewer sequences decode together
+
+
+def test_a_given_sequence_cap_queues_the_users_beyond_it_littles_law(llama_rows):
+    _check_littles_law(llama_rows, 16, (8,))
+
+
+@pytest.mark.slow  # ~25 s: the test above checks the same law on 16 users
+def test_a_given_sequence_cap_queues_64_users_beyond_it_littles_law(llama_rows):
+    _check_littles_law(llama_rows, 64, (32, 16))
 
 
 def test_a_given_token_budget_chunks_the_prompt(llama_rows):
