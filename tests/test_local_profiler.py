@@ -1,4 +1,5 @@
-"""The local profiler: grids, summaries, the all-or-nothing bundle writer, and (slow) a real run."""
+"""The local profiler: grids, summaries, the all-or-nothing bundle writer, the job with its
+heavy parts faked, and (slow) a real run."""
 
 from __future__ import annotations
 
@@ -6,26 +7,33 @@ import importlib.util
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 import yaml
 
+import mist.profiles.measure as measure
+import mist.profiles.measure.probe as probe
 from mist.calibrate.calibration import fit_operators
 from mist.profiles.bundle import read_bundle, to_operator_profile
-from mist.profiles.measure.profiler import (
-    ProfileSettings,
+from mist.profiles.measure.bundle_writer import render_csv, write_bundle
+from mist.profiles.measure.cpus import parse_cpus
+from mist.profiles.measure.grids import (
     attention_points,
     geometric_grid,
-    parse_cpus,
-    render_csv,
+    grid_meta,
+    grids_for,
     summarize,
     token_grid,
-    write_bundle,
 )
+from mist.profiles.measure.profiler import profile_machine, write_profile
+from mist.profiles.measure.settings import ProfileSettings
+from mist.validate.cli.profile import forward_check
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO.parent / "shared" / "data" / "vllm-bench-cpu" / "tiny-llama-rate1.5-run2" / "config.json"
+TINY_CONFIG = REPO / "profiles" / "samples" / "tiny-llama.json"
+SAMPLE_BUNDLE = REPO / "profiles" / "samples" / "cpu-tiny-llama" / "fp32"
 DENSE_OPS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "act_fn", "rotary_emb",
              "layernorm", "embedding", "final_layernorm")
 
@@ -165,8 +173,6 @@ def test_write_bundle_is_all_or_nothing(tmp_path):
 
 
 def test_forward_check_composes_decode_steps():
-    from mist.validate.cli.profile import forward_check
-
     tables = _synthetic_tables()
     meta = {"model_shape": {"num_layers": 2},
             "engine_decode_steps": [{"sequences": 4, "kv_decode": 64.0, "model_us": 1000.0, "steps": 9}]}
@@ -187,6 +193,68 @@ def test_cli_help_does_not_import_torch():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+PROBE = {"version": 1, "matmul_s": 0.01, "python_s": 0.04, "score_s": 0.02}  # a fixed speed probe
+
+
+@pytest.fixture
+def fake_heavy(monkeypatch):
+    """The torch/vLLM stages of the profiler replaced by synthetic tables (no torch needed)."""
+    tables = _synthetic_tables()
+    step = {"step": 0, "sequences": 2, "tokens": 2, "n_decode": 2, "kv_decode_sum": 130,
+            "kv_decode_max": 66, "kv_decode_min": 64, "prefills": "", "time_us": 4000.0}
+    fakes = {name: types.ModuleType(name) for name in ("operators", "engine_steps", "serving_steps")}
+    fakes["operators"].profile_operators = lambda model, raw, settings, cpus, progress: {
+        **{k: tables[k] for k in ("dense", "per_sequence", "attention")},
+        "kernels": {"qkv_proj": "fake"}, "grids": grid_meta(grids_for(settings)), "repeats": 3,
+        "dtype": "float32", "versions": {"vllm": "test", "torch": "test"}}
+    fakes["engine_steps"].profile_step_overhead = lambda model, raw, settings, progress: {
+        "rows": tables["step_overhead"], "engine_effective": {"block_size": 128}, "steps": [step],
+        "decode_steps": [{"sequences": 4, "kv_decode": 64.0, "model_us": 1000.0, "forward_us": 600.0,
+                          "logits_us": 300.0, "sampler_us": 100.0, "steps": 9}],
+        "description": {"method": "fake", "steps": 1}}
+    fakes["serving_steps"].profile_serving_steps = lambda raw, settings: [dict(step)]
+    for name, module in fakes.items():
+        monkeypatch.setitem(sys.modules, f"mist.profiles.measure.{name}", module)
+        monkeypatch.setattr(measure, name, module, raising=False)
+    monkeypatch.setattr(probe, "run_probe", lambda cpus=None: dict(PROBE))
+    for name in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_LOGGING_LEVEL"):
+        monkeypatch.setenv(name, "restored after the test")  # the job sets them for vLLM
+
+
+def _bundle_layout(bundle: Path) -> dict:
+    """File names, the keys of meta.yaml in order (and of its settings), the CSV headers."""
+    meta = yaml.safe_load((bundle / "meta.yaml").read_text())
+    return {"files": sorted(p.name for p in (bundle / "tp1").iterdir()), "meta": list(meta),
+            "settings": list(meta["settings"]), "forward_check": sorted(meta["forward_check"][0]),
+            **{p.name: p.read_text().splitlines()[0] for p in (bundle / "tp1").iterdir()}}
+
+
+def test_profile_machine_is_a_library_job(fake_heavy, tmp_path):
+    settings = ProfileSettings(model_config=str(TINY_CONFIG), max_num_seqs=8, quick=True)
+    result = profile_machine(settings, forward_check=forward_check)
+    assert result.meta["speed_probe"] == result.meta["speed_probe_end"] == PROBE
+    assert result.meta["settings"]["max_num_seqs"] == 8 and result.meta["model"] == "mist/tiny-llama"
+    assert result.meta["forward_check"] == forward_check(result.meta, result.tables)
+    assert sorted(result.tables) == ["attention", "dense", "engine_steps", "per_sequence", "step_overhead"]
+    out = write_profile(result, tmp_path / "bundle")
+    assert read_bundle(out).meta == yaml.safe_load((out / "meta.yaml").read_text())
+    assert _bundle_layout(out) == _bundle_layout(SAMPLE_BUNDLE)  # the shipped sample's layout
+    assert "forward_check" not in profile_machine(settings).meta  # no check asked for
+    served = profile_machine(ProfileSettings(model_config=str(TINY_CONFIG), serving_steps=True))
+    assert served.tables["serving_steps"] and served.meta["serving_steps"]["steps"] == 1
+
+
+def test_cli_profile_writes_the_bundle(fake_heavy, tmp_path, capsys):
+    from mist.validate.cli import main
+
+    out = tmp_path / "bundle"
+    assert main(["profile", "--model", str(TINY_CONFIG), "--out", str(out), "--quick"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("profiled mist/tiny-llama (float32) on ")
+    assert printed[1].startswith("  decode S=  4: engine model    1.00 ms") and printed[-1] == f"bundle: {out}"
+    assert read_bundle(out).meta["settings"]["quick"] is True
+
+
 def test_cli_refuses_non_empty_out(tmp_path):
     from mist.validate.cli import main
 
@@ -195,7 +263,8 @@ def test_cli_refuses_non_empty_out(tmp_path):
 
 
 # The profiler needs torch and vllm, which may live in another environment than the
-# tests (vLLM pins its own torch): MIST_PROFILE_PYTHON names that interpreter.
+# tests (vLLM pins its own torch): MIST_PROFILE_PYTHON names that interpreter (one where
+# mist is installed too, e.g. the venv of the README's [record] install).
 PROFILE_PYTHON = os.environ.get("MIST_PROFILE_PYTHON", sys.executable)
 
 
@@ -207,13 +276,13 @@ def _can_profile() -> bool:
 
 
 @pytest.mark.slow
-def test_quick_profile_end_to_end(tmp_path, shared_data):
+def test_quick_profile_end_to_end(tmp_path, shared):
     if not _can_profile():
         pytest.skip("needs torch (CPU) and vllm (the [record] extra); or set MIST_PROFILE_PYTHON")
     out = tmp_path / "bundle"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    res = subprocess.run([PROFILE_PYTHON, "-m", "mist.validate.cli", "profile", "--model", str(TINY_CONFIG),
-                          "--out", str(out), "--quick"], cwd=REPO, env=env, capture_output=True,
+    config = shared.vllm_bench_cpu / "tiny-llama-rate1.5-run2" / "config.json"
+    res = subprocess.run([PROFILE_PYTHON, "-m", "mist", "profile", "--model", str(config),
+                          "--out", str(out), "--quick"], cwd=REPO, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     bundle = read_bundle(out)

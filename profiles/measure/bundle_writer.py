@@ -66,6 +66,12 @@ def plain(obj):
     return str(obj)
 
 
+def occupied(out) -> bool:
+    """Whether ``out`` exists and is not an empty folder (writing there needs ``force``)."""
+    out = Path(out)
+    return out.exists() and not (out.is_dir() and not any(out.iterdir()))
+
+
 def write_bundle(out, meta: dict, tables: dict[str, list[dict]], force: bool = False) -> Path:
     """Write ``meta.yaml`` and ``tp1/<table>.csv`` to ``out``, all or nothing.
 
@@ -78,7 +84,7 @@ def write_bundle(out, meta: dict, tables: dict[str, list[dict]], force: bool = F
         ``out`` exists and is not an empty folder, unless ``force``.
     """
     out = Path(out)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not force:
+    if occupied(out) and not force:
         raise FileExistsError(f"{out} exists and is not empty (use --force to replace it)")
     texts = {"meta.yaml": yaml.safe_dump(plain(meta), sort_keys=False, default_flow_style=None)}
     for name, rows in tables.items():

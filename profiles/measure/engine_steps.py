@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mist.profiles.measure.profiler import summarize
+from mist.profiles.measure.grids import summarize
 
 
 def scenarios(settings) -> list[tuple[int, int, int]]:

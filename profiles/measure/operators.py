@@ -39,7 +39,8 @@ from collections.abc import Callable
 
 import torch
 
-from mist.profiles.measure.profiler import attention_points, summarize, token_grid
+from mist.profiles.measure.grids import grid_meta, grids_for, summarize
+from mist.profiles.measure.settings import ProfileSettings
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -137,25 +138,41 @@ def _gemm(out_features: int, in_features: int, dtype: torch.dtype,
     return run, kernel
 
 
+#: what times each non-GEMM op of a layer (``meta.yaml`` ``kernels``)
+_DENSE_KERNELS = {
+    "act_fn": "vllm SiluAndMul.forward_native (torch silu * mul; vLLM's x86/Arm CPU path)",
+    "layernorm": "vllm.ir fused_add_rms_norm, native impl (residual add + RMSNorm)",
+    "final_layernorm": "vllm.ir fused_add_rms_norm, native impl (residual add + RMSNorm)",
+    "rotary_emb": "vllm RotaryEmbedding.forward_cpu (_C rotary_embedding kernel, neox)",
+    "embedding": "torch.nn.functional.embedding (vLLM UnquantizedEmbeddingMethod, tp=1)",
+}
+
+
+def _rope(model, raw: dict, dtype: torch.dtype):
+    """vLLM's rotary embedding for the config's rope settings."""
+    from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.model_executor.layers.rotary_embedding import get_rope
+
+    rope_params = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
+    rope_params.setdefault("rope_type", "default")
+    rope_params.setdefault("rope_theta", float(raw.get("rope_theta", 10000.0)))
+    with set_current_vllm_config(VllmConfig()):
+        return get_rope(model.head_dim, model.max_position_embeddings, True, rope_params, dtype)
+
+
 def dense_ops(model, raw: dict, dtype: torch.dtype, rotate_bytes: int = 0) -> tuple[dict, dict]:
     """``{op: build(T)}`` giving ``(closure, inputs)`` for T tokens, and ``{op: kernel}``.
 
     ``inputs`` are the tensors to re-read before a sample (None for GEMMs, whose
     weights rotate instead, see :func:`_gemm`).
     """
-    from vllm.config import VllmConfig, set_current_vllm_config
     from vllm.ir.ops import fused_add_rms_norm
     from vllm.model_executor.layers.activation import SiluAndMul
-    from vllm.model_executor.layers.rotary_embedding import get_rope
 
     h, nh, nkv, hd = model.hidden_size, model.num_heads, model.num_kv_heads, model.head_dim
     inter = model.intermediate_size
     eps = float(raw.get("rms_norm_eps", 1e-6))
-    rope_params = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
-    rope_params.setdefault("rope_type", "default")
-    rope_params.setdefault("rope_theta", float(raw.get("rope_theta", 10000.0)))
-    with set_current_vllm_config(VllmConfig()):
-        rope = get_rope(hd, model.max_position_embeddings, True, rope_params, dtype)
+    rope = _rope(model, raw, dtype)
     norm = fused_add_rms_norm.impls["native"].impl_fn
     norm_w = torch.ones(h, dtype=dtype)
     emb_w = (torch.randn(model.vocab_size, h) * 0.02).to(dtype)
@@ -195,14 +212,7 @@ def dense_ops(model, raw: dict, dtype: torch.dtype, rotate_bytes: int = 0) -> tu
     builders.update(act_fn=act, layernorm=layernorm, rotary_emb=rotary,
                     embedding=embedding, final_layernorm=layernorm)
     kernels = {op: f"vllm dispatch_cpu_unquantized_gemm -> {k}" for op, (_, k) in gemms.items()}
-    kernels.update(
-        act_fn="vllm SiluAndMul.forward_native (torch silu * mul; vLLM's x86/Arm CPU path)",
-        layernorm="vllm.ir fused_add_rms_norm, native impl (residual add + RMSNorm)",
-        final_layernorm="vllm.ir fused_add_rms_norm, native impl (residual add + RMSNorm)",
-        rotary_emb="vllm RotaryEmbedding.forward_cpu (_C rotary_embedding kernel, neox)",
-        embedding="torch.nn.functional.embedding (vLLM UnquantizedEmbeddingMethod, tp=1)",
-    )
-    return builders, kernels
+    return builders, {**kernels, **_DENSE_KERNELS}
 
 
 def per_sequence_ops(model, dtype: torch.dtype, temperature: float,
@@ -291,19 +301,8 @@ class _PagedAttention:
         return run, [q, k, v]
 
 
-def grids_for(settings) -> dict:
-    """The grids (and factors) a run uses; ``quick`` coarsens every axis."""
-    q = settings.quick
-    dense = token_grid(settings.max_num_batched_tokens, 4 if q else 16, 2.0 if q else 1.25)
-    seqs = token_grid(settings.max_num_seqs, 2 if q else 16, 2.0 if q else 1.25)
-    factors = dict(chunk_factor=4, kv_factor=8, n_factor=4) if q else \
-        dict(chunk_factor=2, kv_factor=4, n_factor=2)
-    points = attention_points(settings.max_num_batched_tokens, settings.max_num_seqs,
-                              settings.max_kv, **factors)
-    return {"tokens": dense, "sequences": seqs, "attention": points, "attention_factors": factors}
-
-
-def profile_operators(model, raw: dict, settings, cpus: list[int], progress) -> dict:
+def profile_operators(model, raw: dict, settings: ProfileSettings, cpus: list[int],
+                      progress) -> dict:
     """Time every operator over its grid; rows for the dense, per-sequence, attention tables."""
     import vllm
 
@@ -346,16 +345,7 @@ def profile_operators(model, raw: dict, settings, cpus: list[int], progress) -> 
     kernels = {**k_dense, **k_seq,
                "attention": f"vllm _C cpu_attn_reshape_and_cache + cpu_attention_with_kv_cache "
                             f"(isa {attn.isa}, block size {settings.block_size}, paged KV)"}
-    return {**tables, "kernels": kernels, "grids": _grid_meta(g), "repeats": repeats,
+    return {**tables, "kernels": kernels, "grids": grid_meta(g), "repeats": repeats,
             "dtype": str(dtype).removeprefix("torch."),
             "versions": {"vllm": vllm.__version__, "torch": torch.__version__}}
 
-
-def _grid_meta(g: dict) -> dict:
-    """The grids for ``meta.yaml``: dense and per-sequence lists, attention axes."""
-    points = g["attention"]
-    return {"tokens": g["tokens"], "sequences": g["sequences"],
-            "attention": {"points": len(points), **g["attention_factors"],
-                          "chunks": sorted({p[0] for p in points}),
-                          "kv": sorted({p[1] for p in points} | {p[3] for p in points}),
-                          "n_decode": sorted({p[2] for p in points})}}

@@ -24,49 +24,15 @@ import asyncio
 import contextlib
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
+from mist.profiles.measure.settings import VllmSettings
 from mist.traces.errors import TraceError
 
 ENV_KV_SPACE = "VLLM_CPU_KVCACHE_SPACE"
 ENV_BIND = "VLLM_CPU_OMP_THREADS_BIND"
 WARMUP_MAX_OUTPUT = 16  # tokens; warm-up only has to touch every code path once
-
-
-@dataclass(frozen=True)
-class RecordSettings:
-    """Engine settings of one recording.
-
-    Attributes
-    ----------
-    max_num_seqs : int
-        Most sequences in one engine step.
-    max_num_batched_tokens : int
-        Token budget of one engine step.
-    enable_prefix_caching : bool
-        Passed to vLLM explicitly (vLLM's own default would be on).
-    seed : int
-        Seed of the model weights, the engine and the warm-up prompts.
-    kv_cache_space_gib : int
-        CPU KV cache size, GiB (``VLLM_CPU_KVCACHE_SPACE``).
-    threads_bind : str
-        ``VLLM_CPU_OMP_THREADS_BIND`` (e.g. ``"0"``: one compute thread on core 0).
-    warmup : int
-        Warm-up requests before the stream (not recorded).
-    enforce_eager : bool
-        No torch.compile / graphs (CPU graphs do not help a model this small).
-    """
-
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 512
-    enable_prefix_caching: bool = False
-    seed: int = 0
-    kv_cache_space_gib: int = 2
-    threads_bind: str = "0"
-    warmup: int = 4
-    enforce_eager: bool = True
 
 
 def model_dtype(config: dict) -> str:
@@ -91,7 +57,7 @@ def build_model(config: dict, seed: int, directory) -> None:
     model.to(getattr(torch, model_dtype(config).removeprefix("torch."))).save_pretrained(directory)
 
 
-def engine_kwargs(settings: RecordSettings, model: str, dtype: str, max_model_len: int) -> dict:
+def engine_kwargs(settings: VllmSettings, model: str, dtype: str, max_model_len: int) -> dict:
     """The ``AsyncEngineArgs`` keywords of a recording (also stored in ``meta.json``)."""
     return {
         "model": model,
@@ -245,7 +211,7 @@ async def _session(kwargs: dict, samples: list, requests: list[dict], warm: list
             "stream_start_mono_s": start, "stream_end_mono_s": end}  # fmt: skip
 
 
-def record(config: dict, requests: list[dict], settings: RecordSettings, model_dir: str,
+def record(config: dict, requests: list[dict], settings: VllmSettings, model_dir: str,
            before_stream=None, progress=None) -> dict:  # fmt: skip
     """Build the model in ``model_dir``, start vLLM, warm it up, replay ``requests``.
 
@@ -256,7 +222,7 @@ def record(config: dict, requests: list[dict], settings: RecordSettings, model_d
     requests : list of dict
         ``request_id``, ``input_tok_ids``, ``input_toks``, ``output_toks``, ``arrival_s``
         (s after the start of the stream).
-    settings : RecordSettings
+    settings : VllmSettings
     model_dir : str
         Empty directory for the weights (the caller removes it).
     before_stream : callable, optional

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mist.profiles.measure.settings import ProfileSettings, VllmSettings
+
 ENV_LOG = "MIST_STEP_LOG"
 SITECUSTOMIZE = """\
 import os
@@ -91,12 +93,12 @@ def stream(vocab_size: int, max_len: int, seed: int = 7) -> list[dict]:
     return out
 
 
-def profile_serving_steps(raw: dict, settings) -> list[dict]:
+def profile_serving_steps(raw: dict, settings: ProfileSettings) -> list[dict]:
     """Run :func:`stream` through ``mist record``'s serving path; every engine step's row."""
-    from mist.profiles.measure.recorder import RecordSettings, check_results, record
+    from mist.profiles.measure.recorder import check_results, record
 
     requests = stream(int(raw.get("vocab_size", 32000)), min(settings.max_kv, 1024))
-    rs = RecordSettings(max_num_seqs=settings.max_num_seqs, max_num_batched_tokens=settings.max_num_batched_tokens,
+    rs = VllmSettings(max_num_seqs=settings.max_num_seqs, max_num_batched_tokens=settings.max_num_batched_tokens,
                         enable_prefix_caching=settings.enable_prefix_caching, threads_bind=settings.threads_bind)
     _install_step_log()
     with tempfile.TemporaryDirectory(prefix="mist-serving-") as tmp:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from mist.traces.errors import TraceError
@@ -65,19 +64,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also log the engine steps of a synthetic stream served like `mist record` "
                    "(about 90 s more; tp1/serving_steps.csv, a diagnostic the replay does not use)")
     p.add_argument("--force", action="store_true", help="replace a non-empty BUNDLE_DIR")
-
-
-def _progress_factory():
-    from tqdm import tqdm
-
-    bars = []
-
-    def progress(total: int, desc: str):
-        bar = tqdm(total=total, desc=desc, unit="pt", disable=not sys.stderr.isatty(), leave=False)
-        bars.append(bar)
-        return bar.update
-
-    return progress, bars
 
 
 def forward_check(meta: dict, tables: dict) -> list[dict]:
@@ -123,14 +109,12 @@ def forward_check(meta: dict, tables: dict) -> list[dict]:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    from mist.profiles.measure.profiler import ProfileSettings, run_profile, write_bundle
+def settings_from(args: argparse.Namespace):
+    """The :class:`~mist.profiles.measure.settings.ProfileSettings` of parsed arguments."""
+    from mist.profiles.measure.settings import ProfileSettings
 
-    out = Path(args.out)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not args.force:
-        raise TraceError(out, "exists and is not empty (use --force to replace it)")
     try:
-        settings = ProfileSettings(
+        return ProfileSettings(
             model_config=str(args.model), max_num_batched_tokens=args.max_num_batched_tokens,
             max_num_seqs=args.max_num_seqs, max_kv=args.max_kv, repeats=args.repeats,
             threads_bind=args.threads_bind, quick=args.quick, temperature=args.temperature,
@@ -138,10 +122,19 @@ def run(args: argparse.Namespace) -> int:
             enable_prefix_caching=args.enable_prefix_caching, serving_steps=args.serving_steps)
     except ValueError as exc:
         raise TraceError(args.model, str(exc)) from None
-    progress, bars = _progress_factory()
-    t0 = time.perf_counter()
+
+
+def run(args: argparse.Namespace) -> int:
+    from mist.profiles.measure.bundle_writer import occupied
+    from mist.profiles.measure.profiler import profile_machine, write_profile
+    from mist.profiles.measure.progress import terminal_bars
+
+    if occupied(args.out) and not args.force:
+        raise TraceError(args.out, "exists and is not empty (use --force to replace it)")
+    settings = settings_from(args)
     try:
-        meta, tables = run_profile(settings, progress)
+        with terminal_bars("pt", leave=False) as progress:
+            result = profile_machine(settings, progress, forward_check)
     except ValueError as exc:
         raise TraceError(args.model, str(exc)) from None
     except ImportError as exc:
@@ -149,18 +142,15 @@ def run(args: argparse.Namespace) -> int:
               "(CPU build) and vllm: pip install 'mist-sim[record]' (or run with the Python of the "
               "vLLM environment).", file=sys.stderr)
         return 2
-    finally:
-        for bar in bars:
-            bar.close()
-    meta["forward_check"] = forward_check(meta, tables)
-    write_bundle(out, meta, tables, force=args.force)
+    write_profile(result, args.out, force=args.force)
+    meta, tables = result.meta, result.tables
     sizes = ", ".join(f"{name} {len(rows)}" for name, rows in tables.items())
     print(f"profiled {meta['model']} ({meta['variant']}) on {meta['device']} in "
-          f"{time.perf_counter() - t0:.1f} s: {sizes} rows")
+          f"{result.seconds:.1f} s: {sizes} rows")
     for row in meta["forward_check"]:
         print(f"  decode S={row['sequences']:>3}: engine model {row['engine_model_us'] / 1e3:7.2f} ms, "
               f"operators {row['ops_model_us'] / 1e3:7.2f} ms (ratio {row['ratio']:.2f}; "
               f"forward {row.get('forward_ratio', 0):.2f}, lm_head {row.get('logits_ratio', 0):.2f}, "
               f"sampler {row.get('sampler_ratio', 0):.2f})")
-    print(f"bundle: {out}")
+    print(f"bundle: {args.out}")
     return 0
