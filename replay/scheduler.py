@@ -98,11 +98,10 @@ def _build(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now: f
            advance: bool) -> StepPlan:
     """Schedule a step; with ``advance``, apply it on the way.
 
-    A running request is advanced right after it is scheduled: nothing scheduled
-    later reads its counts (preemption looks only behind it). Its new full blocks are
-    committed only after admission, in step order, as schedule-then-apply does: an
-    admission must not hit blocks computed in the same step.
-    """
+    A running request is advanced right after it is scheduled (nothing scheduled later
+    reads its counts; preemption looks only behind it). Its new full blocks are committed
+    only after admission, in step order, as schedule-then-apply does: an admission must
+    not hit blocks computed in the same step."""
     plan = StepPlan()
     budget = cfg.max_num_batched_tokens
     block = kv.block_size

@@ -1,5 +1,4 @@
-"""Predict measured deployments (silicon rows) from a kernel database: the library job
-behind ``mist silicon``.
+"""Predict measured deployments (silicon rows) from a kernel database (``mist silicon``).
 
 :func:`predict_deployments` reads a silicon CSV, keeps one system's rows of one
 serving engine, and predicts each from the system's kernel measurements
@@ -11,9 +10,7 @@ predictions it applies, or fits, the two corrections a kernel database needs: th
 step overhead kernels do not time (:mod:`mist.calibrate.step_overhead`, fitted on one
 model's rows and validated on the others) and the fused-MoE kernel's rate
 (:mod:`mist.calibrate.fused_moe`, fitted on published kernel times). It returns the
-per-row predictions and the summary ``mist silicon --json`` writes.
-
-Example::
+per-row predictions and the summary ``mist silicon --json`` writes. Example::
 
     from mist.replay.silicon import SiliconSettings, predict_deployments
     result = predict_deployments(SiliconSettings(
