@@ -15,6 +15,7 @@ import yaml
 
 import mist.profiles.measure as measure
 import mist.profiles.measure.probe as probe
+import mist.profiles.measure.recorder as recorder
 from mist.calibrate.calibration import fit_operators
 from mist.profiles.bundle import read_bundle, to_operator_profile
 from mist.profiles.measure.bundle_writer import render_csv, write_bundle
@@ -217,6 +218,7 @@ def fake_heavy(monkeypatch):
         monkeypatch.setitem(sys.modules, f"mist.profiles.measure.{name}", module)
         monkeypatch.setattr(measure, name, module, raising=False)
     monkeypatch.setattr(probe, "run_probe", lambda cpus=None: dict(PROBE))
+    monkeypatch.setattr(recorder, "engine_versions", lambda: {"vllm_version": "test"})
     for name in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_LOGGING_LEVEL"):
         monkeypatch.setenv(name, "restored after the test")  # the job sets them for vLLM
 

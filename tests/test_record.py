@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 import mist.profiles.measure.recording as recording
-from mist.profiles.measure.recorder import check_results, engine_kwargs, warmup_prompts
+from mist.profiles.measure.recorder import (
+    EngineUnavailable,
+    check_results,
+    engine_kwargs,
+    engine_versions,
+    warmup_prompts,
+)
 from mist.profiles.measure.run_writer import timeseries_csv
 from mist.profiles.measure.settings import RecordSettings, VllmSettings
 from mist.traces.errors import TraceError
@@ -131,7 +137,7 @@ def test_existing_run_needs_force(fake_env, monkeypatch):
 
 def test_missing_vllm_gives_install_hint(fake_env, monkeypatch, capsys):
     def broken():
-        raise recording.EngineUnavailable("No module named 'vllm'")
+        raise EngineUnavailable("No module named 'vllm'")
 
     monkeypatch.setattr(recording, "engine_versions", broken)
     assert main(_argv(fake_env)) == 2
@@ -187,8 +193,8 @@ def test_a_torchvision_that_cannot_load_is_reported(tmp_path, monkeypatch, capsy
         monkeypatch.setitem(sys.modules, name, type(sys)(name))
         sys.modules[name].__version__ = "test"
     monkeypatch.delitem(sys.modules, "torchvision", raising=False)
-    with pytest.raises(recording.EngineUnavailable, match="torchvision::nms"):
-        recording.engine_versions()
+    with pytest.raises(EngineUnavailable, match="torchvision::nms"):
+        engine_versions()
     (tmp_path / "cfg.json").write_text(json.dumps(CONFIG))
     assert main(_argv(tmp_path)) == 2
     err = capsys.readouterr().err

@@ -164,6 +164,7 @@ def profile_machine(settings: ProfileSettings, progress: Progress = no_progress,
         ``threads_bind`` names CPUs this process may not use.
     """
     from mist.profiles.measure.probe import run_probe
+    from mist.profiles.measure.recorder import engine_versions
     from mist.profiles.model import load_model_config
     from mist.traces.io import read_json_object
 
@@ -172,6 +173,7 @@ def profile_machine(settings: ProfileSettings, progress: Progress = no_progress,
     model = load_model_config(settings.model_config)
     raw = read_json_object(settings.model_config)
     _prepare_environment(settings)
+    engine_versions()  # vLLM importable, and transformers with it: else a clear ImportError
     from mist.profiles.measure import engine_steps as local_engine  # heavy: torch, vllm
     from mist.profiles.measure import operators as local_ops
     from mist.profiles.measure import serving_steps as local_serving

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import time
 
@@ -33,6 +34,39 @@ from mist.traces.errors import TraceError
 ENV_KV_SPACE = "VLLM_CPU_KVCACHE_SPACE"
 ENV_BIND = "VLLM_CPU_OMP_THREADS_BIND"
 WARMUP_MAX_OUTPUT = 16  # tokens; warm-up only has to touch every code path once
+
+
+#: how to get a working engine (the README's ``[record]`` install)
+INSTALL = ("pip install torch==2.13.0 (CPU build), then pip install -e '.[record]', then "
+           "pip uninstall -y torchvision torchaudio torchcodec (their PyPI builds need CUDA "
+           "torch; a text model needs none of them)")  # fmt: skip
+
+
+class EngineUnavailable(ImportError):
+    """torch, transformers or vLLM cannot be imported (missing, or a broken install)."""
+
+
+def engine_versions() -> dict:
+    """Versions of vLLM, torch and transformers, after importing what the engine needs.
+
+    Raises
+    ------
+    EngineUnavailable
+        One of them is missing or does not load. transformers imports torchvision
+        whenever it is installed, so a torchvision that cannot load beside this torch
+        (PyPI's CUDA builds beside the CPU torch) breaks every model config too.
+    """
+    try:
+        import torch
+        import transformers
+        import vllm
+
+        if importlib.util.find_spec("torchvision") is not None:
+            import torchvision  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install (a CUDA torchvision)
+        raise EngineUnavailable(str(exc)) from exc
+    return {"vllm_version": vllm.__version__, "torch_version": torch.__version__,
+            "transformers_version": transformers.__version__}  # fmt: skip
 
 
 def model_dtype(config: dict) -> str:

@@ -20,7 +20,6 @@ Example
 
 from __future__ import annotations
 
-import importlib.util
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,17 +27,13 @@ from pathlib import Path
 from mist.profiles.measure.cpus import probe_cpus
 from mist.profiles.measure.probe import run_probe
 from mist.profiles.measure.progress import Progress, no_progress
-from mist.profiles.measure.recorder import check_results, record
+from mist.profiles.measure.recorder import check_results, engine_versions, record
 from mist.profiles.measure.run_writer import build_meta, staging, write_run
 from mist.profiles.measure.settings import RecordSettings
 from mist.traces.errors import TraceError
 from mist.traces.formats import read_trace
 from mist.traces.io import read_json_object
 from mist.traces.workload_gen import generate, parse_spec, write_workload
-
-
-class EngineUnavailable(ImportError):
-    """torch, transformers or vLLM cannot be imported (missing, or a broken install)."""
 
 
 @dataclass(frozen=True)
@@ -58,29 +53,6 @@ class RecordResult:
     out: Path
     num_requests: int
     meta: dict
-
-
-def engine_versions() -> dict:
-    """Versions of vLLM, torch and transformers, after importing what a recording needs.
-
-    Raises
-    ------
-    EngineUnavailable
-        One of them is missing or does not load. transformers imports torchvision
-        whenever it is installed, so a torchvision that cannot load beside this torch
-        (PyPI's CUDA builds beside the CPU torch) breaks every model config too.
-    """
-    try:
-        import torch
-        import transformers
-        import vllm
-
-        if importlib.util.find_spec("torchvision") is not None:
-            import torchvision  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install (a CUDA torchvision)
-        raise EngineUnavailable(str(exc)) from exc
-    return {"vllm_version": vllm.__version__, "torch_version": torch.__version__,
-            "transformers_version": transformers.__version__}  # fmt: skip
 
 
 def load_requests(path: Path, vocab_size: int) -> list[dict]:
@@ -130,7 +102,7 @@ def record_run(settings: RecordSettings, progress: Progress = no_progress) -> Re
 
     Raises
     ------
-    EngineUnavailable
+    mist.profiles.measure.recorder.EngineUnavailable
         vLLM, torch or transformers cannot be imported.
     TraceError
         ``out`` not empty (without ``force``), a stream that cannot be replayed, or a

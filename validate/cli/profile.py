@@ -128,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from mist.profiles.measure.bundle_writer import occupied
     from mist.profiles.measure.profiler import profile_machine, write_profile
     from mist.profiles.measure.progress import terminal_bars
+    from mist.profiles.measure.recorder import INSTALL
 
     if occupied(args.out) and not args.force:
         raise TraceError(args.out, "exists and is not empty (use --force to replace it)")
@@ -137,10 +138,9 @@ def run(args: argparse.Namespace) -> int:
             result = profile_machine(settings, progress, forward_check)
     except ValueError as exc:
         raise TraceError(args.model, str(exc)) from None
-    except ImportError as exc:
-        print(f"mist profile: error: {exc.name or exc} is not installed. Profiling needs torch "
-              "(CPU build) and vllm: pip install 'mist-sim[record]' (or run with the Python of the "
-              "vLLM environment).", file=sys.stderr)
+    except ImportError as exc:  # no torch or vLLM, or a broken install of them
+        print(f"mist profile: error: cannot import vLLM ({exc}); profiling needs torch (CPU build) "
+              f"and vllm: {INSTALL}", file=sys.stderr)
         return 2
     write_profile(result, args.out, force=args.force)
     meta, tables = result.meta, result.tables

