@@ -58,11 +58,12 @@ _API = {
     "write_table": "mist.traces.io",
     # live measurement on this machine (the [record] extra)
     "record_run": "mist.profiles.measure.recording",
-    "RecordSettings": "mist.profiles.measure.recording",
+    "RecordSettings": "mist.profiles.measure.settings",
+    "VllmSettings": "mist.profiles.measure.settings",
     "RecordResult": "mist.profiles.measure.recording",
     "profile_machine": "mist.profiles.measure.profiler",
     "write_profile": "mist.profiles.measure.profiler",
-    "ProfileSettings": "mist.profiles.measure.profiler",
+    "ProfileSettings": "mist.profiles.measure.settings",
     "MachineProfile": "mist.profiles.measure.profiler",
 }
 

