@@ -10,7 +10,7 @@ cannot be expected to match one recording better than a second recording does.
 
 Example::
 
-    mist noise --a traces/samples/cpu-tiny-llama --b traces/samples/cpu-tiny-llama-repeat --json out/noise.json
+    mist noise --a traces/samples/cpu-tiny-llama-repeat --b traces/samples/cpu-tiny-llama --json out/noise.json
 """
 
 from __future__ import annotations
