@@ -45,6 +45,7 @@ def results(tmp_path_factory):
 def test_every_request_is_replayed(results):
     sim, _, _ = results
     assert sim["requests"]["measured"] == sim["requests"]["simulated"] == sim["requests"]["matched"]
+    assert sim["requests"]["excluded"] == 0 and sim["excluded"] == []  # a clean run: nothing left out
 
 
 @pytest.mark.parametrize("metric", ["ttft", "tpot", "e2e"])

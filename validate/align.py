@@ -2,7 +2,9 @@
 
 The join key is ``request_id``. Requests present on one side only are counted and
 listed in :class:`AlignResult`, never dropped without a trace, so a report can say
-how much of the measured run the comparison actually covers.
+how much of the measured run the comparison actually covers. So are the requests the
+caller excludes (a reader found their measured stamps contradictory: ``excluded``,
+each with its reason); they are replayed but not compared.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ class AlignResult:
         Number of requests on both sides (rows of ``frame``).
     only_measured, only_simulated : tuple of str
         Sorted ids of requests found on one side only.
+    excluded : tuple of dict
+        Requests left out of the comparison by the caller, ``{"request_id", "reason"}``
+        (plus whatever else the caller gave, e.g. ``line``), in the caller's order.
     """
 
     frame: pd.DataFrame
@@ -54,6 +59,7 @@ class AlignResult:
     matched: int
     only_measured: tuple[str, ...] = ()
     only_simulated: tuple[str, ...] = ()
+    excluded: tuple[dict, ...] = ()
 
 
 def _check(df: pd.DataFrame, side: str) -> None:
@@ -80,7 +86,7 @@ def _per_request(df: pd.DataFrame) -> pd.DataFrame:
     return lat.set_index("request_id")
 
 
-def align(measured: pd.DataFrame, simulated: pd.DataFrame) -> AlignResult:
+def align(measured: pd.DataFrame, simulated: pd.DataFrame, excluded=()) -> AlignResult:
     """Join measured and simulated ``requests`` tables on ``request_id``.
 
     Parameters
@@ -88,11 +94,14 @@ def align(measured: pd.DataFrame, simulated: pd.DataFrame) -> AlignResult:
     measured, simulated : pandas.DataFrame
         Canonical ``requests`` tables (times in seconds). ``scheduled_s`` is
         optional; without it the queue columns are NaN.
+    excluded : sequence of dict, optional
+        Requests to leave out of the comparison, each ``{"request_id", "reason", ...}``
+        (e.g. a reader's ``meta["excluded"]``); they still count as measured/simulated.
 
     Returns
     -------
     AlignResult
-        The joined frame plus counts and ids of unmatched requests.
+        The joined frame plus counts and ids of unmatched and excluded requests.
 
     Raises
     ------
@@ -104,7 +113,8 @@ def align(measured: pd.DataFrame, simulated: pd.DataFrame) -> AlignResult:
     meas = _per_request(measured)
     sim = _per_request(simulated)
     ids_m, ids_s = set(meas.index), set(sim.index)
-    common = sorted(ids_m & ids_s)
+    left_out = {str(e["request_id"]) for e in excluded}
+    common = sorted((ids_m & ids_s) - left_out)
     base = measured.assign(request_id=measured["request_id"].astype(str)).set_index("request_id")
     frame = base.loc[common, ["arrival_s", "input_tokens", "output_tokens"]].copy()
     for col in (*METRICS, "queue"):
@@ -116,6 +126,7 @@ def align(measured: pd.DataFrame, simulated: pd.DataFrame) -> AlignResult:
         measured=len(meas),
         simulated=len(sim),
         matched=len(common),
-        only_measured=tuple(sorted(ids_m - ids_s)),
-        only_simulated=tuple(sorted(ids_s - ids_m)),
+        only_measured=tuple(sorted(ids_m - ids_s - left_out)),
+        only_simulated=tuple(sorted(ids_s - ids_m - left_out)),
+        excluded=tuple(dict(e, request_id=str(e["request_id"])) for e in excluded),
     )

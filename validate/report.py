@@ -267,6 +267,12 @@ def _counts_md(aligned: AlignResult) -> list[str]:
         lines.append(
             f"- only simulated ({len(aligned.only_simulated)}): {_ids(aligned.only_simulated)}"
         )
+    if aligned.excluded:  # (absent on a clean run, whose report stays as it was)
+        lines.append(f"- excluded from the comparison ({len(aligned.excluded)}; replayed, not compared):")
+        lines += [f"  - `{e['request_id']}`" + (f" (line {e['line']})" if "line" in e else "") + f": {e['reason']}"
+                  for e in aligned.excluded[:_MAX_IDS]]
+        if len(aligned.excluded) > _MAX_IDS:
+            lines.append(f"  - … and {len(aligned.excluded) - _MAX_IDS} more (all in the --json summary)")
     skipped = excluded(aligned)
     parts = ", ".join(f"{m} {skipped[m]}" for m in METRICS)
     lines.append(f"- matched requests left out (NaN or measured <= 0): {parts}")

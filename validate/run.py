@@ -159,10 +159,14 @@ class ValidationResult:
         return applied_arrival(self.simulated, self.settings.arrival)
 
     def summary(self) -> dict:
-        """The error summary (``mist validate --json``): counts, rounded metrics, wall
-        time (s), arrival rule and, when measured, the drift ratio and uncorrected metrics."""
+        """The error summary (``mist validate --json``): counts (``excluded``: requests left
+        out of the comparison, listed with their line and reason under ``excluded``), rounded
+        metrics, wall time (s), arrival rule and, when measured, the drift ratio and
+        uncorrected metrics."""
         a = self.aligned
-        out = {"requests": {"measured": a.measured, "simulated": a.simulated, "matched": a.matched},
+        out = {"requests": {"measured": a.measured, "simulated": a.simulated, "matched": a.matched,
+                            "excluded": len(a.excluded)},
+               "excluded": [{k: e[k] for k in ("request_id", "line", "reason") if k in e} for e in a.excluded],
                "metrics": rounded(self.metrics), "replay_wall_s": round(self.replay_wall_s, 4),
                "arrival": self.arrival}
         if self.drift_ratio is not None:
@@ -222,12 +226,17 @@ def read_timeseries(meta: dict, requests_meta: dict) -> pd.DataFrame | None:
     Raises
     ------
     TraceError
-        An unreadable CSV, a missing column or a value that is not a number (line named).
+        An unreadable CSV, a missing column or a value that is not a number (line named),
+        or a path outside the run folder (``meta["source_path"]``).
     """
     path = meta.get("timeseries_path")
     origin = requests_meta.get(b"mist.origin_epoch_s")
     if not path or not Path(path).is_file():
         return None
+    run = meta.get("source_path")
+    # the reader confined it to the run folder; a meta from elsewhere must not lead outside
+    if run is None or not Path(path).resolve().is_relative_to(Path(run).resolve()):
+        raise TraceError(path, f"timeseries outside the run folder {run!r}: not read")
     try:
         ts = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -261,6 +270,10 @@ def validate_run(settings: ValidateSettings) -> ValidationResult:
     """Replay a recorded run through the simulator and compare it with what was measured.
 
     Every input is read and checked before the replay starts; nothing is written.
+    Requests the reader excluded (engine stamps that contradict the run's clock or their
+    own order: ``meta["excluded"]`` of :func:`mist.traces.readers.vllm_run.read_vllm_run`)
+    are replayed at their client send times and left out of the comparison; the result
+    lists them (``aligned.excluded``, :meth:`ValidationResult.summary`).
 
     Raises
     ------
@@ -272,6 +285,8 @@ def validate_run(settings: ValidateSettings) -> ValidationResult:
     s = settings
     measured = read_vllm_run(s.run_dir)
     requests = measured.requests
+    # requests whose stamps contradict the clock or their own order: replayed, not compared
+    excluded = measured.meta.get("excluded", [])
     workload = default_workload(s.run_dir) if s.workload is None else s.workload
     if workload:
         requests = attach_workload(requests, workload)
@@ -290,10 +305,10 @@ def validate_run(settings: ValidateSettings) -> ValidationResult:
     uncorrected = None
     if ratio is not None and s.drift == "auto":
         sim0, _, _ = simulate(requests, cfg, cost, s.arrival)
-        uncorrected = summarize(align(requests.to_pandas(), sim0.to_pandas()))
+        uncorrected = summarize(align(requests.to_pandas(), sim0.to_pandas(), excluded))
         cost = replace(cost, scale=ratio)
     sim, steps, wall = simulate(requests, cfg, cost, s.arrival)
-    aligned = align(requests.to_pandas(), sim.to_pandas())
+    aligned = align(requests.to_pandas(), sim.to_pandas(), excluded)
     return ValidationResult(settings=s, aligned=aligned, metrics=summarize(aligned),
                             metrics_uncorrected=uncorrected, drift_ratio=ratio, simulated=sim, steps=steps,
                             replay_wall_s=wall, workload=workload, warnings=found, engine=cfg,

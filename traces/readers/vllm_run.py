@@ -10,31 +10,49 @@ settings (``engine_kwargs``); optionally ``cluster.json`` (hardware) and
 Clock alignment
 ---------------
 The two clocks differ by an unknown constant ``C`` (drift over a run of minutes is
-negligible). A request reaches the engine no earlier than it arrived, so
-``queued_ts_i - C >= arrival_time_i`` for all ``i``, i.e. ``C <= min_i(queued_ts_i -
-arrival_time_i)``. We take the tightest bound, ``C = min_i(queued_ts_i -
-arrival_time_i)``: the request with the smallest frontend latency is taken to have
-none, and an engine time ``t`` maps to wall time ``t - C``. Engine times are thus
-at most that request's true frontend latency (typically well under a millisecond
-to a few ms) early, which biases TTFT/E2E low by that much and never makes
-``queued_s < arrival_s``. ``C`` (s) is stored as ``meta["clock_offset_s"]`` and in the
-table metadata ``mist.clock_offset_s``.
+negligible). A request reaches the engine no earlier than it arrived, so each
+difference ``d_i = queued_ts_i - arrival_time_i`` is ``C`` plus that request's
+front-end delay (>= 0, usually well under a second: heavy queueing happens after
+``queued_ts``). ``C`` is the minimum of the ``d_i`` that are *not impossibly early*:
+one bad line must not move it. A difference below the fence ``median(d) -
+max(CLOCK_TOLERANCE_S, CLOCK_MADS x 1.4826 x MAD(d))`` (1 s, or ten robust standard
+deviations of the front-end delay when those are wider) would make the bulk of the
+requests wait that long in the front end; it is taken as a broken stamp, not as the
+clock. The request with the smallest remaining difference is taken to have no
+front-end delay, and an engine time ``t`` maps to wall time ``t - C`` (TTFT/E2E are
+biased low by at most that request's true delay, typically a few ms). ``C`` (s) is
+``meta["clock_offset_s"]`` and the table metadata ``mist.clock_offset_s``. On the
+shared and shipped runs nothing is excluded and ``C`` is the plain minimum.
+
+Excluded requests
+-----------------
+A request whose engine stamps contradict the clock (below the fence), or whose own
+stamps are out of order (``queued <= scheduled <= first_token <= last_token``), is
+kept as a row (it loaded the real engine; a replay feeds it at its client send time)
+with its timeline blanked (null), and listed, never silently:
+``meta["excluded"]`` and the table metadata ``mist.excluded`` (JSON) hold
+``{"request_id", "line", "reason"}`` for each; ``mist validate`` leaves them out of
+the comparison and says so. When half of the requests or more are out of order, the
+file as a whole is broken and is rejected (the first bad line named).
 
 Validation (each raises :class:`~traces.errors.TraceError` naming file and line):
 malformed JSON, missing keys, non-numeric or null values, non-positive token counts,
-duplicate request ids (both lines named), timestamps out of order (``queued <=
-scheduled <= first_token <= last_token``; the pair is named), a missing
-``meta.json`` or missing ``engine_kwargs.max_num_seqs`` / ``max_num_batched_tokens``.
-No row is ever skipped: a measured run is taken whole or not at all.
+duplicate request ids (both lines named), timestamps out of order in half the requests
+or more (the first pair named), a missing ``meta.json`` or missing
+``engine_kwargs.max_num_seqs`` / ``max_num_batched_tokens``, a ``timeseries_path``
+(``meta.json``) or ``timeseries.csv`` that leaves the run folder (absolute, ``..``, a
+symlink pointing outside). No row is ever dropped.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mist.traces.errors import TraceError
 from mist.traces.io import read_json_object
@@ -52,6 +70,11 @@ REQUIRED = ("request_id", "input_toks", "output_toks", "arrival_time") + tuple(
     k for k, _ in TIMELINE
 )
 ENGINE_KEYS = ("max_num_seqs", "max_num_batched_tokens")
+#: engine stamps may precede the bulk's clock offset by this much (s) before they are
+#: taken as broken; the fence is the wider of this and CLOCK_MADS robust deviations
+CLOCK_TOLERANCE_S = 1.0
+CLOCK_MADS = 10.0
+_MAD_TO_SIGMA = 1.4826  # MAD x this = the standard deviation of a normal distribution
 
 
 #: engine settings that, when a run gives them, must be positive integers
@@ -125,9 +148,39 @@ def read_run_meta(directory) -> dict:
     if (directory / "cluster.json").is_file():
         meta["cluster"] = read_json_object(directory / "cluster.json")
         _check_cluster(directory / "cluster.json", meta["cluster"])
-    if (directory / "timeseries.csv").is_file():
-        meta["timeseries_path"] = str(directory / "timeseries.csv")
+    given = meta.pop("timeseries_path", None)
+    if given is not None:
+        meta["timeseries_path"] = str(inside_run(directory, given, meta_path))
+    elif (directory / "timeseries.csv").is_file():
+        meta["timeseries_path"] = str(inside_run(directory, "timeseries.csv", directory / "timeseries.csv"))
     return meta
+
+
+def inside_run(directory, name, where) -> Path:
+    """``name`` (a path relative to the run folder ``directory``) as a path that stays
+    inside that folder; ``where`` is the file to name in the error.
+
+    Raises
+    ------
+    TraceError
+        ``name`` is not a relative path string, holds ``..``, or resolves (through
+        symlinks) outside ``directory``.
+    """
+    if not isinstance(name, str) or not name:
+        raise TraceError(where, f"timeseries_path must be a path inside the run folder, got {name!r}")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise TraceError(where, f"timeseries_path {name!r} must be relative to the run folder, without '..'")
+    root = Path(directory).resolve()
+    try:
+        target = (root / rel).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise TraceError(where, f"timeseries_path {name!r} cannot be resolved ({exc})") from exc
+    if not target.is_relative_to(root):
+        raise TraceError(where, f"timeseries_path {name!r} leaves the run folder (a symlink to {target})")
+    if not target.is_file():
+        raise TraceError(where, f"timeseries_path {name!r}: no such file in the run folder")
+    return Path(directory) / rel
 
 
 def _check_ids(path, ids: list[str], lines) -> None:
@@ -140,17 +193,75 @@ def _check_ids(path, ids: list[str], lines) -> None:
         seen[rid] = int(line)
 
 
-def _check_order(path, times: dict[str, np.ndarray], lines) -> None:
+def _order_violations(path, times: dict[str, np.ndarray], lines) -> dict[int, str]:
+    """Row index -> reason for each request whose own stamps are out of order (its first
+    bad pair); TraceError at the first such line when half of the requests or more are."""
     keys = [k for k, _ in TIMELINE]
+    found: dict[int, str] = {}
     for a, b in zip(keys[:-1], keys[1:], strict=True):
-        bad = np.flatnonzero(times[a] > times[b])
-        if bad.size:
-            i = int(bad[0])
-            raise TraceError(
-                path,
-                f"timestamps out of order: {a} ({float(times[a][i])!r}) > {b} ({float(times[b][i])!r})",
-                int(lines[i]),
-            )
+        for i in np.flatnonzero(times[a] > times[b]):
+            found.setdefault(int(i), f"timestamps out of order: {a} ({float(times[a][i])!r}) > "
+                                     f"{b} ({float(times[b][i])!r})")
+    n = len(lines)
+    if found and 2 * len(found) >= n:
+        first = min(found)
+        raise TraceError(path, f"{found[first]} ({len(found)} of {n} requests out of order: the file "
+                               "is broken, not a request)", int(lines[first]))
+    return found
+
+
+def clock_offset(diff: np.ndarray, usable: np.ndarray) -> tuple[float, np.ndarray, float]:
+    """The engine-minus-client clock offset ``C`` (s) and the mask of impossibly early rows.
+
+    Parameters
+    ----------
+    diff : numpy.ndarray
+        ``queued_ts - arrival_time`` per request (s).
+    usable : numpy.ndarray of bool
+        Rows whose stamps may enter the estimate (their own order holds).
+
+    Returns
+    -------
+    (float, numpy.ndarray, float)
+        ``C``: the minimum of the usable differences at or above the fence ``median -
+        width``; the usable rows below it; ``width = max(CLOCK_TOLERANCE_S, CLOCK_MADS x
+        1.4826 x MAD)`` (s).
+    """
+    d = diff[usable]
+    if not d.size:
+        return 0.0, np.zeros(diff.shape, dtype=bool), CLOCK_TOLERANCE_S
+    centre = float(np.median(d))
+    spread = _MAD_TO_SIGMA * float(np.median(np.abs(d - centre)))
+    width = max(CLOCK_TOLERANCE_S, CLOCK_MADS * spread)
+    early = usable & (diff < centre - width)
+    return float(np.min(diff[usable & ~early])), early, width
+
+
+def _exclusions(path, times, ids, lines) -> tuple[float, np.ndarray, list[dict]]:
+    """The clock offset (s), the mask of excluded rows and their ``request_id``, ``line``
+    and ``reason`` (in source order)."""
+    bad = _order_violations(path, times, lines)
+    usable = np.ones(len(ids), dtype=bool)
+    usable[list(bad)] = False
+    diff = times["queued_ts"] - times["arrival_time"]
+    offset, early, width = clock_offset(diff, usable)
+    for i in np.flatnonzero(early):
+        bad[int(i)] = (f"engine stamps {offset - float(diff[i]):.3f} s before its arrival_time on the clock "
+                       f"the other requests share (allowed: {width:.3f} s below their median front-end delay)")
+    mask = np.zeros(len(ids), dtype=bool)
+    mask[list(bad)] = True
+    return offset, mask, [{"request_id": ids[i], "line": int(lines[i]), "reason": bad[i]} for i in sorted(bad)]
+
+
+def _blank(requests: pa.Table, columns, ids) -> pa.Table:
+    """``requests`` with ``columns`` null (not observed) in the rows of request ``ids``."""
+    rows = pc.is_in(requests.column("request_id"), value_set=pa.array(ids, pa.string()))
+    for name in columns:
+        idx = requests.schema.get_field_index(name)
+        col = requests.column(idx)
+        requests = requests.set_column(idx, requests.schema.field(idx),
+                                       pc.if_else(rows, pa.scalar(None, col.type), col))
+    return requests
 
 
 def read_vllm_run(path) -> ReadResult:
@@ -166,7 +277,9 @@ def read_vllm_run(path) -> ReadResult:
     ReadResult
         ``requests`` with ``arrival_s``, ``queued_s``, ``scheduled_s``,
         ``first_token_s``, ``finished_s`` (s, one origin: the earliest arrival);
-        ``meta`` = meta.json + ``cluster`` + ``timeseries_path`` + ``clock_offset_s``.
+        ``meta`` = meta.json + ``cluster`` + ``timeseries_path`` + ``clock_offset_s``
+        (+ ``excluded``, a list of ``{"request_id", "line", "reason"}``, when any
+        request's stamps contradict the clock or their own order; their timeline is null).
     """
     directory = run_dir(path)
     req_path = directory / "requests.jsonl"
@@ -187,9 +300,8 @@ def read_vllm_run(path) -> ReadResult:
                 req_path, f"{name} must be positive, found {values[bad[0]]}", int(lines[bad[0]])
             )
     times = {k: float_column(records, k, req_path, lines) for k in REQUIRED[3:]}
-    _check_order(req_path, times, lines)
+    offset, blank, excluded = _exclusions(req_path, times, ids, lines)
     arrival = times["arrival_time"]
-    offset = float(np.min(times["queued_ts"] - arrival))
     columns = {
         "request_id": ids,
         "model": [meta.get("model")] * len(ids),
@@ -199,11 +311,17 @@ def read_vllm_run(path) -> ReadResult:
     }
     # Subtract the offset before the origin so both clocks meet in epoch seconds.
     for src, dst in TIMELINE:
-        columns[dst] = times[src] - offset
-    requests, _ = finish(
-        FORMAT, columns, origin_epoch_s=0.0, metadata={"mist.clock_offset_s": repr(offset)}
-    )
+        # (an excluded row holds its arrival as a placeholder until it is blanked below)
+        columns[dst] = np.where(blank, arrival, times[src] - offset)
+    extra = {"mist.clock_offset_s": repr(offset)}
+    if excluded:
+        extra["mist.excluded"] = json.dumps(excluded)
+    requests, _ = finish(FORMAT, columns, origin_epoch_s=0.0, metadata=extra)
+    if excluded:
+        requests = _blank(requests, [dst for _, dst in TIMELINE], [e["request_id"] for e in excluded])
     meta.update(source_format=FORMAT, source_path=str(directory), clock_offset_s=offset)
+    if excluded:  # (absent on a clean run, whose outputs stay as they were)
+        meta["excluded"] = excluded
     return ReadResult(requests, None, meta, rows_read=len(records), skipped={})
 
 

@@ -85,6 +85,18 @@ def _input_warnings_printed():
         yield
 
 
+def _print_excluded(result) -> None:
+    """Name the requests left out of the comparison, and why (nothing on a clean run)."""
+    excluded = result.aligned.excluded
+    if not excluded:
+        return
+    print(f"mist validate: warning: {len(excluded)} request(s) excluded from the comparison "
+          "(replayed at their client send times, not compared):", file=sys.stderr)
+    for e in excluded:
+        where = f" (requests.jsonl:{e['line']})" if "line" in e else ""
+        print(f"  request {e['request_id']}{where}: {e['reason']}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from mist.validate.metrics import format_table
     from mist.validate.run import DRIFT_WARN, default_workload, validate_run, write_outputs
@@ -94,8 +106,11 @@ def run(args: argparse.Namespace) -> int:
     with _input_warnings_printed():
         result = validate_run(_settings(args))
     ratio, uncorrected = result.drift_ratio, result.metrics_uncorrected
-    print(f"{args.run}: {result.aligned.matched} of {result.aligned.measured} requests matched; "
-          f"replay {result.replay_wall_s:.3f} s wall, {result.steps.num_rows} steps")
+    n_out = len(result.aligned.excluded)
+    print(f"{args.run}: {result.aligned.matched} of {result.aligned.measured} requests matched"
+          f"{f', {n_out} excluded' if n_out else ''}; replay {result.replay_wall_s:.3f} s wall, "
+          f"{result.steps.num_rows} steps")
+    _print_excluded(result)
     if ratio is not None:
         print(f"speed probe: recording/profiling time ratio {ratio:.3f} "
               f"({'applied' if uncorrected is not None else 'not applied'})")
