@@ -126,6 +126,11 @@ def _norm(name: str) -> str:
     return re.sub(r"[^0-9a-z]", "", str(name).casefold())
 
 
+#: ceiling of every datasheet figure in its YAML unit (TFLOP/s, GB, GB/s, W, USD/h): a
+#: thousand times a wafer-scale engine's, low enough that SI conversions stay finite
+DATASHEET_MAX = 1e9
+
+
 def _number(entry: dict, key: str, path, dev: str, *, optional: bool = False) -> float | None:
     value = entry.get(key)
     if value is None:
@@ -141,6 +146,9 @@ def _number(entry: dict, key: str, path, dev: str, *, optional: bool = False) ->
         raise TraceError(
             path, f"device {dev!r}: field {key!r} must be a positive number, got {value!r}"
         )
+    if value > DATASHEET_MAX:
+        raise TraceError(path, f"device {dev!r}: field {key!r} must be at most {DATASHEET_MAX:g} "
+                               f"(a physical ceiling), got {value!r}")
     return float(value)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mist.profiles.limits import MODEL_FIELD_MAX, Rule, check_model_raw, checked
 from mist.traces.errors import TraceError
 from mist.traces.io import read_json_object
 
@@ -297,10 +298,13 @@ def _int_fields(cfg: dict, path: Path) -> dict[str, int]:
             value = 0
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise TraceError(path, f"{_key_used(cfg, field)!r} must be a non-negative integer, got {value!r}")
-        out[field] = value
+        out[field] = checked(value, Rule("int", 0, MODEL_FIELD_MAX[field]), path, repr(_key_used(cfg, field)))
     for field in _REQUIRED:
         if out[field] == 0:
             raise TraceError(path, f"{_key_used(cfg, field)!r} must be positive")
+    if out["num_experts"] and out["num_experts_per_tok"] > out["num_experts"]:
+        raise TraceError(path, f"{_key_used(cfg, 'num_experts_per_tok')!r} ({out['num_experts_per_tok']}) must be "
+                               f"at most the experts, {_key_used(cfg, 'num_experts')!r} ({out['num_experts']})")
     kv_key = next((k for k in FIELD_ALIASES["num_kv_heads"] if cfg.get(k) is not None), None)
     if kv_key is not None and out["num_kv_heads"] == 0:
         raise TraceError(path, f"{kv_key!r} must be positive (omit it for multi-head attention)")
@@ -314,7 +318,7 @@ def _head_dim(cfg: dict, default: int, kv_lora: int) -> int:
     """Query/key head dimension: with latent attention (``kv_lora`` > 0) the no-RoPE plus
     RoPE parts; else ``head_dim``, or ``default`` (hidden size / heads) when absent."""
     if kv_lora:
-        return int(cfg.get("qk_nope_head_dim", 0)) + int(cfg.get("qk_rope_head_dim", 0))
+        return int(cfg.get("qk_nope_head_dim") or 0) + int(cfg.get("qk_rope_head_dim") or 0)
     return int(cfg.get("head_dim") or default)
 
 
@@ -346,6 +350,7 @@ def load_model_config(path) -> ModelConfig:
     top = read_json_object(path)
     cfg = top.get("text_config") if isinstance(top.get("text_config"), dict) else top
     f = _int_fields(cfg, path)
+    check_model_raw(cfg, path)
     nh = f["num_heads"]
     kv_lora = int(cfg.get("kv_lora_rank") or 0)
     head_dim = _head_dim(cfg, f["hidden_size"] // nh, kv_lora)

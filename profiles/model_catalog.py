@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from mist.profiles.limits import MODEL_FIELD_MAX
 from mist.profiles.model import ModelConfig, load_model_config
 from mist.traces.errors import TraceError
 
@@ -43,8 +44,14 @@ def _entry(name: str, e, path) -> ModelConfig:
         v = e.get(f, _OPTIONAL_INT.get(f))
         if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (f in _INT_FIELDS and v == 0):
             raise TraceError(path, f"model {name!r}: field {f!r} must be a positive integer, got {v!r}")
+        if v > MODEL_FIELD_MAX.get(f, MODEL_FIELD_MAX["hidden_size"]):
+            raise TraceError(path, f"model {name!r}: field {f!r} must be at most "
+                                   f"{MODEL_FIELD_MAX.get(f, MODEL_FIELD_MAX['hidden_size'])}, got {v!r}")
         ints[f] = v
     experts = ints["num_experts"]
+    if experts and ints["num_experts_per_tok"] > experts:
+        raise TraceError(path, f"model {name!r}: num_experts_per_tok ({ints['num_experts_per_tok']}) must be "
+                               f"at most num_experts ({experts})")
     return ModelConfig(
         name=name, architecture=str(e.get("architecture", "")),
         num_layers=ints["num_layers"], hidden_size=ints["hidden_size"],

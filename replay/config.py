@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from numbers import Integral
+
+from mist.profiles.limits import MAX_KV_BLOCKS, MAX_RANKS, MAX_SEQS, MAX_STEP_TOKENS
+from mist.traces.errors import ReplayError
 
 # vLLM's defaults where a run's settings do not say (v1 engine on a GPU; the OpenAI
 # server on a device under 70 GiB): each defined here once, for the engine settings of
@@ -24,6 +28,12 @@ ROUTER = "least_loaded"
 ARRIVALS = ("engine", "engine-aligned", "client")
 #: the rule :func:`mist.replay.run.simulate` applies unless told otherwise
 ARRIVAL = "engine"
+#: (least, most) of the sizes a replay allocates for (:mod:`mist.profiles.limits`),
+#: checked however an :class:`EngineConfig` is built; 0 KV blocks is left to the
+#: replay's own "no room for a KV cache" message
+SIZES = {"max_num_seqs": (1, MAX_SEQS), "max_num_batched_tokens": (1, MAX_STEP_TOKENS),
+         "block_size": (1, 2**16), "num_gpu_blocks": (0, MAX_KV_BLOCKS),
+         "tensor_parallel": (1, MAX_RANKS), "data_parallel": (1, MAX_RANKS)}
 
 
 @dataclass(frozen=True)
@@ -75,3 +85,11 @@ class EngineConfig:
     async_scheduling: bool = True
     reserve_full_prompt: bool = False
     step_overhead_s: float = 0.0
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in SIZES and (isinstance(value, bool) or not isinstance(value, Integral)
+                                    or not SIZES[f.name][0] <= value <= SIZES[f.name][1]):
+                raise ReplayError(f"engine setting {f.name} must be an integer in {SIZES[f.name][0]} .. "
+                                  f"{SIZES[f.name][1]}, got {value!r}")

@@ -17,6 +17,7 @@ from mist.calibrate.estimator import LatencyModel
 from mist.calibrate.features import CALLS_PER_LAYER, COMMON, MLP, OPERATORS
 from mist.calibrate.lookup import GridLookup, integer_table
 from mist.calibrate.skew import SkewAlpha
+from mist.profiles.limits import check_engine_meta, check_memory, check_sizes
 from mist.profiles.model import ModelConfig, dtype_bytes
 from mist.replay.config import (
     ARRIVAL,
@@ -313,7 +314,7 @@ def served_dtype_bytes(model: ModelConfig, dtype=None, kv_cache_dtype=None) -> t
     return weights, kv
 
 
-def recorded_engine(meta: dict) -> dict:
+def recorded_engine(meta: dict, path="meta.json") -> dict:
     """Settings the engine itself resolved, as later LLMServingSim recordings store them
     beside ``engine_kwargs`` (vLLM 0.28 runs: ``resolved_config`` and ``kv_cache``).
 
@@ -321,7 +322,9 @@ def recorded_engine(meta: dict) -> dict:
     over the block size where given; else ``kv_cache.num_gpu_blocks``, which such a
     recording sums over its data-parallel ranks (a DP 2 run stores 75,638 blocks beside
     605,104 tokens of 16-token blocks per rank), so it is divided by ``data_parallel_size``.
+    Every section's settings are checked first (:func:`mist.profiles.limits.check_engine_meta`).
     """
+    check_engine_meta(meta, path)
     out: dict = {}
     cache = meta.get("kv_cache") if isinstance(meta.get("kv_cache"), dict) else {}
     resolved = meta.get("resolved_config") if isinstance(meta.get("resolved_config"), dict) else {}
@@ -345,7 +348,7 @@ def recorded_engine(meta: dict) -> dict:
 
 
 def engine_config(meta: dict, model: ModelConfig, memory_bytes=None, bundle_meta: dict | None = None,
-                  **overrides) -> EngineConfig:
+                  path="meta.json", **overrides) -> EngineConfig:
     """Engine settings of a run, most trusted source first.
 
     1. ``meta["engine_effective"]``: what the live engine reported (``mist record``
@@ -356,19 +359,22 @@ def engine_config(meta: dict, model: ModelConfig, memory_bytes=None, bundle_meta
        and chunked prefill on (v1), async scheduling on from vLLM 0.14, KV blocks
        sized from memory (``memory_bytes``: a number or a zero-argument callable,
        only evaluated when the run does not say).
+    Each setting is checked (:data:`mist.profiles.limits.ENGINE_RULES`; ``path`` names
+    the run's file) before any table or cache is sized from it.
     """
     # a setting given as null is vLLM's default (e.g. async_scheduling: None = "decide"), not off
     kw = {k: v for k, v in (meta.get("engine_kwargs") or {}).items() if v is not None}
-    kw.update({k: v for k, v in recorded_engine(meta).items() if v is not None})
+    kw.update({k: v for k, v in recorded_engine(meta, path).items() if v is not None})
     kw.update({k: v for k, v in (meta.get("engine_effective") or {}).items() if v is not None})
     eff = dict((bundle_meta or {}).get("engine_effective") or {})
+    check_engine_meta({"engine_effective": eff}, "the profile bundle's meta")
     tp = int(kw.get("tensor_parallel_size") or 1)
     block = int(kw.get("block_size") or eff.get("block_size") or BLOCK_SIZE)
     budget = int(kw.get("max_num_batched_tokens") or MAX_NUM_BATCHED_TOKENS)
     seqs = int(kw.get("max_num_seqs") or MAX_NUM_SEQS)
     dp = int(kw.get("data_parallel_size") or 1)
     version = str(meta.get("vllm_version", ""))
-    blocks = kw.get("num_gpu_blocks") or kw.get("num_gpu_blocks_override")
+    blocks, source = kw.get("num_gpu_blocks") or kw.get("num_gpu_blocks_override"), "the run's settings"
     if not blocks:
         util = float(kw.get("gpu_memory_utilization") or eff.get("gpu_memory_utilization")
                      or GPU_MEMORY_UTILIZATION)
@@ -376,15 +382,12 @@ def engine_config(meta: dict, model: ModelConfig, memory_bytes=None, bundle_meta
         if memory is None:
             raise ReplayError("KV capacity unknown: the run gives no num_gpu_blocks and no device memory")
         weights, kv_bytes = served_dtype_bytes(model, kw.get("dtype"), kw.get("kv_cache_dtype"))
-        blocks = kv_blocks(model, memory, util, tp, block, kv_bytes, weights,
-                           expert_ranks=tp * dp if kw.get("enable_expert_parallel") else tp,
-                           max_num_batched_tokens=budget, max_num_seqs=seqs)
+        blocks, source = kv_blocks(model, check_memory(memory, path), util, tp, block, kv_bytes, weights,
+                                   expert_ranks=tp * dp if kw.get("enable_expert_parallel") else tp,
+                                   max_num_batched_tokens=budget, max_num_seqs=seqs), f"{memory:g} bytes of memory"
+    check_sizes(blocks, source, budget * (dp if kw.get("enable_expert_parallel") and model.is_moe() else 1), path)
     settings = dict(
-        max_num_seqs=seqs,
-        max_num_batched_tokens=budget,
-        block_size=block,
-        tensor_parallel=tp,
-        data_parallel=dp,
+        max_num_seqs=seqs, max_num_batched_tokens=budget, block_size=block, tensor_parallel=tp, data_parallel=dp,
         expert_parallel=bool(kw.get("enable_expert_parallel", False)),
         enable_prefix_caching=bool(kw.get("enable_prefix_caching", True)),
         enable_chunked_prefill=bool(kw.get("enable_chunked_prefill", True)),

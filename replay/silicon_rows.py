@@ -23,9 +23,36 @@ import numpy as np
 import pandas as pd
 
 from mist.calibrate.kernels import KernelSet
+from mist.profiles.limits import MAX_RANKS, MAX_REQUEST_TOKENS, MAX_USERS, Rule, checked
 from mist.profiles.model import ModelConfig, dtype_bytes, load_model_config
+from mist.traces.errors import TraceError
 
 MOE_LAYOUT = "MoE sharding other than experts TP-sharded or spread over the TP ranks"
+
+#: ceilings of the sizes a row's replay is built from (:mod:`mist.profiles.limits`;
+#: empty cells are not given): users and tokens are simulated one by one, ranks each
+#: hold a replica or a shard
+ROW_RULES: dict[str, Rule] = {
+    "batch_size": Rule("number", 1, MAX_USERS),
+    "isl": Rule("number", 1, MAX_REQUEST_TOKENS),
+    "osl": Rule("number", 1, MAX_REQUEST_TOKENS),
+    **{c: Rule("number", 0, MAX_RANKS) for c in ("tp_size", "pp_size", "attention_dp_size", "moe_tp_size",
+                                                 "moe_ep_size")},
+}
+
+
+def check_row(row: pd.Series) -> None:
+    """TraceError (the rows' file and line) for a row whose sizes break :data:`ROW_RULES`
+    or whose users (``batch_size`` x attention-DP ranks) exceed the ceiling."""
+    path = row.attrs.get("source", "silicon rows")
+    line = int(row.name) + 2 if isinstance(row.name, (int, np.integer)) else None  # the header is line 1
+    for col, rule in ROW_RULES.items():
+        v = row.get(col)
+        if v is not None and not (isinstance(v, float) and np.isnan(v)):
+            checked(v.item() if isinstance(v, np.generic) else v, rule, path, col, line)
+    if np.isfinite(row.get("batch_size", np.nan)) and users_of(row) > MAX_USERS:
+        raise TraceError(path, f"batch_size x attention_dp_size = {users_of(row)} users must be at most "
+                               f"{MAX_USERS} (each is simulated)", line=line)
 
 
 def _norm(name: str) -> str:
@@ -197,7 +224,9 @@ def _sharding_reason(row: pd.Series, model: ModelConfig, kernels: KernelSet) -> 
 
 def skip_reason(row: pd.Series, index: dict, kernels: KernelSet, configs: dict | None = None) -> str | None:
     """Why a row cannot be modelled, or None (``configs``: the model configs read so
-    far by ``model_path``, shared with the caller so each is read once)."""
+    far by ``model_path``, shared with the caller so each is read once). Raises
+    TraceError for sizes past their ceiling (:func:`check_row`)."""
+    check_row(row)
     if row["mode"] != "agg":
         return f"mode {row['mode']} (only aggregated serving is modelled)"
     for col in ("batch_size", "tp_size"):
