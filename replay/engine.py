@@ -17,12 +17,13 @@ finished request (a closed loop of users, a benchmark client:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
+from mist.replay.coast import block_phases, decode_plan, grow_kv
 from mist.replay.config import EngineConfig
 from mist.replay.kvcache import KVCache
 from mist.replay.loop import EventLoop
@@ -33,6 +34,8 @@ from mist.replay.step_cost import StepCost
 # At equal times: finish a step, then queue arrivals, then start an idle replica,
 # so requests arriving together share their first step.
 STEP_END, ARRIVAL, KICK = 0, 1, 2
+#: steps a streamed replay buffers before handing them to its sink (as columns)
+STEP_CHUNK = 1 << 16
 
 
 @dataclass
@@ -86,8 +89,14 @@ class Replay:
     """One replay run: owns its clock, requests, replicas and step log."""
 
     def __init__(self, requests: list[Request], cfg: EngineConfig, cost: StepCost, align_arrivals: bool = False,
-                 client: Client | None = None):
+                 client: Client | None = None, arrivals: Iterator[Request] | None = None,
+                 sink: Callable[[dict], None] | None = None):
         self.requests = requests  # (grows by what the client sends)
+        # streamed (see :meth:`run`): requests made as the clock reaches them, steps
+        # handed to ``sink`` as columns every STEP_CHUNK steps
+        self.arrivals = arrivals
+        self.sink = sink
+        self.flushed = 0  # steps handed to the sink
         self.client = client
         self.cfg = cfg
         self.cost = cost
@@ -124,7 +133,7 @@ class Replay:
                                 plan.kv_decode_sum, plan.kv_decode_max, plan.kv_decode_min)
 
     def _log(self, rep: Replica, plan: StepPlan, now: float, d: float) -> None:
-        self.steps.append((len(self.steps), rep.index, now, d, len(plan.prefills),
+        self.steps.append((rep.index, now, d, len(plan.prefills),
                            plan.num_tokens - plan.n_decode, plan.n_decode, plan.kv_tokens,
                            len(rep.running), len(rep.waiting), rep.kv.used_blocks, plan.preempted))
 
@@ -175,7 +184,7 @@ class Replay:
                              plan.kv_decode_max, plan.kv_decode_min) if items else 0.0
         rep.current = plan
         steps, kv = self.steps, rep.kv  # (kv.used_blocks, inlined)
-        steps.append((len(steps), rep.index, now, d, len(plan.prefills), plan.num_tokens - n_decode, n_decode,
+        steps.append((rep.index, now, d, len(plan.prefills), plan.num_tokens - n_decode, n_decode,
                       plan.kv_tokens, len(rep.running), len(rep.waiting), kv.num_blocks - len(kv.free), plan.preempted))
         group.busy = True
         if (self.coast and not rep.waiting and n_decode == len(items) == len(rep.running)
@@ -190,19 +199,15 @@ class Replay:
 
     def _coast(self, group: Group, rep: Replica, plan: StepPlan, now: float, d: float) -> list:
         """Run quiet decode steps in a row, from the step ``plan`` starting at ``now``
-        (already logged, lasting ``d``), without the event loop or the scheduler's pass
-        over every request.
+        (already logged, lasting ``d``), without the event loop or the scheduler.
 
         A step is quiet when every running request decodes one token, none samples its
-        first or last token, nothing waits and nothing is preempted: then the next plan
-        is the same requests one token further on, and a step's cost needs only their
-        count and KV-length sum, maximum and minimum. Coasting stops before a plan in
-        which a request would finish or KV blocks would run out (:func:`_grow_kv`), or
-        at a step end that an arrival precedes; the requests' token counts are then
-        brought up to date and the ordinary loop takes over, so the replay is the same
-        event for event, bit for bit. Coasting reads what is coming from the event loop,
-        so a client's answer to a finished request is scheduled before the step's
-        successor is planned (:meth:`_on_step_end`).
+        first or last token, nothing waits and nothing is preempted: the next plan is the
+        same requests one token on, whose cost needs only their count and KV-length sum,
+        maximum and minimum. Coasting stops before a plan in which a request would finish
+        or KV blocks would run out (:func:`grow_kv`), or at a step end an arrival
+        precedes (read from the event loop); token counts are then brought up to date, so
+        the replay is the same event for event, bit for bit.
         """
         running, kv, cost, steps = rep.running, rep.kv, self.cost, self.steps
         free = kv.free
@@ -210,7 +215,7 @@ class Replay:
         n = len(running)
         kv_sum, kv_max, kv_min = plan.kv_decode_sum, plan.kv_decode_max, plan.kv_decode_min
         last_plan = min(r.output_len - r.num_generated for r in running)  # first plan with a finish
-        takes, fills = _block_phases(running, kv)
+        takes, fills = block_phases(running, kv)
         next_arrival = self.loop.next_time()
         done = 0  # plans built here beyond ``plan``
         current = plan
@@ -220,20 +225,20 @@ class Replay:
             if sync and next_arrival < end:
                 break
             k = done + 1
-            if k >= last_plan or not _grow_kv(kv, takes, fills, k):
+            if k >= last_plan or not grow_kv(kv, takes, fills, k):
                 break
             done = k
             kv_sum += n
             kv_max += 1
             kv_min += 1
             if not sync and next_arrival < end:  # the plan just built waits for this step's end
-                rep.pending = _decode_plan(running, kv_sum, kv_max, kv_min)
+                rep.pending = decode_plan(running, kv_sum, kv_max, kv_min)
                 break
             now = end
             d = cost.step_s(n, n, [], n, kv_sum, kv_max, kv_min)
             current = quiet
             self.coasted += 1
-            steps.append((len(steps), rep.index, now, d, 0, 0, n, kv_sum, n, 0,
+            steps.append((rep.index, now, d, 0, 0, n, kv_sum, n, 0,
                           kv.num_blocks - len(free), 0))
         for r in running:
             r.num_computed += done
@@ -291,7 +296,10 @@ class Replay:
                         rep.waiting.remove(req)
                     if self.client is not None:  # queued before the next plan (see _coast)
                         self._feed(self.client.on_finish(req, now))
-        return self._kick(group, now)
+        events = self._kick(group, now)
+        if self.sink is not None and len(self.steps) >= STEP_CHUNK:
+            self.flush_steps()
+        return events
 
     def _feed(self, requests: Iterable[Request]) -> None:
         """Schedule the arrival of requests a client sends during the replay."""
@@ -299,7 +307,23 @@ class Replay:
             self.requests.append(req)
             self.loop.schedule(req.arrival_s, ARRIVAL, self._on_arrival, req)
 
+    def _on_streamed_arrival(self, now: float, req: Request):
+        """Schedule the stream's next arrival (coasting reads it), then queue this one."""
+        nxt = next(self.arrivals, None)
+        if nxt is not None:
+            self.loop.schedule(nxt.arrival_s, ARRIVAL, self._on_streamed_arrival, nxt)
+        return self._on_arrival(now, req)
+
     def run(self) -> None:
+        """Run to completion. Streamed (``arrivals``, in (arrival, index) order), only the
+        next arrival is in the loop: arrivals pop in the order they would if all were
+        scheduled up front, so the replay is the same (aligned arrivals look ahead: not streamed)."""
+        if self.arrivals is not None:
+            if self.align:
+                raise ValueError("aligned arrivals look ahead and cannot be streamed")
+            first = next(self.arrivals, None)
+            if first is not None:
+                self.loop.schedule(first.arrival_s, ARRIVAL, self._on_streamed_arrival, first)
         if self.align:
             self.upcoming = sorted(self.requests, key=lambda r: (r.arrival_s, r.index))
         for req in self.requests:
@@ -307,64 +331,26 @@ class Replay:
         self.loop.run()
 
     def step_columns(self) -> dict:
-        names = ("step_id", "replica", "start_s", "duration_s", "num_prefill_seqs", "prefill_tokens",
+        """The steps not yet handed to a sink, as ``steps`` columns (all of them when
+        the replay has no sink)."""
+        names = ("replica", "start_s", "duration_s", "num_prefill_seqs", "prefill_tokens",
                  "num_decode_seqs", "kv_tokens", "num_running", "num_waiting", "kv_blocks_used",
                  "num_preempted")
+        out = {"step_id": np.arange(self.flushed, self.flushed + len(self.steps), dtype=np.int64)}
         if not self.steps:
-            return {n: np.asarray([], dtype=float if n.endswith("_s") else np.int64) for n in names}
+            out.update({n: np.asarray([], dtype=float if n.endswith("_s") else np.int64) for n in names})
+            return out
         # one 2-D conversion (every count is an integer far below 2**53, so exact in float64)
         grid = np.array(self.steps, dtype=np.float64)
-        return {n: grid[:, i] if n.endswith("_s") else grid[:, i].astype(np.int64) for i, n in enumerate(names)}
+        out.update({n: grid[:, i] if n.endswith("_s") else grid[:, i].astype(np.int64) for i, n in enumerate(names)})
+        return out
 
-
-def _block_phases(running: list, kv: KVCache) -> tuple[list, list | None]:
-    """For coasting (:meth:`Replay._coast`): per request, the plans (counted from 1
-    after the current one) that take a KV block, and those that fill one (its hashes
-    committed; ``None`` without prefix caching). Both recur every ``block_size`` plans
-    from the first, so they are kept by the first's phase (``k % block_size``), in
-    running order."""
-    block = kv.block_size
-    takes = [[] for _ in range(block)]
-    fills = [[] for _ in range(block)] if kv.prefix_caching else None
-    for r in running:
-        c = r.num_computed
-        first = max(len(r.blocks) * block - c + 1, 1)
-        takes[first % block].append((first, r))
-        if fills is not None:
-            first = max((r.num_committed + 1) * block - c, 1)
-            fills[first % block].append((first, r))
-    return takes, fills
-
-
-def _grow_kv(kv: KVCache, takes: list, fills: list | None, k: int) -> bool:
-    """Take and commit the KV blocks of coasted plan ``k`` in the order
-    :func:`mist.replay.scheduler.plan_step` would (requests in running order,
-    allocations before commits); False, with nothing taken, when blocks run out."""
-    phase = k % kv.block_size
-    due = [r for first, r in takes[phase] if first <= k]
-    if len(due) > len(kv.free):
-        return False
-    for r in due:
-        kv.allocate(r, r.num_computed + k)
-    if fills is not None:
-        for first, r in fills[phase]:
-            if first <= k:  # commit reads the request's computed tokens as of this plan
-                had = r.num_computed
-                r.num_computed = had + k
-                kv.commit(r)
-                r.num_computed = had
-    return True
-
-
-def _decode_plan(running: list, kv_sum: int, kv_max: int, kv_min: int) -> StepPlan:
-    """The plan of a quiet decode step of ``running`` (see :meth:`Replay._coast`)."""
-    n = len(running)
-    plan = StepPlan()
-    plan.items = [(r, 1) for r in running]
-    plan.num_tokens = plan.n_decode = n
-    plan.kv_decode_sum = plan.kv_tokens = kv_sum
-    plan.kv_decode_max, plan.kv_decode_min = kv_max, kv_min
-    return plan
+    def flush_steps(self) -> None:
+        """Hand the buffered steps to the sink as columns and forget them."""
+        if self.steps:
+            self.sink(self.step_columns())
+            self.flushed += len(self.steps)
+            self.steps.clear()
 
 
 def replay_requests(requests: list[Request], cfg: EngineConfig, cost: StepCost,

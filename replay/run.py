@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from mist.calibrate.calibration import fit_operators
 from mist.calibrate.host import host_model, residual_summary
@@ -33,14 +34,25 @@ from mist.replay.deployment import (
     engine_config,
     requests_from_table,
 )
-from mist.replay.engine import replay_requests
+from mist.replay.engine import Replay
 from mist.replay.request import Request
 from mist.replay.step_cost import StepCost
+from mist.replay.stream import (
+    Recorder,
+    StepWriter,
+    arrival_order,
+    arrival_times,
+    check_fits,
+    request_stream,
+)
 from mist.traces.derive import latencies
 from mist.traces.errors import ReplayError, TraceError
 from mist.traces.formats import read_trace
 from mist.traces.readers.vllm_run import read_run_meta
 from mist.traces.schema import REQUESTS, STEPS, from_columns
+
+#: the file ``mist replay`` streams the simulated steps into, in its output folder
+STEPS_FILE = "simulated.steps.parquet"
 
 
 @dataclass(frozen=True)
@@ -163,25 +175,9 @@ def input_warnings(requests: pa.Table, model: ModelConfig, run_model: str | None
 
 def check_capacity(reqs: list[Request], cfg: EngineConfig) -> None:
     """Raise ReplayError unless every request can run: its prompt and output fit in one
-    replica's KV cache, and (chunked prefill off) its prompt in one step's token budget."""
-    capacity = cfg.num_gpu_blocks * cfg.block_size
-    if capacity < 1:
-        raise ReplayError("the engine has no KV cache (0 blocks): the model's weights leave no room in "
-                          "the device memory; give a run with more memory, a higher tensor parallelism "
-                          "or num_gpu_blocks in its engine settings")
-    if not cfg.enable_chunked_prefill:
-        long = [r for r in reqs if r.prompt_len > cfg.max_num_batched_tokens]
-        if long:
-            raise ReplayError(f"{len(long)} prompt(s) exceed max_num_batched_tokens ({cfg.max_num_batched_tokens}) "
-                              f"with chunked prefill off (first: {long[0].request_id}, {long[0].prompt_len} "
-                              "tokens): the engine could never schedule them")
-    # the last sampled token is never fed back, so a request holds prompt + output - 1 tokens of KV
-    over = [r for r in reqs if r.prompt_len + r.output_len - 1 > capacity]
-    if over:
-        worst = max(over, key=lambda r: r.prompt_len + r.output_len)
-        raise ReplayError(f"{len(over)} request(s) need more KV cache than the engine holds ({capacity} tokens; "
-                          f"{worst.request_id} needs {worst.prompt_len + worst.output_len - 1}): vLLM would refuse "
-                          "them; drop them from the trace or give more device memory")
+    replica's KV cache, and (chunked prefill off) its prompt in one step's token budget
+    (see :func:`mist.replay.stream.check_fits`)."""
+    check_fits([r.request_id for r in reqs], [r.prompt_len for r in reqs], [r.output_len for r in reqs], cfg)
 
 
 def effective_arrival(requests: pa.Table, arrival: str) -> str:
@@ -196,12 +192,17 @@ def effective_arrival(requests: pa.Table, arrival: str) -> str:
     return arrival if stamped else "engine"
 
 
-def simulate(requests: pa.Table, cfg: EngineConfig, cost: StepCost, arrival: str = ARRIVAL):
+def simulate(requests: pa.Table, cfg: EngineConfig, cost: StepCost, arrival: str = ARRIVAL,
+             steps_path: Path | None = None):
     """Replay ``requests``; return (simulated requests table, steps table, wall seconds).
 
     ``arrival``: one of :data:`ARRIVALS` (see :func:`effective_arrival`). Aligned arrivals
     apply with async scheduling and one engine group (see :class:`mist.replay.engine.Replay`);
-    the rule applied is the simulated table's ``mist.arrival`` metadata.
+    the rule applied is the simulated table's ``mist.arrival`` metadata. Requests are
+    made as the clock reaches them and dropped when finished (:mod:`mist.replay.stream`;
+    aligned arrivals, which look ahead, are made up front). With ``steps_path`` the
+    steps stream into that Parquet file as the replay runs, and the steps table
+    returned is None.
 
     Raises
     ------
@@ -211,28 +212,39 @@ def simulate(requests: pa.Table, cfg: EngineConfig, cost: StepCost, arrival: str
     """
     if arrival not in ARRIVALS:
         raise ValueError(f"arrival must be one of {ARRIVALS}, not {arrival!r}")
-    reqs = requests_from_table(requests, "client" if arrival == "client" else "engine")
-    check_capacity(reqs, cfg)
-    t0 = time.perf_counter()
-    rep = replay_requests(reqs, cfg, cost, align_arrivals=effective_arrival(requests, arrival) == "engine-aligned")
-    wall = time.perf_counter() - t0
-    stuck = [r for r in reqs if r.finished_s is None]
-    if stuck:
-        raise ReplayError(f"the simulation stalled: {len(stuck)} of {len(reqs)} requests never finished "
-                          f"(first: {stuck[0].request_id}); please report this with the inputs")
-    by_index = sorted(reqs, key=lambda r: r.index)
+    kind = "client" if arrival == "client" else "engine"
+    t = arrival_times(requests, kind)
+    order = arrival_order(t)
     src = requests.select(["request_id", "arrival_s", "input_tokens", "output_tokens"]).to_pydict()
+    ids = src["request_id"]
+    check_fits([ids[i] for i in order], np.asarray(src["input_tokens"], dtype=np.int64)[order],
+               np.asarray(src["output_tokens"], dtype=np.int64)[order], cfg)
+    recorder = Recorder(len(t))
+    writer = StepWriter(steps_path) if steps_path is not None else None
+    t0 = time.perf_counter()
+    try:
+        if effective_arrival(requests, arrival) == "engine-aligned":
+            rep = Replay(requests_from_table(requests, kind), cfg, cost, align_arrivals=True, client=recorder)
+        else:
+            rep = Replay([], cfg, cost, client=recorder, arrivals=request_stream(requests, t, order), sink=writer)
+        rep.run()
+        wall = time.perf_counter() - t0
+        if recorder.finished < len(t):
+            first = next(i for i in order if np.isnan(recorder.times["finished_s"][i]))
+            raise ReplayError(f"the simulation stalled: {len(t) - recorder.finished} of {len(t)} requests never "
+                              f"finished (first: {ids[first]}); please report this with the inputs")
+        if writer is not None:
+            rep.flush_steps()
+            writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     cols = dict(src)
-    cols.update(
-        cached_tokens=[r.cached_tokens for r in by_index],
-        queued_s=[r.queued_s for r in by_index],
-        scheduled_s=[max(r.scheduled_s, r.queued_s) for r in by_index],  # (aligned: planned before its stamp)
-        first_token_s=[r.first_token_s for r in by_index],
-        finished_s=[r.finished_s for r in by_index],
-    )
-    applied = "engine-aligned" if rep.align else "client" if arrival == "client" else "engine"
+    cols.update(recorder.columns())
+    applied = "engine-aligned" if rep.align else kind
     sim = from_columns(REQUESTS, cols, metadata={"mist.source_format": "mist-replay", "mist.arrival": applied})
-    steps = from_columns(STEPS, rep.step_columns())
+    steps = None if writer is not None else from_columns(STEPS, rep.step_columns())
     return sim, steps, wall
 
 
@@ -275,7 +287,8 @@ class ReplayResult:
     Attributes
     ----------
     requests, steps : pyarrow.Table
-        The simulated ``requests`` and ``steps`` tables.
+        The simulated ``requests`` and ``steps`` tables (``steps`` None when the steps
+        were streamed to ``steps_path``).
     config : EngineConfig
         The engine replayed.
     wall_s : float
@@ -288,16 +301,33 @@ class ReplayResult:
         Rows the reader skipped, by reason.
     warnings : tuple of str
         What about the inputs deserves a warning (the replay ran all the same).
+    steps_path : Path or None
+        The Parquet file the steps streamed into (``replay_trace(..., out=...)``).
+    steps_rows : int
+        Rows of ``steps_path``.
     """
 
     requests: pa.Table
-    steps: pa.Table
+    steps: pa.Table | None
     config: EngineConfig
     wall_s: float
     latencies: pd.DataFrame
     rows_read: int
     skipped: dict = field(default_factory=dict)
     warnings: tuple = ()
+    steps_path: Path | None = None
+    steps_rows: int = 0
+
+    @property
+    def num_steps(self) -> int:
+        """Engine steps replayed."""
+        return self.steps.num_rows if self.steps is not None else self.steps_rows
+
+    def steps_frame(self, columns: list | None = None) -> pd.DataFrame:
+        """The steps (only ``columns``, if given) as a DataFrame."""
+        if self.steps is not None:
+            return (self.steps.select(columns) if columns else self.steps).to_pandas()
+        return pq.read_table(self.steps_path, columns=columns).to_pandas()
 
     @property
     def simulated_s(self) -> float:
@@ -314,7 +344,7 @@ class ReplayResult:
         as ``mist replay`` writes them to ``summary.json``."""
         n = self.requests.num_rows
         return {
-            "requests": n, "steps": self.steps.num_rows, "simulated_s": round(self.simulated_s, 3),
+            "requests": n, "steps": self.num_steps, "simulated_s": round(self.simulated_s, 3),
             "rows_read": self.rows_read, "skipped": dict(self.skipped),
             "replay_wall_s": round(self.wall_s, 4), "requests_per_wall_s": round(n / self.wall_s, 1),
             "latency_s": {m: {k: round(v, 6) for k, v in _percentiles(self.latencies[m].to_numpy(float)).items()}
@@ -326,7 +356,7 @@ class ReplayResult:
         table = ["| metric | mean s | P50 s | P90 s | P99 s |", "| --- | ---: | ---: | ---: | ---: |"]
         table += [f"| {m} | " + " | ".join(f"{p[k]:.4f}" for k in ("mean", "p50", "p90", "p99")) + " |"
                   for m, p in self.summary()["latency_s"].items() if p]
-        return (f"{self.requests.num_rows} requests, {self.steps.num_rows} steps, {self.simulated_s:.1f} s "
+        return (f"{self.requests.num_rows} requests, {self.num_steps} steps, {self.simulated_s:.1f} s "
                 f"simulated; engine {self.config}\n\n" + "\n".join(table))
 
 
@@ -338,10 +368,12 @@ def _percentiles(x: np.ndarray) -> dict:
             "p90": float(np.percentile(x, 90)), "p99": float(np.percentile(x, 99))}
 
 
-def replay_trace(settings: ReplaySettings) -> ReplayResult:
-    """Replay a request stream through the engine of a run (``mist replay``, without
-    writing anything): no measured timings needed, the engine settings from the run's
-    ``meta.json`` (and the ``cluster.json`` beside it, if any).
+def replay_trace(settings: ReplaySettings, out: Path | None = None) -> ReplayResult:
+    """Replay a request stream through the engine of a run (``mist replay``): no
+    measured timings needed, the engine settings from the run's ``meta.json`` (and the
+    ``cluster.json`` beside it, if any). Writes nothing, unless ``out`` (a folder) is
+    given: then the steps stream into ``out/simulated.steps.parquet`` as the replay
+    runs (bounded memory at any trace length; the same file as writing the table).
 
     Raises
     ------
@@ -358,6 +390,9 @@ def replay_trace(settings: ReplaySettings) -> ReplayResult:
     bundle, model, hardware = load_deployment(settings.profiles, settings.model, settings.hardware)
     cfg, cost, _ = prepare(meta, bundle, model, hardware)
     warnings = tuple(input_warnings(trace.requests, model))
-    sim, steps, wall = simulate(trace.requests, cfg, cost, arrival=settings.arrival)
+    steps_path = Path(out) / STEPS_FILE if out is not None else None
+    sim, steps, wall = simulate(trace.requests, cfg, cost, arrival=settings.arrival, steps_path=steps_path)
     return ReplayResult(requests=sim, steps=steps, config=cfg, wall_s=wall, rows_read=trace.rows_read,
-                        skipped=dict(trace.skipped), warnings=warnings, latencies=latencies(sim.to_pandas()))
+                        skipped=dict(trace.skipped), warnings=warnings, latencies=latencies(sim.to_pandas()),
+                        steps_path=steps_path,
+                        steps_rows=pq.ParquetFile(steps_path).metadata.num_rows if steps is None else 0)

@@ -1,0 +1,118 @@
+"""Replay at scale: peak memory and wall time of the whole `mist replay` job as the
+trace grows (issue 25, "bounded memory at any trace length").
+
+    python bench/scale.py [--requests 19366 100000] [--million]
+
+The trace is the Azure conversation trace (Vidur's processed copy,
+``arrivals/vidur/splitwise_conv.csv``, 19,366 requests) repeated back to back into a
+temporary ``vidur-csv`` file: copy ``k`` is shifted by ``k`` times one copy's span
+(its last arrival plus its mean inter-arrival gap, so copies neither overlap nor share
+an instant), and the rows are cut after ``--requests`` of them. The reader numbers the
+rows, so request ids are unique across copies. Each size is replayed through the
+Llama-3.1-8B RTX PRO 6000 profile with that run's engine settings (one replica) by
+:func:`mist.replay.run.replay_trace`, and its requests and steps tables and
+``summary.json`` are written, in a child process of its own (multiprocessing,
+``spawn``), so the peak resident set size (``getrusage(RUSAGE_CHILDREN).ru_maxrss``,
+read after each child ends; children run one at a time and the largest so far is the
+figure, so sizes go in increasing order) is that job's alone. Prints requests, steps,
+wall seconds (the whole job in the child: reading, fitting, replay, writing) and peak
+RSS (MB, 2**20 bytes).
+
+Measured on this machine (2 CPUs, shared: wall times vary with the load):
+
+=========  =========  ======================  ==========================
+requests   steps      before (all in memory)  steps streamed (this job)
+=========  =========  ======================  ==========================
+19,366     188,722    7.3 s, 356 MB           355 MB
+100,000    980,066    41.9 s, 822 MB          489 MB
+1,000,000  9,726,910  1177 s (loaded), 6111 MB
+=========  =========  ======================  ==========================
+
+(the streamed job's wall times were taken at a load average of 8 on 2 CPUs; its CPU time
+per replay is the same as before.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runs import RUNS, SHARED  # noqa: E402
+
+TRACE = SHARED / "arrivals/vidur/splitwise_conv.csv"
+RUN = "RTXPRO6000/Llama-3.1-8B"
+
+
+def repeated_trace(n: int, out: Path, source: Path = TRACE) -> Path:
+    """Write the first ``n`` rows of ``source`` repeated back to back to ``out`` (vidur-csv)."""
+    import pandas as pd
+
+    df = pd.read_csv(source)
+    t = df["arrived_at"].to_numpy(float)
+    span = t[-1] - t[0] + float(np.diff(t).mean())
+    copies = -(-n // len(df))
+    shifts = np.repeat(np.arange(copies) * span, len(df))[:n]
+    big = pd.concat([df] * copies, ignore_index=True).iloc[:n].copy()
+    big["arrived_at"] = big["arrived_at"].to_numpy(float) + shifts
+    big.to_csv(out, index=False, float_format="%.6f")
+    return out
+
+
+def _job(trace: Path, out: Path, queue) -> None:
+    """The child: the `mist replay` job and its writes (the report's plots aside)."""
+    from mist.replay.run import ReplaySettings, replay_trace
+    from mist.traces.io import atomic_write_json, write_table
+
+    run_dir, bundle, model, _ = RUNS[RUN]
+    t0 = time.perf_counter()
+    result = replay_trace(ReplaySettings(trace=trace, profiles=SHARED / bundle, model=SHARED / model,
+                                         engine=SHARED / run_dir / "meta.json"), out=out)  # (steps streamed)
+    write_table(result.requests, out / "simulated.requests.parquet")
+    summary = result.summary()
+    atomic_write_json(out / "summary.json", summary)
+    queue.put((summary["requests"], summary["steps"], time.perf_counter() - t0, result.wall_s))
+
+
+def measure(n: int, tmp: Path) -> tuple[int, int, float, float, float]:
+    """``(requests, steps, job wall s, replay wall s, peak RSS MB)`` of replaying ``n`` requests."""
+    trace = repeated_trace(n, tmp / f"conv-{n}.csv")
+    out = tmp / f"out-{n}"
+    out.mkdir()
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_job, args=(trace, out, queue))
+    proc.start()
+    got = queue.get()
+    proc.join()
+    if proc.exitcode:
+        raise SystemExit(f"the replay of {n} requests failed (exit code {proc.exitcode})")
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # (Linux: KiB)
+    trace.unlink()
+    return (*got, peak_mb)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, nargs="+", default=[19366, 100000],
+                        help="trace sizes to replay (default: 19366 100000)")
+    parser.add_argument("--million", action="store_true", help="also replay 1,000,000 requests (minutes)")
+    args = parser.parse_args()
+    sizes = sorted(set(args.requests) | ({1_000_000} if args.million else set()))
+    print(f"{'requests':>9s} {'steps':>9s} {'job wall s':>10s} {'replay s':>9s} {'peak RSS MB':>11s}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="mist-scale-") as tmp:
+        for n in sizes:
+            reqs, steps, wall, replay_s, peak = measure(n, Path(tmp))
+            print(f"{reqs:9d} {steps:9d} {wall:10.1f} {replay_s:9.1f} {peak:11.0f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
