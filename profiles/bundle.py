@@ -36,6 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
+from mist.traces.checks import CHECKS, check_columns, check_duplicates
 from mist.traces.errors import TraceError, positive_numbers
 from mist.traces.schema import BUNDLE_TABLES, OPERATOR_PROFILE, from_columns
 
@@ -98,7 +99,31 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     if "time_us" in df.columns:
         t = positive_numbers(df["time_us"], path, "time_us", first_line=2)
         df = df.drop(columns="time_us").assign(latency_s=t * 1e-6)
+    _check(path, df, [c for c in required if c not in ("layer", "time_us")])
     return df
+
+
+def _check(path: Path, df: pd.DataFrame, features: list[str]) -> None:
+    """The declared ``operator_profile`` checks of a bundle table's feature columns
+    (whole counts, 0..2^53) and latency (at most an hour); for the tables with required
+    columns, no two rows of one shape whose times conflict (mist.traces.checks)."""
+    lines = df.index.to_numpy() + 2
+    checked = [c for c in df.columns if c in CHECKS["operator_profile"] and c not in ("samples", "spread_s")]
+    # required columns as arrays (an empty or non-numeric cell is NaN: "must be a finite
+    # number"); optional ones as Series (an empty cell is null, allowed)
+    cols = {c: pd.to_numeric(df[c], errors="coerce") for c in checked}
+    cols = {c: v.to_numpy(dtype=float) if c in features or c == "latency_s" else v for c, v in cols.items()}
+    check_columns(path, "operator_profile", cols, lines)
+    if features:
+        keys = [c for c in ("layer", *features) if c in df.columns]
+        table = pa.table({**{c: df[c].astype(str).tolist() for c in keys}, "latency_s": df["latency_s"]})
+        check_duplicates(path, table, lines)
+
+
+def _present(path: Path) -> bool:
+    """Whether a table is there to read: a file, or anything else in its place (a
+    folder, a dangling link, a symlink loop), which reading then rejects by name."""
+    return path.is_symlink() or path.exists()
 
 
 def read_bundle(root) -> Bundle:
@@ -114,19 +139,23 @@ def read_bundle(root) -> Bundle:
     if not meta_path.is_file():
         raise TraceError(meta_path, "bundle has no meta.yaml (is --profiles the bundle root, e.g. .../<model>/bf16?)")
     try:
-        meta = yaml.safe_load(meta_path.read_text()) or {}
+        meta = yaml.safe_load(meta_path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise TraceError(meta_path, f"invalid YAML ({exc})") from exc
+    except (OSError, UnicodeDecodeError, RecursionError) as exc:
+        raise TraceError(meta_path, f"cannot read file ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    if not isinstance(meta, dict):
+        raise TraceError(meta_path, f"expected a mapping at the top level, found {type(meta).__name__}")
     tables = {}
     for tp_dir in sorted(p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"tp\d+", p.name)):
         tp = int(tp_dir.name[2:])
         for name, required in TABLES.items():
             path = tp_dir / f"{name}.csv"
-            if path.is_file():
+            if _present(path):
                 tables[(tp, name)] = _read_csv(path, required)
         for name in OPTIONAL_TABLES:
             path = tp_dir / f"{name}.csv"
-            if path.is_file():
+            if _present(path):
                 tables[(tp, name)] = _read_csv(path, ())
     if not tables:
         raise TraceError(root, "no tp<N>/ folders with profile tables")

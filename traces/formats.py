@@ -97,7 +97,7 @@ def _detect_dir(path: Path) -> str:
         try:
             if is_bench_result(json.loads(p.read_text(encoding="utf-8"))):
                 return "vllm-bench"
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             continue
     raise _unsure(path, "directory has neither requests.jsonl, a vllm bench result JSON nor kernel tables "
                         "(gemm/<framework>/<version>/gemm_perf.parquet …)")
@@ -126,7 +126,7 @@ def detect_format(path) -> str:
     if suffix in (".jsonl", ".ndjson"):
         try:
             first = json.loads(_first_line(path))
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise _unsure(path, f"first line is not JSON ({exc.msg})") from exc
         if not isinstance(first, dict):
             raise _unsure(path, "first line is not a JSON object")
@@ -134,8 +134,8 @@ def detect_format(path) -> str:
     if suffix == ".json":
         try:
             obj = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _unsure(path, f"not readable JSON ({exc})") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise _unsure(path, f"not readable JSON ({type(exc).__name__}: {str(exc)[:200]})") from exc
         if is_bench_result(obj):
             return "vllm-bench"
         if is_kineto_trace(obj):

@@ -95,6 +95,8 @@ def read_json_object(path) -> dict:
         raise TraceError(path, f"malformed JSON ({exc.msg})", exc.lineno) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise TraceError(path, f"cannot read file ({exc})") from exc
+    except RecursionError as exc:
+        raise TraceError(path, "malformed JSON (nested too deeply)") from exc
     if not isinstance(obj, dict):
         raise TraceError(path, f"expected a JSON object, found {type(obj).__name__}")
     return obj
@@ -124,6 +126,8 @@ def read_yaml_object(path, what: str) -> dict:
                          mark.line + 1 if mark else None) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise TraceError(path, f"cannot read {what}: {exc}") from exc
+    except RecursionError as exc:
+        raise TraceError(path, f"cannot read {what}: YAML nested too deeply") from exc
     if not isinstance(doc, dict):
         raise TraceError(path, f"cannot read {what}: expected a mapping, found {type(doc).__name__}")
     return doc

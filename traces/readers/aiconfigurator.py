@@ -42,6 +42,14 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
+from mist.traces.checks import (
+    MAX_TOKENS,
+    Check,
+    check_columns,
+    check_duplicates,
+    raise_at,
+    violation,
+)
 from mist.traces.errors import TraceError, positive_numbers
 from mist.traces.schema import OPERATOR_PROFILE, from_columns
 
@@ -105,14 +113,30 @@ def pick_version(choices: list[tuple[str, str, Path]], version: str | None):
 
 
 def _read(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    """A kernel table; unreadable, empty or not a file is an error naming it (never a
+    skip: a skipped table would silently fall back to other versions' tables)."""
+    if not path.is_file():
+        raise TraceError(path, "not a readable Parquet file (not a regular file)")
     try:
         df = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise TraceError(path, f"not a readable Parquet file ({exc})") from exc
+    if df.empty:
+        raise TraceError(path, "kernel table has no rows")
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise TraceError(path, f"missing columns {missing}")
     positive_numbers(df["latency"], path, "latency", first_line=1, unit=" (ms)")
+    for col in required:  # shape columns are cast to int64 later: whole, >= 0, <= 2^53
+        if col == "op_name" or col.endswith("dtype"):
+            empty = np.flatnonzero(df[col].isna().to_numpy())
+            if empty.size:
+                raise_at(path, col, int(empty[0]), None, "must be a name")
+        elif col != "latency":
+            values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+            bad = violation(values, np.ones(values.size, dtype=bool), Check(0, MAX_TOKENS, whole=True))
+            if bad is not None:
+                raise_at(path, col, bad[0], df[col].iloc[bad[0]], bad[1])
     return df
 
 
@@ -197,8 +221,11 @@ def read_kernel_db(system_dir, version: str | None = None, hardware: str | None 
             df = df[df["window_size"].fillna(0).astype(int) == 0]
         if not len(df):
             continue
-        parts.append(from_columns(OPERATOR_PROFILE, _rows(stem, df.reset_index(drop=True), hardware,
-                                                           fw, ver, path)))
+        lines = df.index.to_numpy() + 1  # 1-based Parquet row, for errors
+        cols = _rows(stem, df.reset_index(drop=True), hardware, fw, ver, path)
+        check_columns(path, "operator_profile", cols, lines)
+        parts.append(from_columns(OPERATOR_PROFILE, cols))
+        check_duplicates(path, parts[-1], lines)
     table = pa.concat_tables(parts)
     meta = dict(table.schema.metadata or {})
     meta[b"mist.kernel_db"] = str(root).encode()
@@ -240,9 +267,11 @@ def read_system_yaml(system_dir) -> dict | None:
     for path in (root.parent / f"{root.name}.yaml", root / f"{root.name}.yaml", root / "system.yaml"):
         if path.is_file():
             try:
-                data = yaml.safe_load(path.read_text())
+                data = yaml.safe_load(path.read_text(encoding="utf-8"))
             except yaml.YAMLError as exc:
                 raise TraceError(path, f"not valid YAML ({exc})") from exc
+            except (OSError, UnicodeDecodeError, RecursionError) as exc:
+                raise TraceError(path, f"cannot read file ({type(exc).__name__}: {str(exc)[:200]})") from exc
             if not isinstance(data, dict):
                 raise TraceError(path, "expected a mapping at the top level")
             return data

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from mist.traces.checks import MAX_TOKENS, MAX_TRACE_S, Check, check_columns, raise_at, violation
 from mist.traces.errors import TraceError
 from mist.traces.schema import REQUESTS, TOKENS, from_columns
 
@@ -81,6 +82,8 @@ def read_jsonl(path, required: tuple[str, ...]) -> tuple[list[dict], np.ndarray]
             raise TraceError(
                 path, f"malformed JSON ({exc.msg} at column {exc.colno})", lineno
             ) from exc
+        except RecursionError as exc:
+            raise TraceError(path, "malformed JSON (nested too deeply)", lineno) from exc
         if not isinstance(rec, dict):
             raise TraceError(path, f"expected a JSON object, found {type(rec).__name__}", lineno)
         missing = [k for k in required if k not in rec]
@@ -104,6 +107,8 @@ def int_column(records, key, path, lines) -> np.ndarray:
         v = rec[key]
         if not _is_int(v):
             raise TraceError(path, f"{key!r} must be an integer, found {v!r}", int(lines[i]))
+        if not -(2**63) <= v < 2**63:  # would wrap (or overflow) in int64
+            raise TraceError(path, f"{key!r} is beyond the 64-bit integer range, found {v!r}", int(lines[i]))
         out[i] = v
     return out
 
@@ -113,7 +118,7 @@ def float_column(records, key, path, lines) -> np.ndarray:
     out = np.empty(len(records), dtype=np.float64)
     for i, rec in enumerate(records):
         v = rec[key]
-        if not (_is_int(v) or isinstance(v, (float, np.floating))) or not np.isfinite(v):
+        if not (_is_int(v) or isinstance(v, (float, np.floating))) or not abs(v) <= 1e300:
             raise TraceError(path, f"{key!r} must be a finite number, found {v!r}", int(lines[i]))
         out[i] = v
     return out
@@ -149,14 +154,16 @@ def read_csv(path, columns: tuple[str, ...], dtypes: dict[str, str]) -> pd.DataF
         if kind is None:
             bad = values == ""
         else:
-            num = pd.to_numeric(values, errors="coerce")
+            num = pd.to_numeric(values, errors="coerce").astype(np.float64)  # a uint64 or object too
             bad = num.isna() | ~np.isfinite(num)
-            if kind == "int":
-                bad |= num.ne(num.round())
+            if kind == "int":  # whole, and exact in float64 (larger ones wrap or round)
+                bad |= num.ne(num.round()) | (num.abs() > MAX_TOKENS)
             values = num.astype(np.int64 if kind == "int" and not bad.any() else np.float64)
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
             want = {"int": "an integer", "float": "a number"}.get(kind, "a value")
+            if kind is not None and np.isfinite(num.iloc[i]) and abs(num.iloc[i]) > MAX_TOKENS:
+                want += " of at most 2^53"
             raise TraceError(
                 path, f"column {col!r} must be {want}, found {df[col].iloc[i]!r}", i + 2
             )
@@ -170,11 +177,12 @@ def _line_of(exc: Exception) -> int | None:
 
 
 def check_tokens(path, name: str, values: np.ndarray, lines: np.ndarray) -> None:
-    """Raise on a negative token count (corrupt input, never skipped)."""
-    bad = np.flatnonzero(values < 0)
-    if bad.size:
-        i = int(bad[0])
-        raise TraceError(path, f"{name} is negative ({values[i]})", int(lines[i]))
+    """Raise on a negative token count or one above 2^53 (corrupt input, never skipped)."""
+    for bad, what in ((values < 0, "is negative"), (values > MAX_TOKENS, "is above 2^53")):
+        hit = np.flatnonzero(bad)
+        if hit.size:
+            i = int(hit[0])
+            raise TraceError(path, f"{name} {what} ({values[i]})", int(lines[i]))
 
 
 def skip_mask(reasons: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, int]]:
@@ -190,12 +198,30 @@ def skip_mask(reasons: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, int
     return ~dropped, counts
 
 
+def _check_arrival(where, arrival: np.ndarray, lines) -> None:
+    """Arrival times on the source clock (s): finite, >= 0, within a century."""
+    bad = violation(arrival, np.ones(arrival.size, dtype=bool), Check(0, MAX_TRACE_S))
+    if bad is not None:
+        raise_at(where, "arrival_s", bad[0], arrival[bad[0]].item(), bad[1] + " (s on the source clock)", lines)
+
+
+def _source_order(columns: dict, t0: float) -> dict:
+    """The numeric ``requests`` columns in source order, times rebased by ``t0`` (s)."""
+    out = {}
+    for name, values in columns.items():
+        if isinstance(values, np.ndarray):
+            out[name] = values.astype(np.float64) - t0 if name.endswith("_s") else values
+    return out
+
+
 def finish(
     fmt: str,
     columns: dict,
     origin_epoch_s: float | None = None,
     metadata: dict | None = None,
     tokens: dict | None = None,
+    path=None,
+    lines=None,
 ) -> tuple[pa.Table, pa.Table | None]:
     """Sort by arrival (stable), rebase times so min(arrival_s) == 0, build tables.
 
@@ -210,8 +236,14 @@ def finish(
         Epoch (s) of the clock's zero; the epoch of the earliest arrival is stored.
     tokens : dict, optional
         ``tokens`` columns (``request_id``, ``token_index``, ``time_s`` on the same clock).
+    path, lines : optional
+        The source and each row's 1-based line, named in the TraceError raised on a value
+        breaking the declared checks (:mod:`mist.traces.checks`; source-clock arrivals
+        must be finite, >= 0 and within a century, 3.2e9 s).
     """
+    where = path if path is not None else f"<{fmt} input>"
     arrival = np.asarray(columns["arrival_s"], dtype=np.float64)
+    _check_arrival(where, arrival, lines)
     order = np.argsort(arrival, kind="stable")
     t0 = float(arrival[order[0]]) if arrival.size else 0.0
     out = {}
@@ -225,6 +257,7 @@ def finish(
         else:  # lists of strings or of token-id lists
             values = [values[i] for i in order]
         out[name] = values
+    check_columns(where, "requests", _source_order(columns, t0), lines)
     meta = {
         "mist.source_format": fmt,
         "mist.reordered": "1" if (order != np.arange(order.size)).any() else "0",
@@ -237,5 +270,6 @@ def finish(
     if tokens is not None:
         tok = dict(tokens)
         tok["time_s"] = np.asarray(tok["time_s"], dtype=np.float64) - t0
+        check_columns(where, "tokens", tok)
         tok_table = from_columns(TOKENS, tok, {"mist.source_format": fmt})
     return requests, tok_table

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from mist.traces.checks import MAX_TOKENS, MAX_TRACE_S
 from mist.traces.errors import TraceError
 from mist.traces.schema import OFFLINE_BATCH_BENCH
 
@@ -95,8 +96,10 @@ def _number(path, line: int, col: str, cell: str, *, integer: bool) -> float | i
         value = float(cell)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value <= 0 or (integer and value != round(value)):
+    most = MAX_TOKENS if integer else MAX_TRACE_S  # counts; s (or tokens/s)
+    if not math.isfinite(value) or value <= 0 or value > most or (integer and value != round(value)):
         want = "a positive integer" if integer else "a positive number"
+        want += f" (at most {most:g})" if math.isfinite(value) and value > most else ""
         raise TraceError(path, f"column {col!r} must be {want}, found {cell!r}", line)
     return int(round(value)) if integer else value
 

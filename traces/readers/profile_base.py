@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from mist.traces.checks import check_columns, check_duplicates
 from mist.traces.errors import TraceError
 from mist.traces.readers.base import _line_of
 from mist.traces.schema import OPERATOR_PROFILE, from_columns
@@ -123,6 +124,7 @@ def finish_profile(
     rows_read: int,
     skipped: dict[str, int] | None = None,
     meta: dict | None = None,
+    lines=None,
 ) -> ProfileResult:
     """Resolve hardware names, build the ``operator_profile`` table and its result.
 
@@ -141,7 +143,16 @@ def finish_profile(
     rows_read, skipped, meta
         As in :class:`ProfileResult`; ``meta`` is extended with the format, path,
         spread and hardware names.
+    lines : array of int, optional
+        Each row's source line, for errors (default: its 1-based position).
+
+    Raises
+    ------
+    TraceError
+        A value breaking the declared checks or conflicting duplicates
+        (:mod:`mist.traces.checks`).
     """
+    check_columns(path, "operator_profile", columns, lines)
     columns = dict(columns)
     columns["hardware"], mapping = resolved(columns["hardware"], resolve_hardware)
     table_meta = {
@@ -151,6 +162,7 @@ def finish_profile(
         "mist.hardware_names": json.dumps(mapping, sort_keys=True),
     }
     table = from_columns(OPERATOR_PROFILE, columns, table_meta)
+    check_duplicates(path, table, lines)
     info = {"source_format": fmt, "source_path": str(path), "spread": spread,
             "hardware_names": mapping, **(meta or {})}  # fmt: skip
     return ProfileResult(table, info, rows_read=rows_read, skipped=dict(skipped or {}))

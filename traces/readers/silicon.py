@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from mist.traces.checks import MAX_TOKENS, MAX_TRACE_S
 from mist.traces.errors import TraceError
 from mist.traces.schema import SILICON_ROWS, from_columns
 
@@ -70,9 +71,10 @@ def _to_numbers(df: pd.DataFrame, path: Path) -> None:
 def _check_values(df: pd.DataFrame, path: Path) -> None:
     for col in LATENCIES:
         values = df[col].to_numpy()
-        bad = np.flatnonzero(~((values > 0) & np.isfinite(values)))
+        bad = np.flatnonzero(~((values > 0) & (values <= MAX_TRACE_S * 1e3)))  # (NaN fails both)
         if len(bad):
-            raise TraceError(path, f"{col} must be a positive finite number of ms, got {float(values[bad[0]])}",
+            raise TraceError(path, f"{col} must be a positive finite number of ms (at most a century), "
+                                   f"got {float(values[bad[0]])}",
                              line=_line(df, bad[0]))
     for col in COUNTS:
         values = df[col].to_numpy()
@@ -129,6 +131,10 @@ def silicon_table(rows: pd.DataFrame) -> pa.Table:
             continue
         values = rows[field.name]
         if pa.types.is_integer(field.type):
+            huge = np.flatnonzero(values.to_numpy(float) > MAX_TOKENS)  # would overflow int64
+            if len(huge):  # (the replay's own guards name tighter limits before this)
+                raise TraceError(rows.attrs.get("source", "silicon rows"), f"{field.name} must be at most 2^53, "
+                                 f"got {float(values.iloc[huge[0]])}", line=_line(rows, int(huge[0])))
             cols[field.name] = [None if np.isnan(v) else int(v) for v in values.to_numpy(float)]
         elif pa.types.is_string(field.type):
             cols[field.name] = [v if isinstance(v, str) and v else None for v in values]

@@ -129,11 +129,11 @@ def _wall_ns(path, stamps: pd.Series, name: str) -> np.ndarray:
 
 
 def _timed(fmt: str, path, columns: dict, raw: np.ndarray, per_second: float, read: int,
-           skipped: dict, metadata: dict | None = None) -> ReadResult:
+           skipped: dict, metadata: dict | None = None, lines=None) -> ReadResult:
     """The result of a stream timed from its own start: ``raw`` arrivals of the kept rows
-    in units of 1 / ``per_second`` s."""
+    in units of 1 / ``per_second`` s (``lines``: their source lines)."""
     columns["arrival_s"] = raw.astype(np.float64) / per_second
-    requests, _ = finish(fmt, columns, metadata=metadata)
+    requests, _ = finish(fmt, columns, metadata=metadata, path=path, lines=lines)
     first = float(raw.min()) / per_second if raw.size else 0.0
     meta = {"source_format": fmt, "source_path": str(path), "source_first_arrival_s": first}
     return ReadResult(requests, None, meta, rows_read=read, skipped=skipped)
@@ -160,10 +160,10 @@ def read_csv_stream(path, fmt: str) -> ReadResult:
                "input_tokens": inp[idx], "output_tokens": out[idx]}  # fmt: skip
     if ns is None:
         raw = df[spec.arrival].to_numpy(np.float64)[idx]
-        return _timed(fmt, path, columns, raw, PER_SECOND[spec.unit], len(df), skipped)
+        return _timed(fmt, path, columns, raw, PER_SECOND[spec.unit], len(df), skipped, lines=lines[idx])
     t0 = int(ns[idx].min()) if idx.size else 0
     columns["arrival_s"] = (ns[idx] - t0) / 1e9  # integer ns difference: exact before scaling
-    requests, _ = finish(fmt, columns, origin_epoch_s=t0 / 1e9)
+    requests, _ = finish(fmt, columns, origin_epoch_s=t0 / 1e9, path=path, lines=lines[idx])
     meta = {"source_format": fmt, "source_path": str(path), "origin_epoch_s": t0 / 1e9}
     return ReadResult(requests, None, meta, rows_read=len(df), skipped=skipped)
 
@@ -257,8 +257,8 @@ def block_hash_array(path, hashes: list, input_len: np.ndarray, lines) -> pa.Arr
         return pa.array(hashes, type=pa.list_(pa.int64()))
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as exc:
         for i, h in enumerate(hashes):
-            if not all(isinstance(v, int) and not isinstance(v, bool) for v in h):
-                raise TraceError(path, "hash_ids must be integers", int(lines[i])) from exc
+            if not all(isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63 for v in h):
+                raise TraceError(path, "hash_ids must be 64-bit integers", int(lines[i])) from exc
         raise
 
 
@@ -289,7 +289,7 @@ def read_jsonl_stream(path, fmt: str) -> ReadResult:
     else:
         columns["prompt_token_ids"] = token_id_array([prompts[i] for i in idx], path, lines[idx])
     result = _timed(fmt, path, columns, cols[spec.arrival][idx], PER_SECOND[spec.unit],
-                    len(records), skipped, metadata)  # fmt: skip
+                    len(records), skipped, metadata, lines[idx])  # fmt: skip
     if metadata:
         result.meta["hash_block_tokens"] = BLOCK_TOKENS
     return result

@@ -19,7 +19,8 @@ column, and an inter-node collective must not pass for a one-node one.
 Both: ``latency_s`` = median, ``spread_s`` = std (max − min for an operator without a
 std column), ms / 1e3. ``samples`` stays null: the files do not say how many runs
 the statistics summarise. Feature points measured twice (the files have a few)
-stay two rows; nothing is averaged here.
+stay two rows; nothing is averaged here (repeats whose medians differ by more than
+``mist.traces.checks.DUPLICATE_TOLERANCE`` times are rejected as corrupt).
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def read_vidur_mlp(path, resolve_hardware: Resolver | None = None) -> ProfileRes
     if unmapped:
         meta["unmapped_operators"] = unmapped
     return finish_profile(MLP_FORMAT, path, columns, resolve_hardware, spread=SPREAD,
-                          rows_read=len(df), meta=meta)  # fmt: skip
+                          rows_read=len(df), meta=meta, lines=np.tile(lines, len(ops)))  # fmt: skip
 
 
 def read_vidur_comm(path, resolve_hardware: Resolver | None = None) -> ProfileResult:
@@ -222,5 +223,5 @@ def read_vidur_comm(path, resolve_hardware: Resolver | None = None) -> ProfileRe
         "source": [f"{COMM_FORMAT}:{folder}"] * n,
     }  # fmt: skip
     return finish_profile(COMM_FORMAT, path, columns, resolve_hardware, spread=SPREAD,
-                          rows_read=len(df), skipped=skipped,
+                          rows_read=len(df), skipped=skipped, lines=lines[keep],
                           meta={"collective": op, "topology": topology or None})  # fmt: skip

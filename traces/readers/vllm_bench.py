@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mist.traces.checks import CHECKS, violation
 from mist.traces.errors import TraceError
 from mist.traces.io import read_json_object
 from mist.traces.readers.base import ReadResult, finish, skip_mask
@@ -59,7 +60,7 @@ def find_bench_json(path) -> Path:
         try:
             if is_bench_result(json.loads(p.read_text(encoding="utf-8"))):
                 found.append(p)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             continue
     if len(found) != 1:
         what = "no" if not found else f"{len(found)}"
@@ -90,15 +91,16 @@ def _load(path: Path) -> dict:
 
 
 def _numbers(path, obj, key) -> np.ndarray:
-    """float64 array of ``obj[key]``; None -> NaN; anything else non-numeric raises."""
+    """float64 array of ``obj[key]``; None or NaN -> NaN (missing); an infinity, a
+    number beyond 1e300 or anything non-numeric raises."""
     out = np.empty(len(obj[key]), dtype=np.float64)
     for i, v in enumerate(obj[key]):
         if v is None:
             out[i] = np.nan
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[i] = v
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and (abs(v) <= 1e300 or v != v):
+            out[i] = v  # (an int beyond float64 would raise OverflowError here)
         else:
-            raise TraceError(path, f"{key}[{i}] must be a number, found {v!r}")
+            raise TraceError(path, f"{key}[{i}] must be a finite number, found {v!r}")
     return out
 
 
@@ -142,9 +144,13 @@ def read_vllm_bench(path) -> ReadResult:
     keep, skipped = skip_mask(reasons)
     idx = np.flatnonzero(keep)
     for name, arr in (("input_lens", in_lens), ("output_lens", out_lens)):
-        bad = [i for i in idx if arr[i] != round(arr[i])]
-        if bad:
-            raise TraceError(path, f"{name}[{bad[0]}] must be an integer, found {arr[bad[0]]!r}")
+        bad = violation(arr[idx], np.ones(idx.size, dtype=bool), CHECKS["requests"]["input_tokens"])
+        if bad is not None:
+            i = int(idx[bad[0]])
+            raise TraceError(path, f"{name}[{i}]: {bad[1]}, found {arr[i]!r}")
+    for i in idx:
+        if latency[i] < ttft[i]:
+            raise TraceError(path, f"latencies[{i}]: is below ttfts[{i}] ({float(latency[i])!r} < {float(ttft[i])!r} s)")
     arrival = start[idx]
     columns = {
         "request_id": [str(i) for i in idx],
@@ -158,7 +164,7 @@ def read_vllm_bench(path) -> ReadResult:
     tokens, chunk_mismatch, gap = _tokens(
         path, obj, idx, arrival + ttft[idx], columns["finished_s"], out_lens
     )
-    requests, tok_table = finish(FORMAT, columns, tokens=tokens)
+    requests, tok_table = finish(FORMAT, columns, tokens=tokens, path=path, lines=idx + 1)
     meta = {k: v for k, v in obj.items() if isinstance(v, (str, int, float, bool)) or v is None}
     queue = _numbers(path, obj, "queue_times")[idx] if "queue_times" in obj else np.array([])
     meta.update(
