@@ -9,53 +9,36 @@ Everything is written into a staging directory beside the run and renamed into p
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 from mist.profiles.measure.cpus import cpu_info
 from mist.profiles.measure.settings import RecordSettings
 from mist.traces.errors import TraceError
-from mist.traces.io import atomic_write_json, atomic_write_text
+from mist.traces.io import atomic_write_json, atomic_write_text, staged_dir
 
 
-@contextlib.contextmanager
 def staging(out: Path, force: bool = False):
-    """Yield an empty directory beside ``out``; rename it to ``out`` when the block succeeds.
+    """Yield an empty directory beside ``out``; rename it to ``out`` when the block succeeds
+    (:func:`mist.traces.io.staged_dir`: an earlier run is replaced whole, never mixed).
 
     On any exception (or Ctrl-C) the directory is removed and ``out`` is untouched.
 
     Raises
     ------
     TraceError
-        ``out`` is a file, or a non-empty directory and ``force`` is false.
+        ``out`` is a file or a symbolic link, a non-empty directory and ``force`` is
+        false, or a directory holding anything but regular files.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise TraceError(out, "exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise TraceError(out, "exists and is not empty; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a run is an ordinary shared directory
-        old = None
-        if out.is_dir() and any(out.iterdir()):  # --force: move the old run aside first
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-            os.replace(out, old / "run")
-        os.replace(tmp, out)  # replaces an empty directory atomically
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return staged_dir(out)
 
 
 def _sha256(path: Path) -> str:

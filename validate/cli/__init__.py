@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from pathlib import Path
 
 from mist.traces.errors import ReplayError, TraceError
 
@@ -55,6 +57,31 @@ def build_parser() -> argparse.ArgumentParser:
 OUTPUTS = {"out": True, "json": False, "rows": False, "fit_step_overhead": False, "fit_moe_efficiency": False}
 
 
+#: commands whose ``--out`` folder is written all or nothing and replaces an earlier one whole
+REPLACED = {"validate", "replay", "silicon", "calibrate", "ingest", "noise"}
+
+
+def _inside(path, folder) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (links resolved)."""
+    path, folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return path == folder or folder in path.parents
+
+
+def _check_replaced(args: argparse.Namespace, out: Path) -> None:
+    """``out`` may be replaced whole: no input, and no output the library writes itself, is in it."""
+    from mist.traces.io import check_replaceable
+
+    check_replaceable(out)
+    for name, value in sorted(vars(args).items()):
+        for item in value if isinstance(value, list) else [value]:
+            is_path = isinstance(item, Path) or (name == "paths" and isinstance(item, str))  # ingest's PATHs
+            if name not in ("out", "json") and is_path and _inside(item, out):
+                what = "an output" if name in OUTPUTS else "an input"
+                arg = "PATH" if name == "paths" else f"--{name.replace('_', '-')}"
+                raise TraceError(out, f"holds {arg} {item}, {what}; --out is "
+                                      "replaced whole by this command's files, so give a folder apart")
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
     from mist.traces.io import check_output
 
@@ -65,6 +92,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
         if args.command == "ingest" and name == "out" and path.suffix.lower() == ".parquet":
             folder = False  # `mist ingest --out FILE.parquet` gathers profiles in one file
         check_output(path, folder)
+        if name == "out" and folder and args.command in REPLACED:
+            _check_replaced(args, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mist.calibrate.bundle_job import CalibrateSettings, calibrate_profiles, write_calibration
+    from mist.traces.io import write_staged
 
     def progress(tasks: list):
         return tqdm(tasks, desc="calibrate", unit="op", disable=not sys.stderr.isatty())
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     settings = CalibrateSettings(profiles=args.profiles, tps=None if args.tp is None else tuple(args.tp),
                                  folds=args.folds, seed=args.seed)
     result = calibrate_profiles(settings, progress=progress)
-    write_calibration(result, args.out)
+    write_staged(args.out, lambda folder: write_calibration(result, folder))  # an earlier --out replaced whole
     print(result.markdown(), end="")
     print(f"artifact: {args.out}")
     for tp, missing in result.missing_required().items():

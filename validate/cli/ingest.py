@@ -14,7 +14,9 @@ in s) and <stem>.meta.json to DIR; or, when --out is a FILE.parquet, all PATHs
 become the catalog's (profiles/hardware.yaml) where a name or alias matches.
 
 All inputs are read before anything is written: one bad input writes nothing and
-exits with status 2 and a "file:line: reason" message.
+exits with status 2 and a "file:line: reason" message. DIR is written whole or not
+at all: the tables go into a staging folder beside it that then replaces DIR, so an
+earlier DIR ends holding this run's files only (nothing of it mixed in).
 
 formats: vllm-run, vllm-bench, workload-jsonl, azure-csv, vidur-csv, mooncake-jsonl
 operator profiles: vidur-mlp-csv, vidur-comm-csv, splitwise-csv, kineto-json
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from mist.profiles.ingest import IngestSettings, describe, ingest
 from mist.traces.formats import PROFILE_READERS, READERS
+from mist.traces.io import staged_dir
 
 HELP = "read vLLM runs, bench results, workloads, arrival traces and operator profiles into Parquet"
 FORMATS = [*READERS, *PROFILE_READERS]
@@ -56,11 +59,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read all ``args.paths``, then write their tables to ``args.out``; print what was done."""
-    done = ingest(IngestSettings(tuple(Path(p) for p in args.paths), args.out, args.fmt))
+    paths = tuple(Path(p) for p in args.paths)
+    if args.out.suffix.lower() == ".parquet":  # one table, written atomically
+        done, folder = ingest(IngestSettings(paths, args.out, args.fmt)), None
+    else:  # every table or none: a staging folder that replaces --out whole
+        with staged_dir(args.out) as folder:
+            done = ingest(IngestSettings(paths, folder, args.fmt))
     for item in done.inputs:
         print(describe(item.path, item.result))
         for f in item.files:
-            print(f"  wrote {f}")
+            print(f"  wrote {f if folder is None else args.out / f.relative_to(folder)}")
     if done.table is not None:
         print(f"wrote {args.out} ({done.table.num_rows} operator rows)")
     return 0

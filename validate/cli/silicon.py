@@ -71,7 +71,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mist.traces.io import atomic_write_json
+from mist.traces.io import atomic_write_json, write_staged
 from mist.validate.cli.argtypes import positive_int, ratio, seed
 
 HELP = "predict measured deployments (silicon CSV) from a system's kernel database"
@@ -215,22 +215,18 @@ def _print_corrections(result) -> None:
         for fam, srcs in result.summary["kernel_sources"].items()))
 
 
-def _write_outputs(result, out: Path) -> None:
-    """``predictions.csv``, ``scatter.png`` (when a row was predicted) and ``kernel_cv.csv``."""
-    out.mkdir(parents=True, exist_ok=True)
+def _write_outputs(result, out: Path) -> list[str]:
+    """``predictions.csv``, ``scatter.png`` (when a row was predicted) and ``kernel_cv.csv``
+    into folder ``out`` (a fresh staging folder); returns the names written."""
     df = result.predictions
-    tmp = out / ".predictions.csv.tmp"
-    df.to_csv(tmp, index=False)
-    tmp.replace(out / "predictions.csv")
+    df.to_csv(out / "predictions.csv", index=False)
     ok = df[df["pred_ttft_ms"].notna()]
     written = ["predictions.csv"]
     if len(ok):
         _plot(ok, out / "scatter.png")
         written.append("scatter.png")
-    else:  # no stale plot of an earlier run left to be mistaken for this one's
-        (out / "scatter.png").unlink(missing_ok=True)
     result.kernel_cv.round(3).to_csv(out / "kernel_cv.csv", index=False)
-    print(f"wrote {out}/" + ", ".join([*written, "kernel_cv.csv"]))
+    return [*written, "kernel_cv.csv"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -245,10 +241,10 @@ def run(args: argparse.Namespace) -> int:
     _print_fits(result)
     _print_summary(result)
     _print_corrections(result)
+    if args.out:  # all files or none, in a staging folder; an earlier --out (a --json inside it too) is replaced whole
+        print(f"wrote {args.out}/" + ", ".join(write_staged(args.out, lambda folder: _write_outputs(result, folder))))
     if args.json:
         atomic_write_json(args.json, result.summary)
-    if args.out:
-        _write_outputs(result, args.out)
     if not result.summary["rows"]["predicted"]:
         print(f"mist silicon: warning: no row was predicted (skipped: {result.summary['rows']['skipped']})",
               file=sys.stderr)
