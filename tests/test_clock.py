@@ -161,3 +161,19 @@ def test_a_timeseries_csv_symlinked_out_of_the_folder_is_rejected(tmp_path):
     os.symlink(outside, run / "timeseries.csv")
     with pytest.raises(TraceError, match=r"timeseries\.csv: timeseries_path 'timeseries\.csv' leaves the run folder"):
         read_vllm_run(run)
+
+
+def test_a_started_at_that_is_not_a_date_names_meta_json(tmp_path):
+    run = _copy_run(tmp_path)
+    meta = json.loads((run / "meta.json").read_text())
+    meta["started_at"] = "yesterday"
+    (run / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(TraceError, match=r"meta\.json.*started_at 'yesterday' is not an ISO date"):
+        validate_run(ValidateSettings(run_dir=run, profiles=BUNDLE, model=MODEL))
+
+
+def test_a_checked_value_in_requests_jsonl_names_its_line(tmp_path):
+    run = _copy_run(tmp_path, rows={3: lambda row: {"arrival_time": 1e15}})
+    with pytest.raises(TraceError) as err:
+        read_vllm_run(run)
+    assert "requests.jsonl" in str(err.value) and ":4:" in str(err.value), str(err.value)

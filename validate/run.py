@@ -251,7 +251,11 @@ def read_timeseries(meta: dict, requests_meta: dict) -> pd.DataFrame | None:
             raise TraceError(path, f"{col} must be a number, got {ts[col].iloc[bad[0]]!r}", line=int(bad[0]) + 2)
         ts[col] = values
     if origin is not None and meta.get("started_at"):
-        start = datetime.fromisoformat(str(meta["started_at"]).replace("Z", "+00:00")).timestamp()
+        try:
+            start = datetime.fromisoformat(str(meta["started_at"]).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            raise TraceError(Path(run) / "meta.json",
+                             f"started_at {meta['started_at']!r} is not an ISO date") from None
         ts["t"] = ts["t"] + (start - float(origin))
     return ts
 

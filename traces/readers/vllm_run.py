@@ -316,7 +316,7 @@ def read_vllm_run(path) -> ReadResult:
     extra = {"mist.clock_offset_s": repr(offset)}
     if excluded:
         extra["mist.excluded"] = json.dumps(excluded)
-    requests, _ = finish(FORMAT, columns, origin_epoch_s=0.0, metadata=extra)
+    requests, _ = finish(FORMAT, columns, origin_epoch_s=0.0, metadata=extra, path=req_path, lines=lines)
     if excluded:
         requests = _blank(requests, [dst for _, dst in TIMELINE], [e["request_id"] for e in excluded])
     meta.update(source_format=FORMAT, source_path=str(directory), clock_offset_s=offset)
