@@ -25,7 +25,7 @@ requests   steps      before (all in memory)  steps streamed (this job)
 =========  =========  ======================  ==========================
 19,366     188,722    7.3 s, 356 MB           355 MB
 100,000    980,066    41.9 s, 822 MB          489 MB
-1,000,000  9,726,910  1177 s (loaded), 6111 MB
+1,000,000  9,726,910  1177 s (loaded), 6111 MB  568 s (loaded), 849 MB
 =========  =========  ======================  ==========================
 
 (the streamed job's wall times were taken at a load average of 8 on 2 CPUs; its CPU time
