@@ -40,23 +40,26 @@ def run(args: argparse.Namespace) -> int:
     from mist.replay.run import ReplaySettings, replay_trace
     from mist.validate.report import write_replay_report
 
-    result = replay_trace(ReplaySettings(trace=args.trace, profiles=args.profiles, model=args.model,
-                                         engine=args.engine, format=args.format, hardware=args.hardware))
-    for text in result.warnings:
-        print(f"mist replay: warning: {text}", file=sys.stderr)
-    summary = result.summary()
+    settings = ReplaySettings(trace=args.trace, profiles=args.profiles, model=args.model, engine=args.engine,
+                              format=args.format, hardware=args.hardware)
+    done = []
 
     def write(folder: Path) -> Path:
+        result = replay_trace(settings, out=folder)  # the steps stream into the staging folder
+        done.append(result)
+        for text in result.warnings:
+            print(f"mist replay: warning: {text}", file=sys.stderr)
         write_table(result.requests, folder / "simulated.requests.parquet")
-        write_table(result.steps, folder / "simulated.steps.parquet")
-        atomic_write_json(folder / "summary.json", summary)
-        return write_replay_report(folder, result.latencies, result.steps.to_pandas(), result.kv_blocks,
+        atomic_write_json(folder / "summary.json", result.summary())
+        steps = result.steps_frame(["replica", "start_s", "num_running", "num_waiting", "kv_blocks_used"])
+        return write_replay_report(folder, result.latencies, steps, result.kv_blocks,
                                    title=f"mist replay: {args.trace.name}", summary_md=result.summary_markdown())
 
     report = write_staged(args.out, write)  # all files or none; an earlier --out is replaced whole
-    n, wall = result.requests.num_rows, result.wall_s
+    result = done[0]
+    summary, n, wall = result.summary(), result.requests.num_rows, result.wall_s
     skipped = "".join(f"; skipped {k}: {reason}" for reason, k in result.skipped.items())
-    print(f"{args.trace}: {n} requests{skipped}, {result.steps.num_rows} steps, {result.simulated_s:.1f} s "
+    print(f"{args.trace}: {n} requests{skipped}, {result.num_steps} steps, {result.simulated_s:.1f} s "
           f"simulated in {wall:.2f} s wall ({n / wall:.0f} requests/s)")
     for m, p in summary["latency_s"].items():
         print(f"  {m:5s} " + "  ".join(f"{k} {v:.4f}" for k, v in p.items()))
