@@ -49,6 +49,19 @@ def _steps():
     )
 
 
+def _for_plot(series: pd.Series) -> pd.Series:
+    """The sampling the report drew a step series with before it streamed the steps
+    (the reference its streamed series must equal): at MAX_PLOTTED_STEPS evenly spaced
+    instants (the value holding at each) when it is longer."""
+    from mist.validate.report import MAX_PLOTTED_STEPS
+
+    if len(series) <= MAX_PLOTTED_STEPS:
+        return series
+    t = np.linspace(series.index[0], series.index[-1], MAX_PLOTTED_STEPS)
+    at = np.searchsorted(series.index.to_numpy(), t, side="right") - 1
+    return pd.Series(series.to_numpy()[at], index=t)
+
+
 def _timeseries():
     t = np.arange(1.0, 11.0)
     return pd.DataFrame({"t": t, "running": (t * 3) % 11, "waiting": t % 4, "kv_cache_pct": 3 * t})
@@ -127,7 +140,7 @@ def test_kv_panel_sums_replicas_over_their_capacity():
 def test_replay_report_is_deterministic_and_long_series_are_sampled(tmp_path):
     """``mist replay``'s report: the same files byte for byte, and a long step series
     drawn at MAX_PLOTTED_STEPS instants, each the value holding then."""
-    from mist.validate.report import MAX_PLOTTED_STEPS, _for_plot, write_replay_report
+    from mist.validate.report import MAX_PLOTTED_STEPS, write_replay_report
 
     n = 3 * MAX_PLOTTED_STEPS
     steps = pd.DataFrame({"replica": 0, "start_s": np.arange(n) * 0.01, "num_running": np.arange(n) % 50,
@@ -143,3 +156,45 @@ def test_replay_report_is_deterministic_and_long_series_are_sampled(tmp_path):
     assert len(drawn) == MAX_PLOTTED_STEPS and drawn.iloc[0] == 0 and drawn.iloc[-1] == n - 1
     # each drawn value is the one holding at its instant (the last step started by then)
     assert np.all(drawn.to_numpy() == np.floor(np.round(drawn.index.to_numpy() / 0.01, 6)))
+
+
+def _replicas_steps(n: int, seed: int) -> pd.DataFrame:
+    """``n`` steps of three replicas in shuffled row order, on a coarse clock (steps of
+    one replica and of different replicas share instants)."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"replica": rng.integers(0, 3, n).astype(np.int32),
+                         "start_s": rng.integers(0, max(n // 3, 2), n) * 0.25 + 1.5,
+                         "num_running": rng.integers(0, 60, n), "num_waiting": rng.integers(0, 9, n),
+                         "kv_blocks_used": rng.integers(0, 5000, n)})
+
+
+def test_streamed_queue_series_are_the_drawn_ones(tmp_path, monkeypatch):
+    """The queue plot reads a steps file a batch at a time and keeps only the drawn
+    instants: the same instants and values as the whole-table pivot sampled by
+    _for_plot, for few steps (every instant drawn) and many (sampled), from a
+    DataFrame or a Parquet file read in batches that split equal instants."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mist.validate import report
+    from mist.validate.report import MAX_PLOTTED_STEPS, _plotted, _replica_total
+
+    monkeypatch.setattr(report, "STEP_BATCH_ROWS", 1000)
+    columns = ["num_running", "num_waiting", "kv_blocks_used"]
+    for n in (900, 5 * MAX_PLOTTED_STEPS):
+        steps = _replicas_steps(n, seed=n)
+        path = tmp_path / f"steps-{n}.parquet"
+        pq.write_table(pa.Table.from_pandas(steps, preserve_index=False), path)
+        expected = {c: _for_plot(_replica_total(steps, c)) for c in columns}
+        assert (len(expected["num_running"]) == MAX_PLOTTED_STEPS) == (n > MAX_PLOTTED_STEPS)
+        for source in (steps, path):
+            t, totals = _plotted(source, columns)
+            for c in columns:
+                assert np.array_equal(t, expected[c].index.to_numpy()), (n, c)
+                assert np.array_equal(totals[c], expected[c].to_numpy()), (n, c)
+        # the report drawn from the file is the one drawn from the table, byte for byte
+        lat = pd.DataFrame({"ttft": [0.1, 0.2], "tpot": [0.01, 0.02], "e2e": [1.0, 2.0]})
+        a = report.write_replay_report(tmp_path / f"a{n}", lat, steps, 3 * 5000, title="t", summary_md="s")
+        b = report.write_replay_report(tmp_path / f"b{n}", lat, path, 3 * 5000, title="t", summary_md="s")
+        for name in ("report.md", "latency.png", "queue.png"):
+            assert (a.parent / name).read_bytes() == (b.parent / name).read_bytes(), (n, name)

@@ -9,11 +9,13 @@ the same inputs give byte-identical files.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib.style
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -107,11 +109,12 @@ def plot_cdfs(frame: pd.DataFrame) -> Figure:
                         ({m: p[1] for m, p in pairs.items()}, _SIM, "simulated")])
 
 
-def write_replay_report(out_dir, latencies: pd.DataFrame, steps: pd.DataFrame, kv_capacity: int, *,
+def write_replay_report(out_dir, latencies: pd.DataFrame, steps, kv_capacity: int, *,
                         title: str, summary_md: str) -> Path:
     """``report.md`` of a replay without measurements (``mist replay``): the simulated
     latency CDFs (``latency.png``, from per-request ``ttft``/``tpot``/``e2e`` in s), the
-    running/waiting queue and KV-cache use over time (``queue.png``), and
+    running/waiting queue and KV-cache use over time (``queue.png``, from ``steps``: a
+    DataFrame or the path of a ``steps`` Parquet file, read a batch at a time), and
     ``summary_md`` (a Markdown table) above them. Byte-identical for the same inputs."""
     out = Path(out_dir)
     values = {m: latencies[m].to_numpy(dtype=float) for m in METRICS}
@@ -145,9 +148,10 @@ def plot_scatter(frame: pd.DataFrame) -> Figure:
     return fig
 
 
-#: most instants a time-series panel draws: a longer replay's step series is sampled
-#: at this many evenly spaced times (drawing 190,000 steps costs seconds and shows no more)
+#: most instants a time-series panel draws: a longer replay's step series is drawn at this
+#: many evenly spaced times, each the value holding then (190,000 steps cost seconds, show no more)
 MAX_PLOTTED_STEPS = 4000
+STEP_BATCH_ROWS = 65536  # rows of a steps Parquet file read at a time by the queue plot
 
 
 def _replica_total(steps: pd.DataFrame, column: str) -> pd.Series:
@@ -156,14 +160,50 @@ def _replica_total(steps: pd.DataFrame, column: str) -> pd.Series:
     return wide.sort_index().ffill().fillna(0).sum(axis=1)
 
 
-def _for_plot(series: pd.Series) -> pd.Series:
-    """A step series as drawn: sampled at :data:`MAX_PLOTTED_STEPS` evenly spaced
-    instants (the value holding at each) when it is longer."""
-    if len(series) <= MAX_PLOTTED_STEPS:
-        return series
-    t = np.linspace(series.index[0], series.index[-1], MAX_PLOTTED_STEPS)
-    at = np.searchsorted(series.index.to_numpy(), t, side="right") - 1
-    return pd.Series(series.to_numpy()[at], index=t)
+def _step_batches(steps, columns: list[str]) -> Iterator[dict]:
+    """``columns`` of ``steps`` as numpy arrays in row order: a DataFrame whole, a
+    Parquet file's path :data:`STEP_BATCH_ROWS` rows at a time."""
+    if isinstance(steps, pd.DataFrame):
+        yield {c: steps[c].to_numpy() for c in columns}
+        return
+    with pq.ParquetFile(steps) as f:
+        for batch in f.iter_batches(batch_size=STEP_BATCH_ROWS, columns=columns):
+            yield {c: batch.column(c).to_numpy(zero_copy_only=False) for c in columns}
+
+
+def _plotted(steps, columns: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The drawn step series of ``columns`` of ``steps`` (a DataFrame or a Parquet
+    file's path, read a batch at a time; memory bounded by the drawn points): instants
+    ``t`` and per column the values ``_replica_total`` holds at them.
+
+    ``t`` is every distinct ``start_s``, or when there are more than
+    :data:`MAX_PLOTTED_STEPS` that many evenly spaced from the first to the last; the
+    value at an instant is the sum over replicas of each one's step with the latest
+    ``start_s`` at or before it (the last row of equal ones; 0 before its first step).
+    """
+    distinct, lo, hi = np.empty(0), np.inf, -np.inf
+    for batch in _step_batches(steps, ["start_s"]):
+        s = batch["start_s"].astype(float)
+        if (s := s[~np.isnan(s)]).size:
+            lo, hi = min(lo, s.min()), max(hi, s.max())
+            if distinct is not None and (distinct := np.union1d(distinct, s)).size > MAX_PLOTTED_STEPS:
+                distinct = None  # (too many: only the span is needed)
+    t = distinct if distinct is not None else np.linspace(lo, hi, MAX_PLOTTED_STEPS)
+    held: dict = {}  # replica -> (start_s of the step holding at each instant, {column: its value})
+    for batch in _step_batches(steps, ["replica", "start_s", *columns]):
+        replica, start = batch["replica"], batch["start_s"].astype(float)
+        for r in np.unique(replica).tolist():
+            rows = np.flatnonzero(replica == r)
+            rows = rows[np.argsort(start[rows], kind="stable")]  # (equal instants keep row order)
+            s = start[rows]
+            i = np.searchsorted(s, t, side="right") - 1
+            since, values = held.setdefault(r, (np.full(t.size, -np.inf), {c: np.zeros(t.size) for c in columns}))
+            take = i >= 0
+            take[take] = s[i[take]] >= since[take]  # (a later row at the same instant wins)
+            since[take] = s[i[take]]
+            for c in columns:
+                values[c][take] = batch[c][rows[i[take]]]
+    return t, {c: sum((held[r][1][c] for r in sorted(held)), np.zeros(t.size)) for c in columns}
 
 
 def kv_usage_pct(steps: pd.DataFrame, capacity_blocks: int) -> pd.Series:
@@ -182,29 +222,33 @@ def measured_kv_pct(timeseries: pd.DataFrame | None) -> pd.Series | None:
     return None if not (pct > 0).any() else pct
 
 
-def plot_queue(steps: pd.DataFrame | None, timeseries: pd.DataFrame | None,
-               kv_capacity: int | None = None) -> Figure:
+def plot_queue(steps, timeseries: pd.DataFrame | None, kv_capacity: int | None = None) -> Figure:
     """Running and waiting requests over time, and with ``kv_capacity`` (KV blocks of
     all replicas) the KV cache in use (%): simulated steps against measured ticks.
 
     Simulated counts come from ``steps`` (``num_running``/``num_waiting``/
-    ``kv_blocks_used`` at ``start_s``, summed over replicas); measured ones from
-    ``timeseries`` (``running``/``waiting``/``kv_cache_pct`` at ``t``, s since the run
-    start). The two clocks are plotted as given: the caller must put both on one origin
-    (``requests`` tables start at the first arrival, vLLM's ``timeseries.csv`` at the
-    benchmark start).
+    ``kv_blocks_used`` at ``start_s``, summed over replicas; a DataFrame or a Parquet
+    file's path, drawn by :func:`_plotted`); measured ones from ``timeseries``
+    (``running``/``waiting``/``kv_cache_pct`` at ``t``, s since the run start). The two
+    clocks are plotted as given: the caller must put both on one origin (``requests``
+    tables start at the first arrival, vLLM's ``timeseries.csv`` at the benchmark start).
     """
-    with_kv = bool(kv_capacity) and steps is not None and "kv_blocks_used" in steps
+    names, rows = (list(steps.columns), len(steps)) if isinstance(steps, pd.DataFrame) else ([], 0)
+    if steps is not None and not isinstance(steps, pd.DataFrame):
+        with pq.ParquetFile(steps) as f:
+            names, rows = f.schema_arrow.names, f.metadata.num_rows
+    with_kv = bool(kv_capacity) and steps is not None and "kv_blocks_used" in names
     fig, axes = _panels(3 if with_kv else 2)
     ts = None
     if timeseries is not None and len(timeseries):
         ts = timeseries.sort_values("t", kind="mergesort")
+    if rows:
+        t, totals = _plotted(steps, [c for c, _ in _QUEUE_COLUMNS] + (["kv_blocks_used"] if with_kv else []))
     for ax, (sim_col, meas_col) in zip(axes, _QUEUE_COLUMNS):
         if ts is not None:
             ax.step(ts["t"], ts[meas_col], where="post", color=_MEAS, label="measured")
-        if steps is not None and len(steps):
-            total = _for_plot(_replica_total(steps, sim_col))
-            ax.step(total.index, total.to_numpy(), where="post", color=_SIM, label="simulated")
+        if rows:
+            ax.step(t, totals[sim_col], where="post", color=_SIM, label="simulated")
         ax.set(xlabel="time (s)", ylabel=f"{meas_col} requests")
     if with_kv:
         ax = axes[2]
@@ -215,9 +259,9 @@ def plot_queue(steps: pd.DataFrame | None, timeseries: pd.DataFrame | None,
             ax.text(0.5, 0.04, "measured: not recorded (kv_cache_pct 0 at every tick)", transform=ax.transAxes,
                     ha="center", va="bottom", fontsize=8, color=_MEAS)
         top = float(measured.max()) if measured is not None else 0.0
-        if len(steps):
-            pct = _for_plot(kv_usage_pct(steps, kv_capacity))
-            ax.step(pct.index, pct.to_numpy(), where="post", color=_SIM, label="simulated")
+        if rows:
+            pct = 100.0 * totals["kv_blocks_used"] / kv_capacity  # (as kv_usage_pct)
+            ax.step(t, pct, where="post", color=_SIM, label="simulated")
             top = max(top, float(pct.max()))
         ax.set(xlabel="time (s)", ylabel=f"KV cache in use (% of {kv_capacity:,} blocks)")
         ax.set_ylim(0, min(110.0, max(1.0, 1.15 * top)))  # room for the legend; a light load stays readable

@@ -36,27 +36,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
 
 
-def run(args: argparse.Namespace) -> int:
-    from mist.replay.run import ReplaySettings, replay_trace
+def write_replay(settings, folder: Path, title: str, warn=lambda text: None):
+    """The files of ``mist replay`` written into ``folder``: the steps streamed by
+    :func:`mist.replay.run.replay_trace` as it replays ``settings``
+    (a :class:`~mist.replay.run.ReplaySettings`), the simulated requests table,
+    ``summary.json`` and the report, titled ``title``, whose queue plot reads the steps
+    file a batch at a time (memory bounded by the drawn points, at any trace length).
+    ``warn`` is called with each warning about the inputs once the replay has run.
+    Returns ``(ReplayResult, report.md's path)``."""
+    from mist.replay.run import replay_trace
+
+    result = replay_trace(settings, out=folder)  # the steps stream into the folder
+    # (matplotlib is loaded after the replay: its memory is not added to the replay's peak)
     from mist.validate.report import write_replay_report
+
+    for text in result.warnings:
+        warn(text)
+    write_table(result.requests, folder / "simulated.requests.parquet")
+    atomic_write_json(folder / "summary.json", result.summary())
+    steps = result.steps_path if result.steps is None else result.steps_frame()
+    report = write_replay_report(folder, result.latencies, steps, result.kv_blocks,
+                                 title=title, summary_md=result.summary_markdown())
+    return result, report
+
+
+def run(args: argparse.Namespace) -> int:
+    from mist.replay.run import ReplaySettings
 
     settings = ReplaySettings(trace=args.trace, profiles=args.profiles, model=args.model, engine=args.engine,
                               format=args.format, hardware=args.hardware)
     done = []
 
     def write(folder: Path) -> Path:
-        result = replay_trace(settings, out=folder)  # the steps stream into the staging folder
-        done.append(result)
-        for text in result.warnings:
-            print(f"mist replay: warning: {text}", file=sys.stderr)
-        write_table(result.requests, folder / "simulated.requests.parquet")
-        atomic_write_json(folder / "summary.json", result.summary())
-        steps = result.steps_frame(["replica", "start_s", "num_running", "num_waiting", "kv_blocks_used"])
-        return write_replay_report(folder, result.latencies, steps, result.kv_blocks,
-                                   title=f"mist replay: {args.trace.name}", summary_md=result.summary_markdown())
+        done.append(write_replay(settings, folder, f"mist replay: {args.trace.name}",
+                                 warn=lambda text: print(f"mist replay: warning: {text}", file=sys.stderr)))
+        return done[0][1]
 
     report = write_staged(args.out, write)  # all files or none; an earlier --out is replaced whole
-    result = done[0]
+    result = done[0][0]
     summary, n, wall = result.summary(), result.requests.num_rows, result.wall_s
     skipped = "".join(f"; skipped {k}: {reason}" for reason, k in result.skipped.items())
     print(f"{args.trace}: {n} requests{skipped}, {result.num_steps} steps, {result.simulated_s:.1f} s "
