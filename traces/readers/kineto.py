@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mist.traces.checks import MAX_TOKENS, MAX_TRACE_S
 from mist.traces.errors import TraceError
 from mist.traces.io import read_json_object
 from mist.traces.readers.profile_base import (
@@ -50,6 +51,9 @@ from mist.traces.readers.profile_base import (
 FORMAT = "kineto-json"
 US = 1e-6  # s per µs
 CATEGORIES = ("cpu_op", "kernel")
+MAX_TS_US = MAX_TRACE_S * 1e6  # a century of trace, in µs
+# Top-level keys read: each must be a non-empty string when present (JSON null = absent).
+NAME_KEYS = ("hardware", "model", "engine", "engine_version")
 # GEMM-like op -> positions of (activation, weight) in its Input Dims
 GEMM_ARGS = {"aten::mm": (0, 1), "aten::addmm": (1, 2), "aten::linear": (0, 1),
              "aten::matmul": (0, 1), "aten::bmm": (0, 1)}  # fmt: skip
@@ -94,9 +98,49 @@ def gemm_mnk(name: str, dims) -> tuple[int, int, int] | None:
     return math.prod(x[:-1]), w[1], x[-1]
 
 
+def _number(v, least: float, most: float) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and least <= v <= most
+
+
+def _shape(d) -> bool:
+    """An ``Input Dims`` entry: a list of sizes (0 .. 2^53), or a list of such lists
+    (a TensorList), possibly empty (a scalar or a non-tensor argument)."""
+    return isinstance(d, list) and all(
+        _shape(x) if isinstance(x, list) else isinstance(x, int) and _number(x, 0, MAX_TOKENS) for x in d
+    )
+
+
+def _check_event(path, i: int, ev: dict, shapes: bool) -> None:
+    """Raise ``traceEvents[i] (name): field: reason`` on an operator event's first bad field."""
+    where = f"traceEvents[{i}] ({ev.get('cat')})"
+    checks = (
+        ("name", isinstance(ev.get("name"), str) and ev["name"] != "", "must be a non-empty string"),
+        ("ts", _number(ev.get("ts"), 0, MAX_TS_US), f"must be a number of µs in 0 .. {MAX_TS_US:g}"),
+        ("dur", _number(ev.get("dur"), 0, MAX_TS_US), f"must be a number of µs in 0 .. {MAX_TS_US:g}"),
+        *((k, isinstance(ev.get(k), (int, str)) and not isinstance(ev.get(k), bool),
+           "must be an integer or a string (the thread of the event)") for k in ("pid", "tid")),
+        ("args", isinstance(ev.get("args", {}), dict), "must be an object"),
+    )  # fmt: skip
+    for key, ok, reason in checks:
+        if not ok:
+            raise TraceError(path, f"{where}: {key}: {reason}, found {ev.get(key)!r}")
+    args = ev.get("args", {})
+    dims, types = args.get("Input Dims"), args.get("Input type")
+    for key, value in (("Input Dims", dims), ("Input type", types)):
+        if shapes and ev["cat"] == "cpu_op" and value is None:
+            raise TraceError(path, f"{where} {ev['name']}: args.{key}: missing in a trace with record_shapes")
+    if dims is not None and not (_shape(dims) and all(isinstance(d, list) for d in dims)):
+        raise TraceError(path, f"{where} {ev['name']}: args.Input Dims: must be a list of shapes (lists "
+                         f"of sizes 0 .. 2^53), found {dims!r}"[:400])
+    if types is not None and not (isinstance(types, list) and all(isinstance(t, str) for t in types)):
+        raise TraceError(path, f"{where} {ev['name']}: args.Input type: must be a list of strings, found "
+                         f"{types!r}"[:400])
+
+
 def _events(path, trace: dict) -> tuple[list[dict], dict[str, int]]:
     """Operator events (checked) and the count of skipped events by reason."""
     kept, skipped = [], {}
+    shapes = bool(trace.get("record_shapes"))
     for i, ev in enumerate(trace["traceEvents"]):
         if not isinstance(ev, dict):
             raise TraceError(path, f"traceEvents[{i}] is not an object")
@@ -105,20 +149,7 @@ def _events(path, trace: dict) -> tuple[list[dict], dict[str, int]]:
             why = f"{cat or 'phase ' + str(ev.get('ph'))} events (not operators)"
             skipped[why] = skipped.get(why, 0) + 1
             continue
-        for key, kind in (("name", str), ("ts", (int, float)), ("dur", (int, float))):
-            v = ev.get(key)
-            if (
-                not isinstance(v, kind)
-                or isinstance(v, bool)
-                or (kind is not str and not math.isfinite(v))
-            ):
-                raise TraceError(
-                    path, f"traceEvents[{i}] ({cat}): {key!r} missing or invalid ({v!r})"
-                )
-        if ev["dur"] < 0:
-            raise TraceError(path, f"traceEvents[{i}] ({ev['name']}): negative dur ({ev['dur']!r})")
-        if not isinstance(ev.get("args", {}), dict):
-            raise TraceError(path, f"traceEvents[{i}] ({ev['name']}): 'args' is not an object")
+        _check_event(path, i, ev, shapes)
         kept.append(ev)
     if not kept:
         raise TraceError(path, f"no {' or '.join(CATEGORIES)} events with ph == 'X'")
@@ -154,8 +185,19 @@ def _dtype(types) -> str | None:
     return None
 
 
+def _check_top(path, trace: dict) -> None:
+    """The top-level keys read besides ``traceEvents``: names are strings, devices a list."""
+    for key in NAME_KEYS:
+        v = trace.get(key)
+        if v is not None and not (isinstance(v, str) and v.strip()):
+            raise TraceError(path, f"{key}: must be a non-empty string, found {v!r}")
+    devices = trace.get("deviceProperties")
+    if devices is not None and not (isinstance(devices, list) and all(isinstance(d, dict) for d in devices)):
+        raise TraceError(path, f"deviceProperties: must be a list of objects, found {devices!r}"[:400])
+
+
 def _hardware(path, trace: dict) -> str:
-    names = {d.get("name") for d in trace.get("deviceProperties") or () if isinstance(d, dict)}
+    names = {d.get("name") for d in trace.get("deviceProperties") or ()}
     names.discard(None)
     if len(names) > 1:
         raise TraceError(
@@ -219,6 +261,7 @@ def read_kineto_json(path, resolve_hardware: Resolver | None = None) -> ProfileR
     trace = read_json_object(path)
     if not is_kineto_trace(trace):
         raise TraceError(path, "not a Kineto trace: no 'traceEvents' list")
+    _check_top(path, trace)
     hardware = _hardware(path, trace)
     events, skipped = _events(path, trace)
     device = any(ev["cat"] == "kernel" for ev in events)

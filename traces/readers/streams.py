@@ -227,23 +227,27 @@ def parse_workload(path) -> dict:
     return cols
 
 
+def _ids(row, least: int, most: int) -> bool:
+    """Whether ``row`` is a list of integers (not bools, not nulls) in ``least .. most``."""
+    return isinstance(row, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and least <= v <= most for v in row
+    )
+
+
 def token_id_array(ids: list, path, lines) -> pa.Array:
-    """``list<int32>`` array of token-id lists; a non-integer id raises with its line."""
-    try:
-        return pa.array(ids, type=pa.list_(pa.int32()))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-        for i, row in enumerate(ids):
-            try:
-                pa.array(row or [], type=pa.int32())
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as exc:
-                raise TraceError(
-                    path, f"token ids must be int32 integers ({exc})", int(lines[i])
-                ) from exc
-        raise
+    """``list<int32>`` array of token-id lists (None = no list); an entry that is not a
+    token id (an integer in 0 .. 2^31 - 1) raises with its line."""
+    for i, row in enumerate(ids):
+        if row is not None and not _ids(row, 0, 2**31 - 1):
+            bad = next((v for v in row if not _ids([v], 0, 2**31 - 1)), row) if isinstance(row, list) else row
+            raise TraceError(path, f"input_tok_ids: token ids must be integers in 0 .. 2^31-1, found {bad!r}",
+                             int(lines[i]))  # fmt: skip
+    return pa.array(ids, type=pa.list_(pa.int32()))
 
 
 def block_hash_array(path, hashes: list, input_len: np.ndarray, lines) -> pa.Array:
-    """``list<int64>`` array of Mooncake ``hash_ids``: ``ceil(input_len / 512)`` integers each."""
+    """``list<int64>`` array of Mooncake ``hash_ids``: ``ceil(input_len / 512)`` integers
+    each (any 64-bit value: they are ids, compared only for equality)."""
     expect = -(-input_len // BLOCK_TOKENS)
     for i, h in enumerate(hashes):
         if not isinstance(h, list) or len(h) != expect[i]:
@@ -253,13 +257,10 @@ def block_hash_array(path, hashes: list, input_len: np.ndarray, lines) -> pa.Arr
                 f"hash_ids has {got} entries, expected ceil({input_len[i]}/{BLOCK_TOKENS}) = {expect[i]}",
                 int(lines[i]),
             )
-    try:
-        return pa.array(hashes, type=pa.list_(pa.int64()))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as exc:
-        for i, h in enumerate(hashes):
-            if not all(isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63 for v in h):
-                raise TraceError(path, "hash_ids must be 64-bit integers", int(lines[i])) from exc
-        raise
+        if not _ids(h, -(2**63), 2**63 - 1):
+            bad = next(v for v in h if not _ids([v], -(2**63), 2**63 - 1))
+            raise TraceError(path, f"hash_ids: must be 64-bit integers, found {bad!r}", int(lines[i]))
+    return pa.array(hashes, type=pa.list_(pa.int64()))
 
 
 def read_jsonl_stream(path, fmt: str) -> ReadResult:

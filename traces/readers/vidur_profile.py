@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mist.traces.checks import MAX_OPERATOR_S
 from mist.traces.errors import TraceError
 from mist.traces.readers.base import read_csv, skip_mask
 from mist.traces.readers.profile_base import (
@@ -63,6 +64,12 @@ MLP_OPERATORS = {
     "add": "add",  # the block's residual add; mist has no such operator
 }
 UNGATED_UP = "up_proj"  # mlp_up_proj of a model without a gated MLP
+MAX_MS = MAX_OPERATOR_S / MS  # longest operator, ms
+# statistics that bound each other row by row: min <= mean, median <= max (relative slack
+# for the rounding of values written with few digits)
+ORDER = (("min", "median"), ("median", "max"), ("min", "mean"), ("mean", "max"))
+ORDER_RTOL = 1e-6
+BOOLS = {"true": True, "false": False}  # use_gated_mlp cells, lower-cased
 
 
 def _stats(path, header: list[str]) -> dict[str, set[str]]:
@@ -80,19 +87,37 @@ def _stats(path, header: list[str]) -> dict[str, set[str]]:
 
 
 def _stat_columns(ops: dict[str, set[str]]) -> tuple[str, ...]:
-    wanted = ("median", "std", "min", "max")
+    wanted = ("median", "mean", "std", "min", "max")
     return tuple(f"time_stats.{op}.{s}" for op, stats in ops.items() for s in wanted if s in stats)
+
+
+def _check_stats(path, op: str, values: dict[str, np.ndarray], lines) -> None:
+    """Each statistic of ``op`` (ms) in 0 .. an hour; min <= median, mean <= max."""
+    for s, v in values.items():
+        check_times(path, f"time_stats.{op}.{s}", v, lines)
+        bad = np.flatnonzero(v > MAX_MS)
+        if bad.size:
+            i = int(bad[0])
+            raise TraceError(path, f"time_stats.{op}.{s}: must be at most {MAX_MS:g} ms (an hour), "
+                             f"found {v[i].item()!r}", int(lines[i]))  # fmt: skip
+    for lo, hi in ORDER:
+        if lo in values and hi in values:
+            a, b = values[lo], values[hi]
+            bad = np.flatnonzero(a > b + ORDER_RTOL * np.abs(b))
+            if bad.size:
+                i = int(bad[0])
+                raise TraceError(path, f"time_stats.{op}.{hi}: is below time_stats.{op}.{lo} "
+                                 f"({b[i].item()!r} < {a[i].item()!r} ms)", int(lines[i]))  # fmt: skip
 
 
 def _latency(path, df, op: str, stats: set[str], lines) -> tuple[np.ndarray, pd.Series]:
     """Median and spread (s) of ``op`` (spread NaN = null when the file has neither
-    std nor min and max); negative values raise with their line."""
-    col = {s: f"time_stats.{op}.{s}" for s in stats}
+    std nor min and max); a statistic out of range or out of order raises with its line."""
     values = {
-        s: df[col[s]].to_numpy(np.float64) for s in ("median", "std", "min", "max") if s in stats
-    }
-    for s, v in values.items():
-        check_times(path, col[s], v, lines)
+        s: df[f"time_stats.{op}.{s}"].to_numpy(np.float64)
+        for s in ("median", "mean", "std", "min", "max") if s in stats
+    }  # fmt: skip
+    _check_stats(path, op, values, lines)
     if "std" in values:
         spread = values["std"]
     elif "min" in values and "max" in values:
@@ -100,6 +125,17 @@ def _latency(path, df, op: str, stats: set[str], lines) -> tuple[np.ndarray, pd.
     else:
         spread = np.full(len(df), np.nan)
     return values["median"] * MS, pd.Series(spread * MS)  # a Series: NaN becomes null
+
+
+def _gated(path, df, lines) -> bool:
+    """Whether any row says ``use_gated_mlp`` is false; a cell other than true/false raises."""
+    cells = df["use_gated_mlp"].str.strip().str.lower()
+    bad = np.flatnonzero(~cells.isin(list(BOOLS)).to_numpy())
+    if bad.size:
+        i = int(bad[0])
+        raise TraceError(path, f"use_gated_mlp: must be True or False, found {df['use_gated_mlp'].iloc[i]!r}",
+                         int(lines[i]))  # fmt: skip
+    return bool((cells == "false").any())
 
 
 def _mlp_layout(path: Path) -> tuple[str, str]:
@@ -150,7 +186,7 @@ def read_vidur_mlp(path, resolve_hardware: Resolver | None = None) -> ProfileRes
     tp = df["num_tensor_parallel_workers"].to_numpy(np.int64)
     check_positive(path, "num_tokens", tokens, lines)
     check_positive(path, "num_tensor_parallel_workers", tp, lines)
-    ungated = bool(gated) and (df["use_gated_mlp"].str.lower() == "false").any()
+    ungated = bool(gated) and _gated(path, df, lines)
     frames = []
     for op, stats in ops.items():
         latency, spread = _latency(path, df, op, stats, lines)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mist.traces.checks import CHECKS, violation
+from mist.traces.checks import CHECKS, MAX_TRACE_S, Check, violation
 from mist.traces.errors import TraceError
 from mist.traces.io import read_json_object
 from mist.traces.readers.base import ReadResult, finish, skip_mask
@@ -104,6 +104,37 @@ def _numbers(path, obj, key) -> np.ndarray:
     return out
 
 
+# Per-request arrays, declared: their :class:`~mist.traces.checks.Check` and whether a
+# null/NaN entry is allowed. A null time is what vLLM leaves for a failed request (skipped
+# and counted); a null or negative token count, a negative time or one beyond a century is
+# corrupt input.
+_TOKENS, _TIME = (CHECKS["requests"]["input_tokens"], False), (Check(0, MAX_TRACE_S), True)
+ARRAYS = {
+    "input_lens": _TOKENS, "output_lens": _TOKENS, "ttfts": _TIME, "latencies": _TIME,
+    "start_times": _TIME, "queue_times": _TIME,
+}  # fmt: skip
+
+
+def _checked(path, obj, key) -> np.ndarray:
+    """``_numbers`` of ``key`` checked against :data:`ARRAYS`: ``key[i]: reason, found v``."""
+    values = _numbers(path, obj, key)
+    check, nullable = ARRAYS[key]
+    bad = violation(values, ~np.isnan(values) if nullable else np.ones(values.size, dtype=bool), check)
+    if bad is not None:
+        raise TraceError(path, f"{key}[{bad[0]}]: {bad[1]}, found {obj[key][bad[0]]!r}")
+    return values
+
+
+def _check_scalars(path, obj) -> None:
+    """``duration`` (s) a finite number >= 0; each ``errors`` entry a string or null."""
+    d = obj["duration"]
+    if not (isinstance(d, (int, float)) and not isinstance(d, bool) and 0 <= d <= MAX_TRACE_S):
+        raise TraceError(path, f"duration: must be a number of s in 0 .. {MAX_TRACE_S:g}, found {d!r}")
+    for i, err in enumerate(obj.get("errors") or ()):
+        if err is not None and not isinstance(err, str):
+            raise TraceError(path, f"errors[{i}]: must be a string (the failure) or null, found {err!r}")
+
+
 def _failure_reasons(errors: list, ttft: np.ndarray, latency: np.ndarray) -> dict[str, np.ndarray]:
     reasons: dict[str, np.ndarray] = {}
     n = len(errors)
@@ -134,8 +165,9 @@ def read_vllm_bench(path) -> ReadResult:
     path = find_bench_json(path)
     obj = _load(path)
     n = len(obj["ttfts"])
-    start, ttft, latency = (_numbers(path, obj, k) for k in ("start_times", "ttfts", "latencies"))
-    in_lens, out_lens = (_numbers(path, obj, k) for k in ("input_lens", "output_lens"))
+    _check_scalars(path, obj)
+    start, ttft, latency = (_checked(path, obj, k) for k in ("start_times", "ttfts", "latencies"))
+    in_lens, out_lens = (_checked(path, obj, k) for k in ("input_lens", "output_lens"))
     errors = obj.get("errors") or [""] * n
     reasons = _failure_reasons(errors, ttft, latency)
     reasons["no start time"] = np.isnan(start)
@@ -143,11 +175,6 @@ def read_vllm_bench(path) -> ReadResult:
     reasons["zero input tokens"] = ~(in_lens > 0)
     keep, skipped = skip_mask(reasons)
     idx = np.flatnonzero(keep)
-    for name, arr in (("input_lens", in_lens), ("output_lens", out_lens)):
-        bad = violation(arr[idx], np.ones(idx.size, dtype=bool), CHECKS["requests"]["input_tokens"])
-        if bad is not None:
-            i = int(idx[bad[0]])
-            raise TraceError(path, f"{name}[{i}]: {bad[1]}, found {arr[i]!r}")
     for i in idx:
         if latency[i] < ttft[i]:
             raise TraceError(path, f"latencies[{i}]: is below ttfts[{i}] ({float(latency[i])!r} < {float(ttft[i])!r} s)")
@@ -166,7 +193,7 @@ def read_vllm_bench(path) -> ReadResult:
     )
     requests, tok_table = finish(FORMAT, columns, tokens=tokens, path=path, lines=idx + 1)
     meta = {k: v for k, v in obj.items() if isinstance(v, (str, int, float, bool)) or v is None}
-    queue = _numbers(path, obj, "queue_times")[idx] if "queue_times" in obj else np.array([])
+    queue = _checked(path, obj, "queue_times")[idx] if "queue_times" in obj else np.array([])
     meta.update(
         source_format=FORMAT,
         source_path=str(path),
