@@ -28,26 +28,43 @@ last degree profiled, with ``num_hidden_layers: 1``: tables are per layer.
 
 from __future__ import annotations
 
+import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import yaml
 
+from mist.profiles.limits import check_engine_meta
 from mist.traces.checks import CHECKS, check_columns, check_duplicates
 from mist.traces.errors import TraceError, positive_numbers
+from mist.traces.readers.vllm_run import PROBE_RULES
+from mist.traces.rules import Rule, check_document
 from mist.traces.schema import BUNDLE_TABLES, OPERATOR_PROFILE, from_columns
 
 # tables read when present, without required columns (fits and diagnostic logs)
 OPTIONAL_TABLES = ("skew", "skew_fit", "engine_steps")
+# columns of text that name an operator (never empty)
+TEXT_COLUMNS = ("layer",)
 # table name -> the columns its CSV must have (the non-nullable ones of its schema in
 # mist.traces.schema.BUNDLE_TABLES). Each of them but ``layer`` and ``time_us`` is a
 # feature column of the same name in ``operator_profile``; tables without a ``layer``
 # column hold one operator, named like the table.
 TABLES = {name: tuple(f.name for f in schema if not f.nullable)
           for name, schema in BUNDLE_TABLES.items() if name not in OPTIONAL_TABLES}  # fmt: skip
+
+
+#: the keys of ``meta.yaml`` a reader uses, when given (null = not given): the bundle's
+#: identity (text), its engine's settings (an object; their values are checked with
+#: the run's, :data:`mist.profiles.limits.ENGINE_RULES`), the skew fit and the speed probes
+META_RULES: dict[str, Rule] = {
+    **{key: Rule("text") for key in ("hardware", "gpu", "model", "variant", "vllm_version")},
+    "engine_effective": Rule("object"), "skew_fit": Rule("object"),
+    **{f"{probe}{key}": rule for probe in ("speed_probe", "speed_probe_end") for key, rule in PROBE_RULES.items()},
+}
 
 
 def _features(name: str) -> tuple[str, ...]:
@@ -96,11 +113,26 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise TraceError(path, f"missing columns {missing}; found {list(df.columns)}", line=1)
+    _check_rows(path, len(df.columns))
+    for col in [c for c in TEXT_COLUMNS if c in df.columns]:
+        empty = np.flatnonzero(df[col].isna().to_numpy())
+        if empty.size:
+            raise TraceError(path, f"{col}: must name an operator, found an empty cell", line=int(empty[0]) + 2)
     if "time_us" in df.columns:
         t = positive_numbers(df["time_us"], path, "time_us", first_line=2)
         df = df.drop(columns="time_us").assign(latency_s=t * 1e-6)
     _check(path, df, [c for c in required if c not in ("layer", "time_us")])
     return df
+
+
+def _check_rows(path: Path, width: int) -> None:
+    """Every data row has the header's number of fields: a shorter one is a truncated or
+    damaged row, which pandas would read with its last cells empty."""
+    with open(path, newline="", encoding="utf-8") as f:
+        for line, row in enumerate(csv.reader(f), start=1):
+            if row and len(row) != width:
+                raise TraceError(path, f"{len(row)} fields, the header has {width} (a truncated or damaged row)",
+                                 line=line)
 
 
 def _check(path: Path, df: pd.DataFrame, features: list[str]) -> None:
@@ -126,6 +158,27 @@ def _present(path: Path) -> bool:
     return path.is_symlink() or path.exists()
 
 
+def _read_meta(path: Path) -> dict:
+    """``meta.yaml`` as a checked mapping (:data:`META_RULES`); an empty file is an error
+    (every bundle names at least its hardware and model)."""
+    try:
+        # libyaml's safe loader where built (the same documents, ten times faster than PyYAML's)
+        meta = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        reason = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line
+        raise TraceError(path, f"invalid YAML ({reason})", line=None if mark is None else mark.line + 1) from exc
+    except (OSError, UnicodeDecodeError, RecursionError) as exc:
+        raise TraceError(path, f"cannot read file ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    if meta is None:
+        raise TraceError(path, "empty: a bundle's meta.yaml names at least its hardware and model")
+    if not isinstance(meta, dict):
+        raise TraceError(path, f"expected a mapping at the top level, found {type(meta).__name__}")
+    check_document(meta, META_RULES, path)
+    check_engine_meta({"engine_effective": meta.get("engine_effective")}, path)
+    return meta
+
+
 def read_bundle(root) -> Bundle:
     """Read ``meta.yaml`` and every ``tp<N>/*.csv`` table of a bundle.
 
@@ -138,14 +191,7 @@ def read_bundle(root) -> Bundle:
     meta_path = root / "meta.yaml"
     if not meta_path.is_file():
         raise TraceError(meta_path, "bundle has no meta.yaml (is --profiles the bundle root, e.g. .../<model>/bf16?)")
-    try:
-        meta = yaml.safe_load(meta_path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise TraceError(meta_path, f"invalid YAML ({exc})") from exc
-    except (OSError, UnicodeDecodeError, RecursionError) as exc:
-        raise TraceError(meta_path, f"cannot read file ({type(exc).__name__}: {str(exc)[:200]})") from exc
-    if not isinstance(meta, dict):
-        raise TraceError(meta_path, f"expected a mapping at the top level, found {type(meta).__name__}")
+    meta = _read_meta(meta_path)
     tables = {}
     for tp_dir in sorted(p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"tp\d+", p.name)):
         tp = int(tp_dir.name[2:])

@@ -1,10 +1,12 @@
 """Declared rules of the settings and sizes the simulator takes, and the one check that applies them.
 
 Each engine setting, model-architecture field and silicon-row size has a :class:`Rule`
-(kind, least, most) in a table next to where it is read (:data:`ENGINE_RULES` here,
-``MODEL_RULES`` in :mod:`mist.profiles.model`, ``ROW_RULES`` in
-:mod:`mist.replay.silicon_rows`); :func:`checked` turns a violation into
-``TraceError(file, "<setting> must be …, got …")`` before anything is allocated.
+(kind, least, most; declared in :mod:`mist.traces.rules`, re-exported here) in a table
+next to where it is read (:data:`ENGINE_RULES` here, ``MODEL_RULES`` in
+:mod:`mist.profiles.model`, ``ROW_RULES`` in :mod:`mist.replay.silicon_rows`; a run's
+``meta.json`` and a bundle's ``meta.yaml`` keys in their readers); :func:`checked` turns
+a violation into ``TraceError(file, "<setting> must be …, got …")`` before anything is
+allocated.
 
 Kinds are strict: a boolean is a JSON boolean (``"no"`` is an error, never true), an
 integer is an integer (not ``1e3``, not ``"16"``, not ``true``). Ceilings are physical,
@@ -16,10 +18,8 @@ ranks, 65,536 concurrent users.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 from mist.traces.errors import TraceError
+from mist.traces.rules import Rule, check_document, check_settings, checked  # noqa: F401 (the one Rule)
 
 MAX_TOKENS = 2**53
 MAX_KV_BLOCKS = 2**24
@@ -32,45 +32,6 @@ MAX_REQUEST_TOKENS = 2**24
 #: the step budget: cost tables hold one entry per token of it
 MAX_STEP_TOKENS = 2**22
 MAX_SEQS = 2**20
-
-
-@dataclass(frozen=True)
-class Rule:
-    """Allowed values of one setting: ``kind`` ``"int"``, ``"bool"`` or ``"number"``
-    (finite int or float), between ``least`` and ``most`` inclusive (None: unbounded);
-    ``above`` True makes ``least`` exclusive (a share in (0, 1])."""
-
-    kind: str
-    least: float | None = None
-    most: float | None = None
-    above: bool = False
-
-    def problem(self, value) -> str | None:
-        """Why ``value`` breaks the rule (None when it keeps it)."""
-        if self.kind == "bool":
-            return None if isinstance(value, bool) else "must be true or false (a JSON boolean)"
-        if isinstance(value, bool) or not isinstance(value, int if self.kind == "int" else (int, float)):
-            return f"must be {'an integer' if self.kind == 'int' else 'a number'}"
-        if not math.isfinite(value):
-            return "must be a finite number"
-        if self.least is not None and (value <= self.least if self.above else value < self.least):
-            return f"must be {'above' if self.above else 'at least'} {_show(self.least)}"
-        if self.most is not None and value > self.most:
-            return f"must be at most {_show(self.most)} (a physical ceiling: larger would not fit any machine)"
-        return None
-
-
-def _show(bound: float) -> str:
-    """A bound as written: integers in full (16777216, not 1.67772e+07)."""
-    return str(int(bound)) if float(bound).is_integer() and abs(bound) <= 2**53 else f"{bound:g}"
-
-
-def checked(value, rule: Rule, path, name: str, line: int | None = None):
-    """``value`` if it keeps ``rule``; else TraceError naming ``path``, ``name`` and why."""
-    problem = rule.problem(value)
-    if problem:
-        raise TraceError(path, f"{name} {problem}, got {value!r}", line=line)
-    return value
 
 
 def _int(least: int, most: int) -> Rule:
@@ -95,15 +56,6 @@ ENGINE_RULES: dict[str, Rule] = {
     "async_scheduling": Rule("bool"),
     "enable_expert_parallel": Rule("bool"),
 }
-
-
-def check_settings(settings: dict, rules: dict[str, Rule], path, prefix: str = "") -> dict:
-    """Check every key of ``settings`` that ``rules`` declares (null = not given);
-    ``prefix`` names where they sit in the document (``"engine_kwargs."``)."""
-    for key, rule in rules.items():
-        if settings.get(key) is not None:
-            checked(settings[key], rule, path, f"{prefix}{key}")
-    return settings
 
 
 #: where a run's ``meta.json`` holds engine settings (:func:`mist.replay.deployment.engine_config`)

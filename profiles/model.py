@@ -281,6 +281,16 @@ def _quant_method(cfg: dict) -> str:
     return method
 
 
+def _torch_dtype(cfg: dict, top: dict, path) -> str:
+    """The config's weight dtype (``"auto"`` when it names none): a dtype name
+    :func:`dtype_bytes` knows, or TraceError naming the key."""
+    value = _first(cfg, "torch_dtype") or _first(top, "torch_dtype") or "auto"
+    if not isinstance(value, str) or str(value).strip().lower().removeprefix("torch.") not in DTYPE_BYTES:
+        raise TraceError(path, f"{_key_used(cfg, 'torch_dtype')!r} must name a dtype ({', '.join(sorted(DTYPE_BYTES))}), "
+                               f"got {value!r}")
+    return value
+
+
 def _key_used(cfg: dict, field: str) -> str:
     """The key of ``field`` this config gives (its first alias when it gives none)."""
     return next((k for k in FIELD_ALIASES[field] if cfg.get(k) is not None), FIELD_ALIASES[field][0])
@@ -374,7 +384,7 @@ def load_model_config(path) -> ModelConfig:
         tie_word_embeddings=bool(
             top.get("tie_word_embeddings", cfg.get("tie_word_embeddings", False))
         ),
-        torch_dtype=str(_first(cfg, "torch_dtype") or _first(top, "torch_dtype") or "auto"),
+        torch_dtype=_torch_dtype(cfg, top, path),
         max_position_embeddings=f["max_position_embeddings"],
         num_dense_layers=_dense_layers(cfg, f["num_layers"], experts),
         shared_expert_intermediate_size=_shared_expert_size(cfg, moe_inter),

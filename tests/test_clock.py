@@ -168,7 +168,7 @@ def test_a_started_at_that_is_not_a_date_names_meta_json(tmp_path):
     meta = json.loads((run / "meta.json").read_text())
     meta["started_at"] = "yesterday"
     (run / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(TraceError, match=r"meta\.json.*started_at 'yesterday' is not an ISO date"):
+    with pytest.raises(TraceError, match=r"meta\.json: started_at must be an ISO 8601 date, got 'yesterday'"):
         validate_run(ValidateSettings(run_dir=run, profiles=BUNDLE, model=MODEL))
 
 

@@ -10,6 +10,7 @@ recording does, so every simulator error figure should be read against these.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,9 +64,12 @@ class NoiseResult:
         """The comparison as ``mist noise --json`` writes it: counts, rounded metrics and
         the speed ratio b/a."""
         a = self.aligned
-        return {"requests": {"a": a.measured, "b": a.simulated, "matched": a.matched},
-                "metrics": rounded(self.metrics),
-                "speed_ratio_b_over_a": None if self.speed_ratio is None else round(self.speed_ratio, 4)}
+        out = {"requests": {"a": a.measured, "b": a.simulated, "matched": a.matched},
+               "metrics": rounded(self.metrics),
+               "speed_ratio_b_over_a": None if self.speed_ratio is None else round(self.speed_ratio, 4)}
+        if a.excluded:  # (absent on clean recordings, whose summary stays as it was)
+            out["excluded"] = [dict(e) for e in a.excluded]
+        return out
 
 
 def noise_floor(settings: NoiseSettings) -> NoiseResult:
@@ -75,9 +79,19 @@ def noise_floor(settings: NoiseSettings) -> NoiseResult:
     ------
     TraceError
         A recording that cannot be read (file, line and reason named).
+
+    Requests either reader excluded (``meta["excluded"]``) are left out of the
+    comparison, each with a warning; ``summary()["excluded"]`` lists them.
     """
     a, b = read_trace(settings.a), read_trace(settings.b)
-    aligned = align(a.requests.to_pandas(), b.requests.to_pandas())
+    # requests a reader kept with a blanked timeline (stamps contradicting the clock or
+    # their own order) have nothing to compare: left out on both sides, and said so
+    excluded = [dict(e, recording=side) for side, rec in (("a", a), ("b", b)) for e in rec.meta.get("excluded", [])]
+    for e in excluded:
+        where = f" (line {e['line']})" if "line" in e else ""
+        warnings.warn(f"recording {e['recording']}: request {e['request_id']}{where} excluded from the "
+                      f"comparison: {e['reason']}", UserWarning, stacklevel=2)
+    aligned = align(a.requests.to_pandas(), b.requests.to_pandas(), excluded)
     ratio = drift_ratio([b.meta.get("speed_probe"), b.meta.get("speed_probe_end")],
                         [a.meta.get("speed_probe"), a.meta.get("speed_probe_end")])
     return NoiseResult(settings=settings, aligned=aligned, metrics=summarize(aligned), speed_ratio=ratio)

@@ -23,12 +23,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from mist.profiles.measure.probe import drift_ratio
 from mist.replay.config import EngineConfig
 from mist.replay.run import ARRIVALS, input_warnings, load_deployment, prepare, simulate
+from mist.traces.checks import MAX_TOKENS, MAX_TRACE_S, Check, raise_at, violation
 from mist.traces.errors import TraceError
 from mist.traces.io import write_table
 from mist.traces.readers.vllm_run import attach_workload, read_vllm_run
@@ -45,6 +47,13 @@ SKEW_RULES = ("default", "buckets", "off")  # see ValidateSettings.skew
 TIMESERIES_COLUMNS = ("t", "running", "waiting")
 #: plotted when present: the KV cache in use, % (vLLM's kv_cache_usage gauge x 100)
 OPTIONAL_TIMESERIES_COLUMNS = ("kv_cache_pct",)
+#: declared values of the timeseries' columns the report reads (when present): seconds
+#: since the run started, counts of requests, a percentage; ``t`` also strictly increases
+#: (1 s ticks). Other columns (the throughputs) are not read, so not checked.
+TIMESERIES_CHECKS: dict[str, Check] = {
+    "t": Check(0, MAX_TRACE_S), "running": Check(0, MAX_TOKENS, whole=True),
+    "waiting": Check(0, MAX_TOKENS, whole=True), "kv_cache_pct": Check(0, 100),
+}
 _WORKLOAD = "workload.jsonl"  # `mist record` keeps its generated stream in the run folder
 _ATTRIBUTION_INTRO = ("Error of each request split at the instant it was first scheduled: "
                       "queueing (waiting for admission) versus its own service (prefill and decode steps).\n\n")
@@ -226,8 +235,10 @@ def read_timeseries(meta: dict, requests_meta: dict) -> pd.DataFrame | None:
     Raises
     ------
     TraceError
-        An unreadable CSV, a missing column or a value that is not a number (line named),
-        or a path outside the run folder (``meta["source_path"]``).
+        An unreadable CSV, a missing column, a value :data:`TIMESERIES_CHECKS` rejects or
+        ticks out of order (line named), or a path outside the run folder
+        (``meta["source_path"]``). Without ``started_at`` in ``meta`` the ticks cannot be
+        placed on the requests' clock: None, with an :class:`InputWarning` saying so.
     """
     path = meta.get("timeseries_path")
     origin = requests_meta.get(b"mist.origin_epoch_s")
@@ -244,20 +255,37 @@ def read_timeseries(meta: dict, requests_meta: dict) -> pd.DataFrame | None:
     missing = [c for c in TIMESERIES_COLUMNS if c not in ts.columns]
     if missing:
         raise TraceError(path, f"missing columns {missing}")
-    for col in TIMESERIES_COLUMNS + tuple(c for c in OPTIONAL_TIMESERIES_COLUMNS if c in ts.columns):
-        values = pd.to_numeric(ts[col], errors="coerce")
-        bad = values.isna().to_numpy().nonzero()[0]
-        if len(bad):
-            raise TraceError(path, f"{col} must be a number, got {ts[col].iloc[bad[0]]!r}", line=int(bad[0]) + 2)
-        ts[col] = values
-    if origin is not None and meta.get("started_at"):
-        try:
-            start = datetime.fromisoformat(str(meta["started_at"]).replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            raise TraceError(Path(run) / "meta.json",
-                             f"started_at {meta['started_at']!r} is not an ISO date") from None
+    _check_timeseries(path, ts)
+    if origin is not None and not meta.get("started_at"):
+        warnings.warn(f"{path}: ignored (not plotted): meta.json has no started_at, the instant its ticks "
+                      "count from", InputWarning, stacklevel=2)
+        return None
+    if origin is not None:
+        start = datetime.fromisoformat(str(meta["started_at"]).replace("Z", "+00:00")).timestamp()
         ts["t"] = ts["t"] + (start - float(origin))
     return ts
+
+
+def _check_timeseries(path, ts: pd.DataFrame) -> None:
+    """Numbers where a number is read (:data:`TIMESERIES_CHECKS`, line named), in place;
+    ticks in strictly increasing time."""
+    for col, check in TIMESERIES_CHECKS.items():
+        if col not in ts.columns:
+            continue
+        raw, values = ts[col], pd.to_numeric(ts[col], errors="coerce")
+        bad = np.flatnonzero(values.isna().to_numpy())
+        if bad.size:
+            raise TraceError(path, f"{col} must be a number, got {raw.iloc[bad[0]]!r}", line=int(bad[0]) + 2)
+        found = violation(values.to_numpy(float), np.ones(len(ts), dtype=bool), check)
+        if found is not None:
+            raise_at(path, col, found[0], str(raw.iloc[found[0]]), found[1], np.arange(len(ts)) + 2)
+        ts[col] = values
+    back = np.flatnonzero(np.diff(ts["t"].to_numpy(float)) <= 0)
+    if back.size:
+        i = int(back[0]) + 1
+        raise_at(path, "t", i, float(ts["t"].iloc[i]),
+                 f"must increase from tick to tick (the previous is {float(ts['t'].iloc[i - 1])!r})",
+                 np.arange(len(ts)) + 2)
 
 
 def kv_note(steps: pd.DataFrame, timeseries: pd.DataFrame | None, blocks: int, replicas: int) -> str:

@@ -58,6 +58,7 @@ from mist.traces.errors import TraceError
 from mist.traces.io import read_json_object
 from mist.traces.readers.base import ReadResult, finish, float_column, int_column, read_jsonl
 from mist.traces.readers.streams import parse_workload, token_id_array
+from mist.traces.rules import Rule, check_document
 
 FORMAT = "vllm-run"
 TIMELINE = (
@@ -80,6 +81,23 @@ _MAD_TO_SIGMA = 1.4826  # MAD x this = the standard deviation of a normal distri
 #: engine settings that, when a run gives them, must be positive integers
 POSITIVE_IF_GIVEN = ("tensor_parallel_size", "data_parallel_size", "block_size", "num_gpu_blocks",
                      "num_gpu_blocks_override")
+
+
+#: a speed probe (``mist record``/``mist profile``; :mod:`mist.profiles.measure.probe`): seconds
+#: of two fixed micro-benchmarks and their geometric mean, and the probe's version
+PROBE_RULES: dict[str, Rule] = {
+    "": Rule("object"), ".version": Rule("int", 0, 2**31, required=True),
+    ".score_s": Rule("number", 0, 3600, above=True, required=True),
+    ".matmul_s": Rule("number", 0, 3600, above=True), ".python_s": Rule("number", 0, 3600, above=True),
+}
+#: the keys of ``meta.json`` a reader uses besides the engine settings (which
+#: :data:`mist.profiles.limits.ENGINE_RULES` checks), when given (null = not given)
+META_RULES: dict[str, Rule] = {
+    "model": Rule("text"), "vllm_version": Rule("text"), "started_at": Rule("date"),
+    "engine_kwargs.dtype": Rule("text"), "engine_kwargs.kv_cache_dtype": Rule("text"),
+    "hardware": Rule("object"), "hardware.device_total_memory_bytes": Rule("number", 0, 2.0**60, above=True),
+    **{f"{probe}{key}": rule for probe in ("speed_probe", "speed_probe_end") for key, rule in PROBE_RULES.items()},
+}
 
 
 def _positive_number(value) -> bool:
@@ -125,7 +143,8 @@ def read_run_meta(directory) -> dict:
     Raises
     ------
     TraceError
-        ``meta.json`` missing or malformed, or ``engine_kwargs`` lacking a required key.
+        ``meta.json`` missing or malformed, ``engine_kwargs`` lacking a required key,
+        or a key of :data:`META_RULES` of the wrong kind or out of range.
     """
     directory = Path(directory)
     meta_path = directory / "meta.json"
@@ -145,13 +164,15 @@ def read_run_meta(directory) -> dict:
     util = engine.get("gpu_memory_utilization")
     if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1):
         raise TraceError(meta_path, f"engine_kwargs.gpu_memory_utilization must be in (0, 1], got {util!r}")
+    check_document(meta, META_RULES, meta_path)
     if (directory / "cluster.json").is_file():
         meta["cluster"] = read_json_object(directory / "cluster.json")
         _check_cluster(directory / "cluster.json", meta["cluster"])
     given = meta.pop("timeseries_path", None)
     if given is not None:
         meta["timeseries_path"] = str(inside_run(directory, given, meta_path))
-    elif (directory / "timeseries.csv").is_file():
+    elif (directory / "timeseries.csv").is_symlink() or (directory / "timeseries.csv").exists():
+        # (a folder or a symlink loop in its place is rejected by name, never passed over)
         meta["timeseries_path"] = str(inside_run(directory, "timeseries.csv", directory / "timeseries.csv"))
     return meta
 
@@ -342,20 +363,23 @@ def attach_workload(requests: pa.Table, workload_path) -> pa.Table:
     Raises
     ------
     TraceError
-        Row-count mismatch, a line without ``input_tok_ids``, or ``input_toks``
-        differing from the request's ``input_tokens`` (with the workload line).
+        Row-count mismatch, a line without ``input_tok_ids``, ``input_toks``
+        differing from the request's ``input_tokens``, or arrival times that decrease
+        (with the workload line).
     """
     meta = requests.schema.metadata or {}
     if meta.get(b"mist.reordered") == b"1":
-        raise TraceError(
-            workload_path, "requests were reordered by arrival; cannot pair by position"
-        )
+        raise TraceError(workload_path, "requests were reordered by arrival; cannot pair by position")
     w = parse_workload(workload_path)
     lines = w["lines"]
+    back = np.flatnonzero(np.diff(w["arrival_time_ns"]) < 0)
+    if back.size:  # line i pairs with the i-th request sent: a stream out of order pairs wrongly
+        i = int(back[0]) + 1
+        raise TraceError(workload_path, f"arrival_time_ns: must not decrease (records pair with requests by "
+                                        f"position), found {w['arrival_time_ns'][i]} after "
+                                        f"{w['arrival_time_ns'][i - 1]}", int(lines[i]))
     if len(lines) != requests.num_rows:
-        raise TraceError(
-            workload_path, f"{len(lines)} workload records but {requests.num_rows} requests"
-        )
+        raise TraceError(workload_path, f"{len(lines)} workload records but {requests.num_rows} requests")
     measured = requests.column("input_tokens").to_numpy()
     bad = np.flatnonzero(measured != w["input_toks"])
     if bad.size:
