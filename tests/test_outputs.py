@@ -5,13 +5,17 @@ symbolic link; ``--out`` is never a folder that holds the command's inputs."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import mist.profiles.ingest as ingest_lib
-import mist.traces.io as io
+import mist.traces.staging as io
+from mist.traces.io import atomic_write_text
 from mist.validate.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,3 +190,58 @@ def test_write_staged_gives_paths_under_out(tmp_path):
     out = tmp_path / "o"
     got = io.write_staged(out, lambda folder: [folder / "x.json", "name"])
     assert got == [out / "x.json", "name"] and out.is_dir()
+
+
+def test_outputs_of_one_command_are_put_in_place_together_or_not_at_all(tmp_path):
+    out, js = tmp_path / "out", tmp_path / "summary.json"
+    with io.staged_outputs() as outputs:
+        (outputs.folder(out) / "a.txt").write_text("1")
+        outputs.file(js, b"old\n")
+    with pytest.raises(RuntimeError), io.staged_outputs() as outputs:  # fails after staging both
+        (outputs.folder(out) / "a.txt").write_text("2")
+        outputs.file(js, b"new\n")
+        assert _snapshot(out) == {"a.txt": b"1"} and js.read_bytes() == b"old\n"  # nothing in place yet
+        raise RuntimeError("late failure")
+    assert _snapshot(out) == {"a.txt": b"1"} and js.read_bytes() == b"old\n"
+    assert _leftovers(tmp_path, "out") == [] and _leftovers(tmp_path, "summary.json") == []
+    with io.staged_outputs() as outputs:  # a file inside a folder staged before it goes into that folder
+        (outputs.folder(out) / "a.txt").write_text("3")
+        outputs.file(out / "in.json", b"{}\n")
+        outputs.file(js, b"new\n")
+    assert _snapshot(out) == {"a.txt": b"3", "in.json": b"{}\n"} and js.read_bytes() == b"new\n"
+    assert oct(js.stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_a_symlink_planted_at_a_file_target_while_the_command_runs_is_not_written_through(tmp_path):
+    victim, js = tmp_path / "victim.txt", tmp_path / "summary.json"
+    victim.write_text("precious\n")
+    with pytest.raises(io.TraceError, match="is a symbolic link"), io.staged_outputs() as outputs:
+        out_stage = outputs.folder(tmp_path / "out")
+        outputs.file(js, b"new\n")
+        js.symlink_to(victim)  # planted after the checks, before the renames
+    assert victim.read_text() == "precious\n" and js.is_symlink()
+    assert not (tmp_path / "out").exists() and not out_stage.exists()
+    assert _leftovers(tmp_path, "summary.json") == []
+    with pytest.raises(io.TraceError, match="is a symbolic link"):
+        atomic_write_text(js, "new\n")  # the single-file writer refuses a link too
+    assert victim.read_text() == "precious\n"
+
+
+def test_staging_left_by_a_killed_run_is_cleared_by_the_next_and_a_live_runs_is_kept(tmp_path):
+    out = tmp_path / "out"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    host = io.staging_prefix(out).split("@")[1]
+    stale = tmp_path / f".out.{dead.pid}@{host}ab_c1234.tmp"
+    (stale / "x.parquet").parent.mkdir()
+    (stale / "x.parquet").write_bytes(b"half")
+    stale_file = tmp_path / f".out.{dead.pid}@{host}zz9_abcd.old"
+    stale_file.write_bytes(b"")
+    live = tmp_path / f".out.{os.getppid()}@{host}ab_c1234.tmp"
+    live.mkdir()
+    other = tmp_path / ".out.notes"  # not a staging entry's name: never touched
+    other.write_text("mine\n")
+    with io.staged_dir(out) as stage:
+        (stage / "a.txt").write_text("1")
+    assert _leftovers(tmp_path, "out") == sorted([live.name, other.name])
+    assert _snapshot(out) == {"a.txt": b"1"}

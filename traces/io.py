@@ -1,13 +1,11 @@
-"""Parquet, JSON and YAML I/O with atomic writes (write to a temporary file, then rename)."""
+"""Parquet, JSON and YAML I/O with atomic writes (write to a temporary file, then rename);
+the all-or-nothing outputs of a command are in :mod:`mist.traces.staging`."""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import math
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,121 +15,33 @@ import yaml
 
 from mist.traces.errors import TraceError
 from mist.traces.schema import SCHEMAS
+from mist.traces.staging import (  # noqa: F401  (re-exported: the all-or-nothing outputs)
+    Outputs,
+    check_output,
+    check_replaceable,
+    staged_dir,
+    staged_outputs,
+    staging_prefix,
+    sweep_stale,
+    write_staged,
+)
 
 
-def check_output(path, folder: bool) -> None:
-    """Raise TraceError now, before any work, if ``path`` cannot become the output file
-    (``folder=False``) or folder (``folder=True``) it is meant to be: a folder where a
-    file goes or the reverse, or a file where a parent folder would have to be."""
-    path = Path(path)
-    if path.is_symlink():
-        raise TraceError(path, "is a symbolic link; mist writes no output through a link (give the real path)")
-    if path.exists() and path.is_dir() != folder:
-        raise TraceError(path, f"exists and is {'a file' if folder else 'a folder'}; "
-                               f"an output {'folder' if folder else 'file'} is needed here")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise TraceError(path, f"cannot be created: {parent} is a file, not a folder")
-            break
-
-
-def check_replaceable(out) -> None:
-    """Raise TraceError unless ``out`` may be replaced whole by a command's new output
-    folder: absent, or a real folder (not a symbolic link) holding regular files only.
-    A folder with a link or a sub-folder in it is no earlier output of a ``mist``
-    command (their outputs are flat), and replacing it could delete what is not ours."""
-    out = Path(out)
-    check_output(out, folder=True)
-    if not out.exists():
-        return
-    for entry in sorted(out.iterdir()):
-        if entry.is_symlink() or not entry.is_file():
-            what = "a symbolic link" if entry.is_symlink() else "not a regular file"
-            raise TraceError(out, f"holds {entry.name!r}, {what}; an output folder is replaced whole, "
-                                  "so it must be new or hold only the files of an earlier output")
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap the two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False
-    where the system cannot."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    errno = ctypes.get_errno()
-    if errno in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: not supported here
-        return False
-    raise OSError(errno, os.strerror(errno), str(b))
-
-
-def _put_in_place(new: Path, out: Path) -> None:
-    """Make folder ``new`` be ``out``; an existing ``out`` is replaced whole, then deleted."""
-    if not os.path.lexists(out):
-        os.rename(new, out)
-        return
-    if _exchange(new, out):
-        shutil.rmtree(new)  # now the old output
-        return
-    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-    os.rename(out, old / "previous")
-    try:
-        os.rename(new, out)
-    except BaseException:
-        os.rename(old / "previous", out)
-        raise
-    shutil.rmtree(old)
-
-
-@contextlib.contextmanager
-def staged_dir(out):
-    """Yield an empty staging folder beside ``out`` (same file system); when the block
-    ends without an exception, the staging folder becomes ``out`` in one rename (an
-    existing ``out`` is replaced whole, never mixed). On any exception, KeyboardInterrupt
-    included, the staging folder is removed and ``out`` is left as it was.
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one
+    (a temporary file beside it, renamed over it). A symbolic link at ``path`` is refused:
+    no write goes through a link.
 
     Raises
     ------
     TraceError
-        ``out`` cannot be replaced (see :func:`check_replaceable`).
+        ``path`` is a symbolic link or a folder.
     """
-    out = Path(os.path.abspath(out))
-    if out == Path.cwd() or out in Path.cwd().parents:
-        raise TraceError(out, "is the working folder or holds it; an output folder is replaced whole")
-    check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        check_replaceable(out)  # nothing planted in it while the command ran
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; an output is an ordinary shared folder
-        _put_in_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_staged(out, write):
-    """Call ``write(folder)`` inside :func:`staged_dir` of ``out`` and return what it
-    returns, with a path inside the staging folder (or a list of them) given as under ``out``."""
-    with staged_dir(out) as tmp:
-        got = write(tmp)
-
-    def moved(p):
-        return Path(out) / Path(p).relative_to(tmp) if isinstance(p, Path) and p.is_relative_to(tmp) else p
-
-    return [moved(p) for p in got] if isinstance(got, (list, tuple)) else moved(got)
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
     path = Path(path)
+    check_output(path, folder=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    sweep_stale(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=staging_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

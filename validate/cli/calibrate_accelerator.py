@@ -78,17 +78,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mist.calibrate.accelerator import AcceleratorSettings, calibrate_accelerator
-    from mist.traces.io import atomic_write_json, atomic_write_text
+    from mist.traces.io import atomic_write_json, staged_outputs
 
     start = time.perf_counter()
     settings = AcceleratorSettings(bench=tuple(args.bench), target=args.target, points=args.points,
                                    seed=args.seed, sampling=args.sampling, models_dir=args.models,
                                    hardware=tuple(args.hardware))
     result = calibrate_accelerator(settings)
-    rows_csv = result.rows.to_csv(index=False) if args.rows else None
-    atomic_write_json(args.json, result.report)
-    if rows_csv is not None:
-        atomic_write_text(args.rows, rows_csv)
+    with staged_outputs() as outputs:  # both staged beside their targets, then renamed together
+        atomic_write_json(outputs.path(args.json), result.report)
+        if args.rows:
+            outputs.file(args.rows, result.rows.to_csv(index=False).encode("utf-8"))
     print(result.summary(), end="")
     print(f"report: {args.json} ({time.perf_counter() - start:.1f} s)")
     return 0

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mist.traces.io import atomic_write_json, write_staged
+from mist.traces.io import atomic_write_json, staged_outputs, write_staged
 
 HELP = "compare two recordings of one stream: the real engine's own run-to-run spread"
 
@@ -39,10 +39,11 @@ def run(args: argparse.Namespace) -> int:
     if result.speed_ratio is not None:
         print(f"speed probe ratio b/a: {result.speed_ratio:.3f}")
     print(format_table(result.metrics))
-    if args.out:  # the folder first: it replaces --out whole, a --json inside it included
-        report = write_staged(args.out, lambda folder: write_noise_report(result, folder))
-    if args.json:
-        atomic_write_json(args.json, result.summary())
+    with staged_outputs() as outputs:  # both staged, then put in place together; --out is replaced
+        if args.out:  # whole, a --json inside it included (staged first, it takes that --json in)
+            report = write_staged(args.out, lambda folder: write_noise_report(result, folder), outputs)
+        if args.json:
+            atomic_write_json(outputs.path(args.json), result.summary())
     if args.out:
         print(f"report: {report}")
     return 0

@@ -26,7 +26,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from mist.traces.io import atomic_write_json, write_staged
+from mist.traces.io import atomic_write_json, staged_outputs, write_staged
 
 HELP = "replay a recorded run and report simulated-vs-measured errors"
 
@@ -122,10 +122,11 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(uncorrected))
         print("with drift correction:")
     print(format_table(result.metrics))
-    if args.out:  # the folder first: it replaces --out whole, a --json inside it included
-        report = write_staged(args.out, lambda folder: write_outputs(result, folder))
-    if args.json:
-        atomic_write_json(args.json, result.summary())
+    with staged_outputs() as outputs:  # both staged, then put in place together; --out is replaced
+        if args.out:  # whole, a --json inside it included (staged first, it takes that --json in)
+            report = write_staged(args.out, lambda folder: write_outputs(result, folder), outputs)
+        if args.json:
+            atomic_write_json(outputs.path(args.json), result.summary())
     if args.out:
         print(f"report: {report}")
     return 0
