@@ -34,7 +34,13 @@ from mist.calibrate.kernels import KernelSet, system_datasheet
 from mist.calibrate.kernels_grid import cross_validate_kernels
 from mist.calibrate.step_overhead import DEFAULT_STEP_OVERHEAD, StepOverhead, fit_step_overhead
 from mist.replay.silicon_kernels import KernelVersions
-from mist.replay.silicon_predict import ARRIVALS, Unmodelled, default_requests_per_user, predict_row
+from mist.replay.silicon_predict import (  # noqa: F401  (protocol_range: also imported from here)
+    ARRIVALS,
+    Unmodelled,
+    default_requests_per_user,
+    predict_row,
+    protocol_range,
+)
 from mist.replay.silicon_rows import (
     attention_dp_of,
     gemm_dtype,
@@ -157,26 +163,6 @@ class SiliconResult:
     warnings: tuple = ()
 
 
-def protocol_range(rows: pd.DataFrame, slack: float = 0.05) -> dict:
-    """Where measured TTFTs sit between the two ends of the benchmark's unknown client
-    jitter: the predicted mean with clients de-synchronised after the first wave
-    (``pred_ttft_ms``, position 0) and with clients kept in lock-step
-    (``pred_ttft_lockstep_ms``, position 1). ``inside_pct``: rows within the range
-    widened by ``slack``; ``position``: median and P10/P90 of each row's position.
-    A description of the measurements, not a fit: nothing here feeds a prediction."""
-    lo, hi = rows["pred_ttft_ms"].to_numpy(float), rows["pred_ttft_lockstep_ms"].to_numpy(float)
-    meas = rows["ttft_ms"].to_numpy(float)
-    inside = (meas >= lo * (1 - slack)) & (meas <= hi * (1 + slack))
-    span = np.where(hi > lo, hi - lo, np.nan)
-    pos = (meas - lo) / span
-    pos = pos[np.isfinite(pos)]
-    out = {"rows": int(len(rows)), "inside_pct": round(float(inside.mean() * 100), 1) if len(rows) else None}
-    if len(pos):
-        out["position"] = {k: round(float(np.percentile(pos, q)), 3) for k, q in (("p10", 10), ("median", 50),
-                                                                                  ("p90", 90))}
-    return out
-
-
 def _summary(rows: pd.DataFrame, df: pd.DataFrame, skipped: dict) -> dict:
     """Errors overall and per model of the predicted rows of ``df``."""
     for col in ("pred_ttft_ms", "pred_tpot_ms"):
@@ -296,7 +282,7 @@ def _check_moe_options(s: SiliconSettings) -> None:
 
 
 def _moe_efficiency(s: SiliconSettings, kernels: KernelVersions) -> tuple[fused_moe.FusedMoEEfficiency | None, str]:
-    """The fused-MoE rate to apply — fitted and written here when asked — and its source."""
+    """The fused-MoE rate to apply — fitted here when asked (the caller writes it) — and its source."""
     sheet = kernels.sheet
     if s.fit_moe_efficiency is not None:
         system, source, series = fused_moe.read_measurements(s.moe_measurements)
@@ -306,7 +292,6 @@ def _moe_efficiency(s: SiliconSettings, kernels: KernelVersions) -> tuple[fused_
         fitted = fused_moe.fit_efficiency(KernelSet(kernels.for_version(None).profile, sheet), system, source,
                                           series, {"measurements": s.moe_measurements.name,
                                                    "gemm_table": kernels.gemm_table(None)})
-        fitted.save(s.fit_moe_efficiency)
         return fitted, f"fitted here, written to {s.fit_moe_efficiency}"
     if s.no_moe_efficiency:
         return None, "none"
@@ -351,13 +336,27 @@ def _fit_overhead(s: SiliconSettings, bare: pd.DataFrame) -> StepOverhead:
         **({"length_ratio": s.length_ratio, "seed": s.seed} if s.arrivals == "client" else {})})
 
 
+def save_fits(result: SiliconResult, staged=lambda path: path) -> list[Path]:
+    """Write what ``result`` fitted to the paths its settings name (``fit_step_overhead``,
+    ``fit_moe_efficiency``), each at ``staged(path)`` (e.g. :meth:`mist.traces.staging.Outputs.path`,
+    to put them in place with the command's other outputs); returns the paths named."""
+    s, done = result.settings, []
+    for path, fit in ((s.fit_moe_efficiency, result.moe_efficiency), (s.fit_step_overhead, result.step_overhead)):
+        if path is not None:
+            fit.save(staged(path))
+            done.append(Path(path))
+    return done
+
+
 def predict_deployments(settings: SiliconSettings, progress: Progress | None = None) -> SiliconResult:
     """Predict one system's measured deployments from its kernel database (``mist silicon``).
 
     With ``settings.fit_step_overhead`` the rows are first predicted without an
-    overhead, the overhead is fitted on ``fit_model``'s rows and written, and every row
-    is predicted again with it; with ``fit_moe_efficiency`` the fused-MoE rate is
-    fitted on published kernel times and written before any row is predicted.
+    overhead, the overhead is fitted on ``fit_model``'s rows, and every row is
+    predicted again with it; with ``fit_moe_efficiency`` the fused-MoE rate is fitted
+    on published kernel times before any row is predicted. Nothing is written: the
+    fits are the result's ``step_overhead``/``moe_efficiency``, for the caller to save
+    with its other outputs (:func:`save_fits`).
     ``progress(iterable, total, desc)`` wraps each pass over the rows.
 
     Raises
@@ -385,7 +384,6 @@ def predict_deployments(settings: SiliconSettings, progress: Progress | None = N
 
     if s.fit_step_overhead is not None:
         overhead = _fit_overhead(s, predict(None, "rows (no overhead)")[0])
-        overhead.save(s.fit_step_overhead)
         overhead_source = f"fitted here, written to {s.fit_step_overhead}"
     df, summary = predict(overhead, "rows")
     newest = kernels.for_version(None).profile

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import pandas as pd
 
 from mist.calibrate.calibration import fit_operators
@@ -273,3 +274,23 @@ def predict_row(row: pd.Series, model: ModelConfig, kernels: KernelSet, requests
         raise Unmodelled("KV cache cannot hold one request")
     return _simulate(layout.cfg, cost, users_of(row), isl, osl, arrivals, requests_per_user, exclude_warmup,
                      length_ratio, seed)
+
+
+def protocol_range(rows: pd.DataFrame, slack: float = 0.05) -> dict:
+    """Where measured TTFTs sit between the two ends of the benchmark's unknown client
+    jitter: the predicted mean with clients de-synchronised after the first wave
+    (``pred_ttft_ms``, position 0) and with clients kept in lock-step
+    (``pred_ttft_lockstep_ms``, position 1). ``inside_pct``: rows within the range
+    widened by ``slack``; ``position``: median and P10/P90 of each row's position.
+    A description of the measurements, not a fit: nothing here feeds a prediction."""
+    lo, hi = rows["pred_ttft_ms"].to_numpy(float), rows["pred_ttft_lockstep_ms"].to_numpy(float)
+    meas = rows["ttft_ms"].to_numpy(float)
+    inside = (meas >= lo * (1 - slack)) & (meas <= hi * (1 + slack))
+    span = np.where(hi > lo, hi - lo, np.nan)
+    pos = (meas - lo) / span
+    pos = pos[np.isfinite(pos)]
+    out = {"rows": int(len(rows)), "inside_pct": round(float(inside.mean() * 100), 1) if len(rows) else None}
+    if len(pos):
+        out["position"] = {k: round(float(np.percentile(pos, q)), 3) for k, q in (("p10", 10), ("median", 50),
+                                                                                  ("p90", 90))}
+    return out

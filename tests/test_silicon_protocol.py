@@ -159,12 +159,14 @@ def two_models_csv(shared, tmp_path_factory):
 
 
 def test_predict_deployments_fits_an_overhead_and_reports_it(shared, two_models_csv, tmp_path):
-    from mist.replay.silicon import SiliconSettings, predict_deployments
+    from mist.replay.silicon import SiliconSettings, predict_deployments, save_fits
 
     base = SiliconSettings(silicon=two_models_csv, kernels=shared.h100_kernels, models=shared.models,
                            system="h100_sxm", kernel_cv=False)
     fitted = tmp_path / "overhead.yaml"
     result = predict_deployments(replace(base, fit_step_overhead=fitted, fit_model="meta-llama/Llama-3.1-70B"))
+    assert not fitted.exists()  # the library writes nothing: the command saves the fit with its other outputs
+    assert save_fits(result) == [fitted]
     overhead = StepOverhead.load(fitted)
     assert overhead.fitted_on["model"] == "meta-llama/Llama-3.1-70B" and overhead.fitted_on["rows"] == 2
     assert result.step_overhead.fitted_on == overhead.fitted_on

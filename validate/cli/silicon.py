@@ -71,7 +71,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mist.traces.io import atomic_write_json, write_staged
+from mist.traces.io import atomic_write_json, staged_outputs, write_staged
 from mist.validate.cli.argtypes import positive_int, ratio, seed
 
 HELP = "predict measured deployments (silicon CSV) from a system's kernel database"
@@ -232,7 +232,7 @@ def _write_outputs(result, out: Path) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from mist.replay.silicon import predict_deployments
+    from mist.replay.silicon import predict_deployments, save_fits
 
     result = predict_deployments(_settings(args), progress=lambda it, total, what: tqdm(
         it, total=total, desc=what, file=sys.stderr, disable=None))
@@ -241,10 +241,15 @@ def run(args: argparse.Namespace) -> int:
     _print_fits(result)
     _print_summary(result)
     _print_corrections(result)
-    if args.out:  # all files or none, in a staging folder; an earlier --out (a --json inside it too) is replaced whole
-        print(f"wrote {args.out}/" + ", ".join(write_staged(args.out, lambda folder: _write_outputs(result, folder))))
-    if args.json:
-        atomic_write_json(args.json, result.summary)
+    # every output staged beside its target, then all put in place together: the fitted
+    # YAMLs, --out (replaced whole, a --json inside it too) and --json
+    with staged_outputs() as outputs:
+        written = write_staged(args.out, lambda folder: _write_outputs(result, folder), outputs) if args.out else []
+        save_fits(result, outputs.path)
+        if args.json:
+            atomic_write_json(outputs.path(args.json), result.summary)
+    if args.out:
+        print(f"wrote {args.out}/" + ", ".join(written))
     if not result.summary["rows"]["predicted"]:
         print(f"mist silicon: warning: no row was predicted (skipped: {result.summary['rows']['skipped']})",
               file=sys.stderr)
