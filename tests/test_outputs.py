@@ -245,3 +245,25 @@ def test_staging_left_by_a_killed_run_is_cleared_by_the_next_and_a_live_runs_is_
         (stage / "a.txt").write_text("1")
     assert _leftovers(tmp_path, "out") == sorted([live.name, other.name])
     assert _snapshot(out) == {"a.txt": b"1"}
+
+
+def test_a_profile_bundle_is_swapped_whole_and_a_killed_runs_staging_is_cleared(tmp_path):
+    """`mist profile`'s bundle (a folder with a tp1/ sub-folder) replaces an earlier one
+    whole in one exchange; a staging folder of a dead process is deleted; a link at the
+    target is refused."""
+    from mist.profiles.measure.bundle_writer import write_bundle
+
+    row = {"layer": "mlp", "tokens": 8, "time_us": 1.0, "spread_us": 0.1, "samples": 3}
+    out = tmp_path / "bundle"
+    write_bundle(out, {"name": "old"}, {"dense": [row]})
+    (out / "tp1" / "stray.csv").write_text("x\n")  # not part of the new bundle
+    dead = tmp_path / ".bundle.999999999@" f"{io._HOST}.abc_1.tmp"
+    dead.mkdir()
+    write_bundle(out, {"name": "new"}, {"dense": [row, {**row, "tokens": 16}]}, force=True)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["meta.yaml", "tp1", "tp1/dense.csv"]
+    assert "new" in (out / "meta.yaml").read_text() and not dead.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+    link = tmp_path / "link"
+    link.symlink_to(out)
+    with pytest.raises(ValueError, match="symbolic link"):
+        write_bundle(link, {"name": "x"}, {"dense": [row]}, force=True)

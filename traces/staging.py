@@ -144,6 +144,17 @@ def _put_in_place(new: Path, out: Path) -> Path | None:
     return old
 
 
+def replace_folder(new: Path, out: Path) -> None:
+    """Make the complete folder ``new`` (staged beside ``out`` with
+    :func:`staging_prefix`) be ``out`` in one atomic exchange where the system has one,
+    then delete the old ``out``. For outputs with sub-folders (a profile bundle), which
+    :meth:`Outputs.folder` refuses to replace; ``out`` must not be a symbolic link."""
+    check_output(out, folder=True)
+    old = _put_in_place(Path(new), Path(out))
+    if old is not None:
+        _remove(old)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from mist.traces.staging import check_output, replace_folder, staging_prefix, sweep_stale
+
 # table -> column order written to disk (features first, then the summary columns)
 SUMMARY_COLUMNS = ("time_us", "spread_us", "samples")
 TABLE_COLUMNS = {
@@ -75,8 +77,10 @@ def occupied(out) -> bool:
 def write_bundle(out, meta: dict, tables: dict[str, list[dict]], force: bool = False) -> Path:
     """Write ``meta.yaml`` and ``tp1/<table>.csv`` to ``out``, all or nothing.
 
-    Everything is rendered in memory, written into a temporary sibling folder and
-    renamed into place, so ``out`` never holds a half-written bundle.
+    Everything is rendered in memory, written into a staging folder beside ``out`` and
+    swapped into place in one atomic exchange (:func:`mist.traces.staging.replace_folder`),
+    so ``out`` is always the whole old bundle or the whole new one; a killed run's
+    staging folder is deleted by the next run.
 
     Raises
     ------
@@ -90,19 +94,15 @@ def write_bundle(out, meta: dict, tables: dict[str, list[dict]], force: bool = F
     for name, rows in tables.items():
         texts[f"tp1/{name}.csv"] = render_csv(name, rows)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    check_output(out, folder=True)
+    sweep_stale(out)  # a killed run's staging folder
+    tmp = Path(tempfile.mkdtemp(prefix=staging_prefix(out), suffix=".tmp", dir=out.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is ordinary data
     try:
         for rel, text in texts.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_text(text)
-        old = None
-        if out.exists():
-            old = out.parent / f"{tmp.name}.old"
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        replace_folder(tmp, out)  # one atomic exchange: old bundle or new, never none
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
