@@ -30,9 +30,12 @@ import numpy as np
 
 from mist.calibrate.kernel_profile import TOKENS_PER_EXPERT_HALF, moe_layer, moe_rate_key
 from mist.calibrate.kernels import KernelSet, base_dtype
-from mist.profiles.model import ModelConfig
+from mist.profiles.limits import MAX_EXPERTS, MAX_RANKS, MAX_STEP_TOKENS
+from mist.profiles.model import ModelConfig, dtype_bytes
+from mist.traces.checks import MAX_OPERATOR_S
 from mist.traces.errors import TraceError
 from mist.traces.io import read_yaml_object, write_yaml
+from mist.traces.rules import Rule
 
 #: the efficiency a fit may return: shares of the datasheet peak in steps of 0.01
 GRID = np.round(np.arange(0.01, 1.0 + 1e-9, 0.01), 2)
@@ -44,6 +47,13 @@ SERIES_KEYS = ("label", "dtype", "tp", "hidden_size", "moe_intermediate_size", "
                "tokens", "time_us")
 #: optional per series: where its times were published, when not the file's ``source``
 OPTIONAL_SERIES_KEYS = ("source",)
+#: a series' sizes: positive integers up to physical ceilings (far above any real layer)
+SERIES_RULES: dict[str, Rule] = {
+    "tp": Rule("int", 1, MAX_RANKS), "hidden_size": Rule("int", 1, 2**24),
+    "moe_intermediate_size": Rule("int", 1, 2**24), "num_experts": Rule("int", 1, MAX_EXPERTS),
+    "top_k": Rule("int", 1, MAX_EXPERTS), "tokens": Rule("int", 1, MAX_STEP_TOKENS),
+    "time_us": Rule("number", 0, MAX_OPERATOR_S * 1e6, above=True),
+}
 
 
 @dataclass(frozen=True)
@@ -77,9 +87,10 @@ class Series:
         return moe_layer(ks, self.model(), self.tp, 1, self.dtype, t, hit, efficiency) * 1e6
 
 
-def _positive_int(path, where, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise TraceError(path, f"{where}: expected a positive integer, got {value!r}")
+def _checked(path, where, key, value):
+    problem = SERIES_RULES[key].problem(value)
+    if problem:
+        raise TraceError(path, f"{where}: {problem}, got {value!r}")
     return value
 
 
@@ -97,17 +108,24 @@ def read_measurements(path) -> tuple[str, str, list[Series]]:
         where = f"series[{i}]"
         if not isinstance(s, dict) or any(k not in s for k in SERIES_KEYS):
             raise TraceError(path, f"{where}: needs {', '.join(SERIES_KEYS)}")
-        ints = {k: _positive_int(path, f"{where}.{k}", s[k])
+        ints = {k: _checked(path, f"{where}.{k}", k, s[k])
                 for k in ("tp", "hidden_size", "moe_intermediate_size", "num_experts", "top_k")}
         tokens, times = s["tokens"], s["time_us"]
         if not isinstance(tokens, list) or not isinstance(times, list) or len(tokens) != len(times) or not tokens:
             raise TraceError(path, f"{where}: tokens and time_us must be lists of the same, non-zero length")
-        tokens = tuple(_positive_int(path, f"{where}.tokens", t) for t in tokens)
+        tokens = tuple(_checked(path, f"{where}.tokens", "tokens", t) for t in tokens)
         for t in times:
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
-                raise TraceError(path, f"{where}.time_us: expected positive numbers, got {t!r}")
+            _checked(path, f"{where}.time_us", "time_us", t)
+        if len(set(tokens)) != len(tokens):
+            raise TraceError(path, f"{where}.tokens: a token count is given twice")
         if ints["top_k"] > ints["num_experts"] or ints["moe_intermediate_size"] % ints["tp"]:
             raise TraceError(path, f"{where}: top_k above num_experts, or width not divisible by tp")
+        if not isinstance(s["label"], str) or not s["label"] or not isinstance(s["dtype"], str) or not s["dtype"]:
+            raise TraceError(path, f"{where}: label and dtype must be non-empty strings")
+        try:
+            dtype_bytes(s["dtype"])
+        except ValueError as exc:
+            raise TraceError(path, f"{where}.dtype: {exc}") from None
         unknown = set(s) - set(SERIES_KEYS) - set(OPTIONAL_SERIES_KEYS)
         if unknown:
             raise TraceError(path, f"{where}: unknown keys {', '.join(sorted(map(str, unknown)))}")
@@ -172,8 +190,10 @@ class FusedMoEEfficiency:
         if sm is not None and (isinstance(sm, bool) or not isinstance(sm, int) or sm < 1):
             raise TraceError(path, f"sm_version must be a positive integer or null, got {sm!r}")
         half = doc.get(TOKENS_PER_EXPERT_HALF, 0.0)
-        if isinstance(half, bool) or not isinstance(half, (int, float)) or not math.isfinite(half) or half < 0:
-            raise TraceError(path, f"{TOKENS_PER_EXPERT_HALF} must be a non-negative number, got {half!r}")
+        if isinstance(half, bool) or not isinstance(half, (int, float)) or not math.isfinite(half) or half < 0 \
+                or half > MAX_STEP_TOKENS:
+            raise TraceError(path, f"{TOKENS_PER_EXPERT_HALF} must be a non-negative number of tokens "
+                                   f"(at most {MAX_STEP_TOKENS}), got {half!r}")
         return cls(doc["system"], eff, fitted_on, sm, float(half))
 
 

@@ -56,17 +56,22 @@ class Datasheet:
     @classmethod
     def from_aiconfigurator(cls, name: str, system: dict) -> Datasheet:
         """From an aiconfigurator ``<system>.yaml`` (``gpu:`` and ``node:`` sections)."""
-        gpu, node = system.get("gpu", {}), system.get("node", {})
-        flops = {"bfloat16": float(gpu.get("bfloat16_tc_flops", 0.0))}
+        gpu, node = system.get("gpu") or {}, system.get("node") or {}
+
+        def get(section: dict, key: str, default: float) -> float:  # null: not given
+            value = section.get(key)
+            return float(default if value is None else value)
+
+        flops = {"bfloat16": get(gpu, "bfloat16_tc_flops", 0.0)}
         for key, dt in (("fp8_tc_flops", "fp8"), ("int8_tc_flops", "int8"), ("fp4_tc_flops", "fp4")):
             if gpu.get(key):
                 flops[dt] = float(gpu[key])
         return cls(name=name, mem_bw_bytes_s=float(gpu["mem_bw"]), peak_flops=flops,
-                   mem_efficiency=float(gpu.get("mem_bw_empirical_scaling_factor", 0.8)),
-                   mem_latency_s=float(gpu.get("mem_empirical_constant_latency", 3e-6)),
-                   link_bw_bytes_s=float(node.get("intra_node_bw", 450e9)),
-                   link_latency_s=float(node.get("p2p_latency", 1e-5)),
-                   memory_bytes=float(gpu.get("mem_capacity", 80 * 2**30)),
+                   mem_efficiency=get(gpu, "mem_bw_empirical_scaling_factor", 0.8),
+                   mem_latency_s=get(gpu, "mem_empirical_constant_latency", 3e-6),
+                   link_bw_bytes_s=get(node, "intra_node_bw", 450e9),
+                   link_latency_s=get(node, "p2p_latency", 1e-5),
+                   memory_bytes=get(gpu, "mem_capacity", 80 * 2**30),
                    sm_version=int(gpu["sm_version"]) if str(gpu.get("sm_version", "")).isdigit() else None)
 
     def memory_s(self, nbytes) -> np.ndarray:

@@ -136,6 +136,8 @@ def cross_validate_kernels(profile: pa.Table, k: int = 5, seed: int = 0, max_row
 
     Each fold's held-out measurements become holes the interpolant must fill from
     their neighbours: the error of predicting a shape the database did not measure.
+    Folds are drawn over each group's rows sorted by shape, so the order of the
+    table's rows does not change the estimate.
     """
     df = profile.to_pandas()
     feats = {"gemm": ["m", "n", "k"], "context_attention": ["sequences", "tokens"],
@@ -155,6 +157,9 @@ def cross_validate_kernels(profile: pa.Table, k: int = 5, seed: int = 0, max_row
             for _, group in part.groupby(keys[op]):
                 if len(group) < 2 * k:
                     continue
+                # folds drawn over the rows in shape order, not file order: the same
+                # measurements give the same estimate however the table is sorted
+                group = group.sort_values([*cols, "latency_s"], kind="stable")
                 X = group[cols].to_numpy(float)
                 y = group["latency_s"].to_numpy(float)
                 fold = rng.integers(0, k, len(y))

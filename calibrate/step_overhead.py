@@ -10,7 +10,6 @@ and validated on the others adds them back; the replay applies it to a step cost
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,12 +17,19 @@ import numpy as np
 import pandas as pd
 
 from mist.calibrate.calibration import ape_summary
-from mist.traces.errors import TraceError
+from mist.traces.checks import MAX_OPERATOR_S
 from mist.traces.io import read_yaml_object, write_yaml
+from mist.traces.rules import Rule, check_document
 
 #: the step overhead ``mist silicon`` applies unless told otherwise (made by
 #: ``mist silicon --fit-step-overhead``; the README gives the command)
 DEFAULT_STEP_OVERHEAD = Path(__file__).resolve().parents[1] / "profiles" / "silicon_step_overhead.yaml"
+#: the file's fields: non-negative times, at most what one step could take (an hour)
+RULES: dict[str, Rule] = {
+    "per_step_ms": Rule("number", 0, MAX_OPERATOR_S * 1e3, required=True),
+    "per_sequence_us": Rule("number", 0, MAX_OPERATOR_S * 1e6, required=True),
+    "fitted_on": Rule("object"),
+}
 
 
 @dataclass(frozen=True)
@@ -59,19 +65,11 @@ class StepOverhead:
         Raises
         ------
         TraceError
-            Unreadable file, a negative or non-numeric value, or ``fitted_on`` not a mapping.
+            Unreadable file, a value breaking :data:`RULES` (missing, negative, non-numeric,
+            beyond an hour), or ``fitted_on`` not a mapping.
         """
-        doc = read_yaml_object(path, "step overhead (per_step_ms, per_sequence_us)")
-        values = []
-        for key in ("per_step_ms", "per_sequence_us"):
-            v = doc.get(key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise TraceError(path, f"{key} must be a non-negative number, got {v!r}")
-            values.append(float(v))
-        fitted_on = doc.get("fitted_on") or {}
-        if not isinstance(fitted_on, dict):
-            raise TraceError(path, "fitted_on must be a mapping")
-        return cls(values[0] * 1e-3, values[1] * 1e-6, fitted_on)
+        doc = check_document(read_yaml_object(path, "step overhead (per_step_ms, per_sequence_us)"), RULES, path)
+        return cls(float(doc["per_step_ms"]) * 1e-3, float(doc["per_sequence_us"]) * 1e-6, doc.get("fitted_on") or {})
 
 
 def fit_step_overhead(df: pd.DataFrame, train: pd.Series, note: dict | None = None) -> StepOverhead:

@@ -278,14 +278,15 @@ def load_catalog(path=None, extra=()) -> dict[str, Hardware]:
 
 def _read_catalog(path: Path) -> dict[str, Hardware]:
     try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as exc:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
         raise TraceError(path, f"cannot read hardware catalog: {exc}") from exc
+    except RecursionError as exc:
+        raise TraceError(path, "cannot read hardware catalog: YAML nested too deeply") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise TraceError(
-            path, f"not valid YAML: {exc}", line=mark.line + 1 if mark else None
-        ) from exc
+        reason = " ".join(str(exc).split())  # one line: PyYAML's messages span several
+        raise TraceError(path, f"not valid YAML: {reason}", line=mark.line + 1 if mark else None) from exc
     devices = doc.get("devices") if isinstance(doc, dict) else None
     if not isinstance(devices, dict) or not devices:
         raise TraceError(path, "expected a top-level 'devices:' mapping of device name -> entry")

@@ -75,7 +75,7 @@ def test_efficiency_file_round_trip_and_system_match(tmp_path):
     (lambda d: d.pop("system"), "system must be a non-empty string"),
     (lambda d: d["series"][0].pop("top_k"), r"series\[0\]: needs"),
     (lambda d: d["series"][0]["time_us"].pop(), "same, non-zero length"),
-    (lambda d: d["series"][0]["time_us"].__setitem__(0, -3.0), "expected positive numbers"),
+    (lambda d: d["series"][0]["time_us"].__setitem__(0, -3.0), r"series\[0\].time_us: must be above 0"),
     (lambda d: d["series"][0].__setitem__("tp", 5), "not divisible by tp"),
     (lambda d: d["series"][0].__setitem__("colour", "red"), "unknown keys colour"),
     (lambda d: d["series"][-1].__setitem__("source", ""), r"source must be a non-empty string"),

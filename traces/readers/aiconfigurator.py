@@ -34,6 +34,7 @@ models this project composes use full attention.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -51,6 +52,7 @@ from mist.traces.checks import (
     violation,
 )
 from mist.traces.errors import TraceError, positive_numbers
+from mist.traces.rules import Rule, check_document
 from mist.traces.schema import OPERATOR_PROFILE, from_columns
 
 # table file stem -> (family folder, columns it must have)
@@ -61,7 +63,23 @@ TABLES = {
     "generation_attention_perf": ("attention", ("batch_size", "step", "num_heads", "num_key_value_heads",
                                                 "head_dim", "kv_cache_dtype", "latency")),
     "nccl_perf": ("comm", ("op_name", "nccl_dtype", "num_gpus", "message_size", "latency")),
-    "custom_allreduce_perf": ("comm", ("allreduce_dtype", "num_gpus", "message_size", "latency")),
+    "custom_allreduce_perf": ("comm", ("allreduce_dtype", "num_gpus", "message_size", "backend", "latency")),
+}
+#: the datasheet figures of a ``<system>.yaml`` the kernel composition reads (SI units), with
+#: physical ceilings far above any device: 1e16 bytes/s of memory or link bandwidth, 1e18
+#: FLOP/s, 2^60 bytes of memory, a second of latency
+SYSTEM_RULES: dict[str, Rule] = {
+    "gpu": Rule("object", required=True),
+    "gpu.mem_bw": Rule("number", 0, 1e16, above=True, required=True),
+    "gpu.mem_bw_empirical_scaling_factor": Rule("number", 0, 1, above=True),
+    "gpu.mem_empirical_constant_latency": Rule("number", 0, 1),
+    "gpu.mem_capacity": Rule("number", 0, 2.0**60, above=True),
+    "gpu.bfloat16_tc_flops": Rule("number", 0, 1e18, above=True, required=True),
+    **{f"gpu.{dt}_tc_flops": Rule("number", 0, 1e18) for dt in ("fp8", "int8", "fp4")},  # 0: none
+    "gpu.sm_version": Rule("int", 1, 1000),
+    "node": Rule("object"),
+    "node.intra_node_bw": Rule("number", 0, 1e16, above=True),
+    "node.p2p_latency": Rule("number", 0, 1),
 }
 ELEMENT_BYTES = {"half": 2, "bfloat16": 2, "float16": 2, "fp16": 2, "bf16": 2, "int8": 1, "fp8": 1,
                  "float": 4, "float32": 4}
@@ -85,8 +103,13 @@ def available(system_dir) -> dict[str, list[tuple[str, str, Path]]]:
         raise TraceError(root, "not a kernel-database folder (aiconfigurator system directory expected)")
     found: dict[str, list[tuple[str, str, Path]]] = {}
     for stem, (family, _) in TABLES.items():
-        for path in sorted(root.glob(f"{family}/*/*/{stem}.parquet")):
-            found.setdefault(stem, []).append((path.parent.parent.name, path.parent.name, path))
+        # every entry of that name, a broken link or a folder too (glob would leave a
+        # link loop out, and the next version's table would silently stand in for it:
+        # :func:`_read` refuses what is not a readable table)
+        for folder in sorted(p for p in root.glob(f"{family}/*/*") if p.is_dir()):
+            path = folder / f"{stem}.parquet"
+            if os.path.lexists(path):
+                found.setdefault(stem, []).append((folder.parent.name, folder.name, path))
     for stem in found:
         found[stem].sort(key=lambda t: _version_key(t[1]))
     if not found:
@@ -120,7 +143,8 @@ def _read(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     try:
         df = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise TraceError(path, f"not a readable Parquet file ({exc})") from exc
+        reason = " ".join(str(exc).split())  # one line: pyarrow's messages span several
+        raise TraceError(path, f"not a readable Parquet file ({reason})") from exc
     if df.empty:
         raise TraceError(path, "kernel table has no rows")
     missing = [c for c in required if c not in df.columns]
@@ -128,7 +152,7 @@ def _read(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
         raise TraceError(path, f"missing columns {missing}")
     positive_numbers(df["latency"], path, "latency", first_line=1, unit=" (ms)")
     for col in required:  # shape columns are cast to int64 later: whole, >= 0, <= 2^53
-        if col == "op_name" or col.endswith("dtype"):
+        if col in ("op_name", "backend") or col.endswith("dtype"):
             empty = np.flatnonzero(df[col].isna().to_numpy())
             if empty.size:
                 raise_at(path, col, int(empty[0]), None, "must be a name")
@@ -172,8 +196,7 @@ def _rows(stem: str, df: pd.DataFrame, hardware: str, framework: str, version: s
             ops = ("nccl_" + df["op_name"].astype(str)).tolist()
         else:
             ops = ["custom_all_reduce"] * n
-            if "backend" in df.columns:
-                cols["engine"] = df["backend"].astype(str).tolist()
+            cols["engine"] = df["backend"].astype(str).tolist()  # graph or eager
         cols.update(operator=ops, dtype=dtypes.tolist(), tp=df["num_gpus"].astype("int32"),
                     message_bytes=nbytes.astype("int64"))
     return {k: (v.tolist() if isinstance(v, (pd.Series, np.ndarray)) else v) for k, v in cols.items()}
@@ -262,10 +285,13 @@ def is_kernel_db(path) -> bool:
 
 
 def read_system_yaml(system_dir) -> dict | None:
-    """The datasheet ``<system>.yaml`` beside (or inside) a system folder, if present."""
+    """The datasheet ``<system>.yaml`` beside (or inside) a system folder, if present,
+    its figures checked against :data:`SYSTEM_RULES`."""
     root = Path(system_dir)
     for path in (root.parent / f"{root.name}.yaml", root / f"{root.name}.yaml", root / "system.yaml"):
-        if path.is_file():
+        if os.path.lexists(path):  # a folder or a broken link there is an error, never a fall-back
+            if not path.is_file():
+                raise TraceError(path, "cannot read the system datasheet: not a regular file")
             try:
                 data = yaml.safe_load(path.read_text(encoding="utf-8"))
             except yaml.YAMLError as exc:
@@ -274,5 +300,5 @@ def read_system_yaml(system_dir) -> dict | None:
                 raise TraceError(path, f"cannot read file ({type(exc).__name__}: {str(exc)[:200]})") from exc
             if not isinstance(data, dict):
                 raise TraceError(path, "expected a mapping at the top level")
-            return data
+            return check_document(data, SYSTEM_RULES, path)
     return None

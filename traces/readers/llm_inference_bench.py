@@ -60,6 +60,9 @@ LAYOUTS = {
     ),
 }
 _OPTIONAL = {"end_latency", "Throughput"}
+#: how many trailing fields a row of a layout may leave off (the TTFT/ITL file's rows without
+#: an ITL end at the TTFT); elsewhere a short row is a truncated one
+TRAILING_OPTIONAL = {"all_results": 0, "tp_pp": 0, "ttft_itl": 1}
 _INTS = {"Num of Hardware": "num_devices", "Input Output Length": "input_tokens",
          "Input Length": "input_tokens", "Output Length": "output_tokens",
          "Batch Size": "batch_size"}
@@ -106,8 +109,9 @@ def _number(path, line: int, col: str, cell: str, *, integer: bool) -> float | i
 
 def _row(path, line: int, layout: str, cells: list[str]) -> dict:
     cols, numbers = LAYOUTS[layout]
-    if len(cells) > len(cols) or len(cells) < len(cols) - sum(c in _OPTIONAL for c in cols):
-        raise TraceError(path, f"expected {len(cols)} fields, found {len(cells)}", line)
+    if len(cells) > len(cols) or len(cells) < len(cols) - TRAILING_OPTIONAL[layout]:
+        raise TraceError(path, f"expected {len(cols)} fields, found {len(cells)} (a truncated or malformed row)",
+                         line)
     cells = [c.strip() for c in cells] + [""] * (len(cols) - len(cells))
     out = {"line": line, "parallelism": "", "throughput_tok_s": None, "ttft_s": None,
            "itl_s": None}

@@ -12,6 +12,8 @@ measured ``silicon_ttft_ms`` and ``silicon_tpot_ms`` (ai-dynamo/aiconfigurator
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,8 @@ COUNTS = tuple(f.name for f in SILICON_ROWS if pa.types.is_integer(f.type))
 #: the measured latencies (ms)
 LATENCIES = tuple(f.name for f in SILICON_ROWS if pa.types.is_floating(f.type))
 TEXT = ("system", "backend", "backend_version", "model_path", "mode")
+#: text a row must give (the rows are selected by the first two, predicted from the others)
+NAMED = ("system", "backend", "model_path", "mode")
 
 
 def _line(df: pd.DataFrame, position: int) -> int:
@@ -44,15 +48,43 @@ def _load_csv(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise TraceError(path, "file not found")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        text = path.read_text(encoding="utf-8")
+        _check_fields(text, path)
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise TraceError(path, "empty file (expected a header line and rows)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except (pd.errors.ParserError, UnicodeDecodeError, csv.Error) as exc:
         raise TraceError(path, f"not a readable CSV file ({str(exc).strip().splitlines()[-1]})") from exc
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise TraceError(path, f"missing columns {missing}", line=1)
     return df
+
+
+def _check_fields(text: str, path: Path) -> None:
+    """Every row has as many fields as the header: a shorter one is a truncated or
+    malformed row (pandas would fill it with empty cells, and the row would vanish
+    from its system's selection)."""
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    for cells in reader:
+        if cells and len(cells) != len(header):
+            raise TraceError(path, f"expected {len(header)} fields as in the header, found {len(cells)} "
+                                   "(a truncated or malformed row)", line=reader.line_num)
+
+
+def _check_names(df: pd.DataFrame, path: Path, columns) -> None:
+    """``columns`` are non-empty on every row, and ``id`` (when the file has it) is unique."""
+    for col in columns:
+        bad = np.flatnonzero((df[col] == "").to_numpy())
+        if len(bad):
+            raise TraceError(path, f"{col}: must be given (a name), found an empty cell", line=_line(df, bad[0]))
+    if "id" in df.columns:
+        ids = df["id"].str.strip()
+        dup = np.flatnonzero((ids.duplicated() & (ids != "")).to_numpy())
+        if len(dup):
+            raise TraceError(path, f"id: {ids.iloc[dup[0]]!r} is given twice (a duplicated row)",
+                             line=_line(df, dup[0]))
 
 
 def _to_numbers(df: pd.DataFrame, path: Path) -> None:
@@ -112,10 +144,12 @@ def read_silicon(path, system: str | None = None, backend: str | None = None) ->
     for col in TEXT:
         if col in df.columns:
             df[col] = df[col].str.strip()
+    _check_names(df, path, ("system", "backend"))
     if system is not None:
         df = df[df["system"].str.casefold() == system.strip().casefold()]
     if backend is not None:
         df = df[df["backend"].str.casefold() == backend.strip().casefold()]
+    _check_names(df, path, NAMED)
     _to_numbers(df, path)
     _check_values(df, path)
     df.attrs["source"] = str(path)
