@@ -282,17 +282,36 @@ def _scrub(doc):
     return doc
 
 
-def fingerprint(out: Path, stdout: str) -> str:
-    """What a run produced, wall-clock fields aside: its JSON summary when it wrote one,
-    else its stdout with numbers of seconds masked."""
-    summary = out / "summary.json"
-    if summary.is_file():
-        return json.dumps(_scrub(json.loads(summary.read_text())), sort_keys=True)
-    return re.sub(r"\d+(\.\d+)? ?s\b", "<t>", stdout)
+def _masked(text: str, work: Path, out: Path) -> str:
+    """``text`` with the scratch folders named generically and durations masked, so a
+    damaged run's text compares with the clean run's."""
+    text = text.replace(str(out), "<out>").replace(str(work), "<work>")
+    return re.sub(r"\d+(\.\d+)? ?s\b", "<t>", text)
+
+
+def fingerprint(work: Path, out: Path, stdout: str) -> str:
+    """What a run produced, wall-clock fields and scratch paths aside: its stdout, and
+    every file it wrote under ``out`` (JSON without wall-clock keys, Parquet as data
+    without schema metadata, text files as text; images left out)."""
+    import pyarrow.parquet as pq
+
+    parts = [_masked(stdout, work, out)]
+    for path in sorted(p for p in out.rglob("*") if p.is_file()) if out.is_dir() else ():
+        rel = path.relative_to(out).as_posix()
+        if path.suffix == ".json":
+            body = json.dumps(_scrub(json.loads(path.read_text())), sort_keys=True)
+        elif path.suffix == ".parquet":
+            body = repr(pq.read_table(path).replace_schema_metadata(None).to_pydict())
+        elif path.suffix in (".csv", ".md", ".yaml", ".txt", ".jsonl"):
+            body = path.read_text(errors="replace")
+        else:
+            continue
+        parts.append(f"{rel}\n{_masked(body, work, out)}")
+    return "\n".join(parts)
 
 
 def reports_skip(text: str) -> bool:
-    return bool(re.search(r"skip|exclud|dropp|ignor", text, re.IGNORECASE))
+    return bool(re.search(r"(?<!nothing )skip|exclud|dropp|ignor", text, re.IGNORECASE))
 
 
 def classify(code, out_text: str, err: str, fp: str, clean_fp: str, clean_text: str) -> tuple[str, str]:
@@ -307,11 +326,9 @@ def classify(code, out_text: str, err: str, fp: str, clean_fp: str, clean_text: 
         return ("error", last) if re.match(r"mist [\w-]+: error: ", last) else ("TRACEBACK", last)
     if fp == clean_fp:
         return "same", ""
-    text = out_text + err
-    if reports_skip(text) and text != clean_text:
-        lines = [ln for ln in text.splitlines() if reports_skip(ln)]
-        return "skip", (lines or [""])[0][:300]
-    return "CHANGED", ""
+    before = {ln for ln in clean_text.splitlines() if reports_skip(ln)}
+    new = [ln for ln in (out_text + err).splitlines() if reports_skip(ln) and ln not in before]
+    return ("skip", new[0][:300]) if new else ("CHANGED", "")
 
 
 def campaign(kinds: list[Kind], timeout_s: float | None, show: bool) -> list[Outcome]:
@@ -328,7 +345,8 @@ def campaign(kinds: list[Kind], timeout_s: float | None, show: bool) -> list[Out
                 print(f"{kind.name}: the CLEAN run failed (exit {code}): {err.strip()[-400:]}", flush=True)
                 results.append(Outcome(kind.name, "clean", "TRACEBACK", err.strip()[-300:], argv))
                 continue
-            clean_fp, clean_text = fingerprint(clean_out, out_text), out_text + err
+            clean_fp = fingerprint(clean_work, clean_out, out_text)
+            clean_text = _masked(out_text + err, clean_work, clean_out)
             for label, damage in damages(kind):
                 work, out = tmp / "work", tmp / "out"
                 shutil.rmtree(work, ignore_errors=True)
@@ -338,10 +356,9 @@ def campaign(kinds: list[Kind], timeout_s: float | None, show: bool) -> list[Out
                     continue
                 argv = kind.argv(work, out)
                 code, out_text, err = run_mist(argv, timeout_s or kind.timeout_s, work)
-                text = out_text + err
-                fp = fingerprint(out, out_text) if code == 0 else ""
-                outcome, message = classify(code, out_text, err, fp, clean_fp,
-                                            clean_text.replace(str(clean_work), str(work)) if text else "")
+                fp = fingerprint(work, out, out_text) if code == 0 else ""
+                outcome, message = classify(code, _masked(out_text, work, out), _masked(err, work, out),
+                                            fp, clean_fp, clean_text)
                 results.append(Outcome(kind.name, label, outcome, message, argv))
                 if show or outcome != "error":
                     print(f"{kind.name:24s} {label:28s} {outcome:9s} {message}", flush=True)
