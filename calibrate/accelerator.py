@@ -297,6 +297,9 @@ class AcceleratorResult:
         for reason, n in r["skipped"].items():
             lines.append(f"skipped {n} row(s): {reason}")
         t = r["training"]
+        if t.get("skipped_rows"):
+            lines.append(f"skipped {t['skipped_rows']} training row(s) of other accelerators: "
+                         "no datasheet or no model config to compose them from")
         lines.append(f"prior from {t['rows']} rows of {len(t['accelerators'])} other accelerator(s), "
                      f"{t['groups']} accelerator x framework group(s)"
                      + (f"; its spread x{r['prior_scale']:g}, as the calibration rows' evidence chose"
@@ -313,7 +316,10 @@ def check_distinct(paths) -> None:
     points and predictions."""
     seen: dict = {}
     for path in map(Path, paths):
-        key = path.resolve()
+        try:
+            key = path.resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+            raise TraceError(path, f"cannot resolve the path (a symbolic link loop?): {exc}") from exc
         if key in seen:
             raise TraceError(path, f"given twice in --bench (as {seen[key]}): its rows would be both "
                                    "calibration points and predictions")

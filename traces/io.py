@@ -128,7 +128,7 @@ def read_yaml_object(path, what: str) -> dict:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise TraceError(path, f"cannot read {what}: not valid YAML ({exc})",
+        raise TraceError(path, f"cannot read {what}: not valid YAML ({' '.join(str(exc).split())})",
                          mark.line + 1 if mark else None) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise TraceError(path, f"cannot read {what}: {exc}") from exc
