@@ -2,6 +2,7 @@
 damaged, run the command that reads it, and sort what happened (issue 25).
 
     python bench/fuzz_campaign.py [--kind NAME ...] [--list] [--timeout S] [--show]
+                                  [--jobs N] [--sample K]
 
 Each *kind* (declared in ``fuzz_kinds_*.py`` beside this file) names a clean set of
 inputs copied into a scratch folder, the one file to damage, its format (JSONL, JSON,
@@ -36,6 +37,7 @@ import io
 import json
 import math
 import os
+import random
 import re
 import resource
 import shutil
@@ -44,6 +46,7 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -336,42 +339,71 @@ def classify(code, out_text: str, err: str, fp: str, clean_fp: str, clean_text: 
     return ("skip", new[0][:300]) if new else ("CHANGED", "")
 
 
-def campaign(kinds: list[Kind], timeout_s: float | None, show: bool) -> list[Outcome]:
+def _one(kind: Kind, label: str, damage, tmp: Path, i: int, timeout_s: float, clean) -> Outcome | None:
+    """Damage a copy of the clean inputs with ``damage``, run the command, classify."""
+    clean_work, clean_fp, clean_text = clean
+    work, out = tmp / f"work-{i}", tmp / f"out-{i}"
+    shutil.copytree(clean_work, work, symlinks=True)
+    try:
+        try:
+            applied = damage(work / kind.target)
+        except Exception as exc:  # a damage this format cannot hold (the harness's limit)
+            print(f"{kind.name:24s} {label:28s} not applied: {type(exc).__name__}: {exc}"[:300], flush=True)
+            return None
+        if not applied:
+            return None
+        argv = kind.argv(work, out)
+        code, out_text, err = run_mist(argv, timeout_s, work)
+        fp = fingerprint(work, out, out_text) if code == 0 else ""
+        outcome, message = classify(code, _masked(out_text, work, out), _masked(err, work, out),
+                                    fp, clean_fp, clean_text)
+        return Outcome(kind.name, label, outcome, message, argv)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def chosen_damages(kind: Kind, sample: int | None) -> list:
+    """Every damage of ``kind``, or with ``sample`` the file and table damages and
+    ``sample`` field damages drawn at random (seeded by the kind's name)."""
+    every = damages(kind)
+    if sample is None:
+        return every
+    whole = [d for d in every if ":" not in d[0]]
+    fields = [d for d in every if ":" in d[0]]
+    picked = sorted(random.Random(kind.name).sample(range(len(fields)), min(sample, len(fields))))
+    return whole + [fields[i] for i in picked]
+
+
+def campaign(kinds: list[Kind], timeout_s: float | None, show: bool, jobs: int = 1,
+             sample: int | None = None) -> list[Outcome]:
+    """Run every chosen damage of every kind (``jobs`` commands at a time)."""
     results: list[Outcome] = []
     for kind in kinds:
+        limit = timeout_s or kind.timeout_s
         with tempfile.TemporaryDirectory(prefix=f"mist-fuzz-{kind.name}-") as tmp:
             tmp = Path(tmp)
             clean_work, clean_out = tmp / "clean", tmp / "clean-out"
             clean_work.mkdir()
             kind.setup(clean_work)
             argv = kind.argv(clean_work, clean_out)
-            code, out_text, err = run_mist(argv, timeout_s or kind.timeout_s, clean_work)
+            code, out_text, err = run_mist(argv, limit, clean_work)
             if code != 0:
                 print(f"{kind.name}: the CLEAN run failed (exit {code}): {err.strip()[-400:]}", flush=True)
                 results.append(Outcome(kind.name, "clean", "TRACEBACK", err.strip()[-300:], argv))
                 continue
-            clean_fp = fingerprint(clean_work, clean_out, out_text)
-            clean_text = _masked(out_text + err, clean_work, clean_out)
-            for label, damage in damages(kind):
-                work, out = tmp / "work", tmp / "out"
-                shutil.rmtree(work, ignore_errors=True)
-                shutil.rmtree(out, ignore_errors=True)
-                shutil.copytree(clean_work, work, symlinks=True)
-                try:
-                    applied = damage(work / kind.target)
-                except Exception as exc:  # a damage this format cannot hold (the harness's limit)
-                    print(f"{kind.name:24s} {label:28s} not applied: {type(exc).__name__}: {exc}"[:300])
-                    continue
-                if not applied:
-                    continue
-                argv = kind.argv(work, out)
-                code, out_text, err = run_mist(argv, timeout_s or kind.timeout_s, work)
-                fp = fingerprint(work, out, out_text) if code == 0 else ""
-                outcome, message = classify(code, _masked(out_text, work, out), _masked(err, work, out),
-                                            fp, clean_fp, clean_text)
-                results.append(Outcome(kind.name, label, outcome, message, argv))
-                if show or outcome != "error":
-                    print(f"{kind.name:24s} {label:28s} {outcome:9s} {message}", flush=True)
+            clean = (clean_work, fingerprint(clean_work, clean_out, out_text),
+                     _masked(out_text + err, clean_work, clean_out))
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                futures = [pool.submit(_one, kind, label, damage, tmp, i, limit, clean)
+                           for i, (label, damage) in enumerate(chosen_damages(kind, sample))]
+                for future in futures:
+                    got = future.result()
+                    if got is None:
+                        continue
+                    results.append(got)
+                    if show or got.outcome != "error":
+                        print(f"{kind.name:24s} {got.damage:28s} {got.outcome:9s} {got.message}", flush=True)
     return results
 
 
@@ -391,6 +423,10 @@ def main() -> int:
     parser.add_argument("--list", action="store_true", help="list the kinds and exit")
     parser.add_argument("--timeout", type=float, help="seconds per command (default: each kind's)")
     parser.add_argument("--show", action="store_true", help="print every outcome, errors too")
+    parser.add_argument("--jobs", type=int, default=1, help="commands run at a time (default 1)")
+    parser.add_argument("--sample", type=int, metavar="K",
+                        help="per kind, every file and table damage but only K field damages, drawn "
+                             "at random (seeded by the kind's name; default: every damage)")
     args = parser.parse_args()
     kinds = all_kinds()
     if args.list:
@@ -398,7 +434,7 @@ def main() -> int:
             print(f"{kind.name:24s} {kind.target} ({kind.fmt}): {len(damages(kind))} damages {kind.notes}")
         return 0
     chosen = [kinds[k] for k in args.kind] if args.kind else list(kinds.values())
-    results = campaign(chosen, args.timeout, args.show)
+    results = campaign(chosen, args.timeout, args.show, args.jobs, args.sample)
     counts: dict[str, Counter] = {}
     for r in results:
         counts.setdefault(r.kind, Counter())[r.outcome] += 1
