@@ -19,10 +19,14 @@ def block_phases(running: list, kv: KVCache) -> tuple[list, list | None]:
     fills = [[] for _ in range(block)] if kv.prefix_caching else None
     for r in running:
         c = r.num_computed
-        first = max(len(r.blocks) * block - c + 1, 1)
+        first = len(r.blocks) * block - c + 1
+        if first < 1:
+            first = 1
         takes[first % block].append((first, r))
         if fills is not None:
-            first = max((r.num_committed + 1) * block - c, 1)
+            first = (r.num_committed + 1) * block - c
+            if first < 1:
+                first = 1
             fills[first % block].append((first, r))
     return takes, fills
 
@@ -33,7 +37,7 @@ def grow_kv(kv: KVCache, takes: list, fills: list | None, k: int) -> bool:
     allocations before commits); False, with nothing taken, when blocks run out."""
     phase = k % kv.block_size
     due = [r for first, r in takes[phase] if first <= k]
-    if len(due) > len(kv.free):
+    if len(due) > kv.num_free:
         return False
     for r in due:
         kv.allocate(r, r.num_computed + k)

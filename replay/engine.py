@@ -180,12 +180,17 @@ class Replay:
             rep.current = None
             return []
         n_decode = plan.n_decode
-        d = self.cost.step_s(plan.num_tokens, len(items), plan.prefills, n_decode, plan.kv_decode_sum,
-                             plan.kv_decode_max, plan.kv_decode_min) if items else 0.0
+        if not items:
+            d = 0.0
+        elif plan.prefills:
+            d = self.cost.step_s(plan.num_tokens, len(items), plan.prefills, n_decode, plan.kv_decode_sum,
+                                 plan.kv_decode_max, plan.kv_decode_min)
+        else:  # (decodes alone: every item one token)
+            d = self.cost.decode_s(n_decode, plan.kv_decode_sum, plan.kv_decode_max, plan.kv_decode_min)
         rep.current = plan
         steps, kv = self.steps, rep.kv  # (kv.used_blocks, inlined)
         steps.append((rep.index, now, d, len(plan.prefills), plan.num_tokens - n_decode, n_decode,
-                      plan.kv_tokens, len(rep.running), len(rep.waiting), kv.num_blocks - len(kv.free), plan.preempted))
+                      plan.kv_tokens, len(rep.running), len(rep.waiting), kv.num_blocks - kv.num_free, plan.preempted))
         group.busy = True
         if (self.coast and not rep.waiting and n_decode == len(items) == len(rep.running)
                 and not plan.first and not plan.last and not plan.preempted
@@ -209,8 +214,9 @@ class Replay:
         precedes (read from the event loop); token counts are then brought up to date, so
         the replay is the same event for event, bit for bit.
         """
-        running, kv, cost, steps = rep.running, rep.kv, self.cost, self.steps
-        free = kv.free
+        running, kv, steps = rep.running, rep.kv, self.steps
+        num_blocks, block, index = kv.num_blocks, kv.block_size, rep.index
+        decode_s, log = self.cost.decode_s, steps.append
         sync = not self.cfg.async_scheduling
         n = len(running)
         kv_sum, kv_max, kv_min = plan.kv_decode_sum, plan.kv_decode_max, plan.kv_decode_min
@@ -218,14 +224,17 @@ class Replay:
         takes, fills = block_phases(running, kv)
         next_arrival = self.loop.next_time()
         done = 0  # plans built here beyond ``plan``
-        current = plan
-        quiet = StepPlan()  # a coasted step: no first or last token to emit at its end
+        logged = 0  # coasted steps logged
         while True:
             end = now + d
             if sync and next_arrival < end:
                 break
             k = done + 1
-            if k >= last_plan or not grow_kv(kv, takes, fills, k):
+            if k >= last_plan:
+                break
+            phase = k % block
+            # (most plans take and fill no block: grow_kv is called only when one might)
+            if (takes[phase] or (fills is not None and fills[phase])) and not grow_kv(kv, takes, fills, k):
                 break
             done = k
             kv_sum += n
@@ -235,11 +244,11 @@ class Replay:
                 rep.pending = decode_plan(running, kv_sum, kv_max, kv_min)
                 break
             now = end
-            d = cost.step_s(n, n, [], n, kv_sum, kv_max, kv_min)
-            current = quiet
-            self.coasted += 1
-            steps.append((rep.index, now, d, 0, 0, n, kv_sum, n, 0,
-                          kv.num_blocks - len(free), 0))
+            d = decode_s(n, kv_sum, kv_max, kv_min)
+            logged += 1
+            log((index, now, d, 0, 0, n, kv_sum, n, 0, num_blocks - kv.num_free, 0))
+        self.coasted += logged
+        current = plan if not logged else StepPlan()  # (coasted: no first or last token to emit)
         for r in running:
             r.num_computed += done
             r.num_generated += done

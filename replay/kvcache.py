@@ -15,8 +15,6 @@ would change no lookup, only cost time.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from mist.replay.request import Request
 
 _SALT_TAG = -7  # marks per-request salted hashes; token ids are never negative
@@ -36,13 +34,26 @@ def prompt_block_hashes(token_ids, block_size: int) -> list[int]:
 
 
 class KVCache:
-    """Block allocator with prefix caching (``enable_prefix_caching``)."""
+    """Block allocator with prefix caching (``enable_prefix_caching``).
+
+    The free queue is a list read from ``head`` (least recently freed first): blocks
+    are taken and returned a slice at a time. A free block that a prefix hit takes
+    back (:meth:`take_prefix`) stays in the list, counted in ``dead``, and is skipped
+    when its turn comes: a block's dead entries always precede its live one.
+    """
+
+    #: taken entries the free list keeps before it is compacted
+    _COMPACT = 4096
 
     def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = True):
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.prefix_caching = prefix_caching
-        self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self.queue: list[int] = list(range(num_blocks))  # free blocks in LRU order, from ``head``
+        self.head = 0
+        self.num_free = num_blocks
+        self.dead: dict[int, int] = {}  # block -> entries of it in ``queue`` that are no longer free
+        self.shared = 0  # blocks held by more than one request
         self.ref = [0] * num_blocks
         self.hash_of: list[int | None] = [None] * num_blocks
         self.block_of: dict[int, int] = {}
@@ -50,8 +61,19 @@ class KVCache:
         self.queried_tokens = 0
 
     @property
+    def free(self) -> list[int]:
+        """The free blocks, least recently freed first (the order they are handed out)."""
+        dead, out = dict(self.dead), []
+        for b in self.queue[self.head:]:
+            if dead.get(b):
+                dead[b] -= 1
+            else:
+                out.append(b)
+        return out
+
+    @property
     def used_blocks(self) -> int:
-        return self.num_blocks - len(self.free)
+        return self.num_blocks - self.num_free
 
     def _hashes(self, req: Request, upto_blocks: int) -> list[int]:
         """Hashes of the request's first ``upto_blocks`` full blocks (computed lazily)."""
@@ -94,35 +116,69 @@ class KVCache:
 
     def take_prefix(self, req: Request, num_tokens: int) -> None:
         """Attach the cached blocks of ``req``'s first ``num_tokens`` tokens."""
+        ref, dead = self.ref, self.dead
         for h in req.block_hashes[: num_tokens // self.block_size]:
             b = self.block_of[h]
-            if self.ref[b] == 0:
-                del self.free[b]
-            self.ref[b] += 1
+            if ref[b] == 0:  # (its entry in the free queue is skipped when reached)
+                dead[b] = dead.get(b, 0) + 1
+                self.num_free -= 1
+            elif ref[b] == 1:
+                self.shared += 1
+            ref[b] += 1
             req.blocks.append(b)
         req.num_committed = len(req.blocks)
 
     def can_allocate(self, req: Request, num_tokens: int) -> bool:
         need = -(-num_tokens // self.block_size) - len(req.blocks)
-        return need <= len(self.free)
+        return need <= self.num_free
 
     def allocate(self, req: Request, num_tokens: int) -> bool:
         """Grow ``req`` to hold ``num_tokens`` tokens; False (and no change) if blocks run out."""
         blocks = req.blocks
         need = -(-num_tokens // self.block_size) - len(blocks)
-        free = self.free
-        if need > len(free):
+        if need > self.num_free:
             return False
-        pop, hash_of, ref = free.popitem, self.hash_of, self.ref
-        for _ in range(need):
-            b = pop(False)[0]  # the least recently freed block
-            h = hash_of[b]
-            if h is not None:  # evict the cached content
-                del self.block_of[h]
-                hash_of[b] = None
+        if need <= 0:
+            return True
+        head = self.head
+        if self.dead:
+            taken, head = self._take_live(need, head)
+        else:
+            taken = self.queue[head:head + need]  # the least recently freed blocks
+            head += need
+        self.num_free -= need
+        if self.block_of:  # evict the cached content
+            hash_of, block_of = self.hash_of, self.block_of
+            for b in taken:
+                h = hash_of[b]
+                if h is not None:
+                    del block_of[h]
+                    hash_of[b] = None
+        ref = self.ref
+        for b in taken:
             ref[b] = 1
-            blocks.append(b)
+        blocks += taken
+        if head >= self._COMPACT and 2 * head >= len(self.queue):
+            del self.queue[:head]
+            head = 0
+        self.head = head
         return True
+
+    def _take_live(self, need: int, head: int) -> tuple[list, int]:
+        """The next ``need`` free blocks from ``head``, skipping dead entries; and the new head."""
+        queue, dead, taken = self.queue, self.dead, []
+        while len(taken) < need:
+            b = queue[head]
+            head += 1
+            left = dead.get(b)
+            if left:
+                if left == 1:
+                    del dead[b]
+                else:
+                    dead[b] = left - 1
+            else:
+                taken.append(b)
+        return taken, head
 
     def commit(self, req: Request) -> None:
         """Register the hashes of blocks that are now full of computed tokens (those
@@ -165,11 +221,21 @@ class KVCache:
         if preempted and self.prefix_caching:
             ids = req.token_ids
             self._register(req, len(ids) // self.block_size if ids is not None else 0, req.num_committed)
-        ref, free = self.ref, self.free
-        for b in reversed(req.blocks):
-            left = ref[b] - 1
-            ref[b] = left
-            if not left:
-                free[b] = None
+        blocks, ref = req.blocks, self.ref
+        if not self.shared:  # every block is this request's alone: all free again
+            for b in blocks:
+                ref[b] = 0
+            self.queue += reversed(blocks)
+            self.num_free += len(blocks)
+        else:
+            queue = self.queue
+            for b in reversed(blocks):
+                left = ref[b] - 1
+                ref[b] = left
+                if not left:
+                    queue.append(b)
+                    self.num_free += 1
+                elif left == 1:
+                    self.shared -= 1
         req.blocks = []
         req.num_committed = 0

@@ -38,6 +38,7 @@ from mist.replay.engine import Replay
 from mist.replay.request import Request
 from mist.replay.step_cost import StepCost
 from mist.replay.stream import (
+    LazyIds,
     Recorder,
     StepWriter,
     arrival_order,
@@ -215,10 +216,10 @@ def simulate(requests: pa.Table, cfg: EngineConfig, cost: StepCost, arrival: str
     kind = "client" if arrival == "client" else "engine"
     t = arrival_times(requests, kind)
     order = arrival_order(t)
-    src = requests.select(["request_id", "arrival_s", "input_tokens", "output_tokens"]).to_pydict()
-    ids = src["request_id"]
-    check_fits([ids[i] for i in order], np.asarray(src["input_tokens"], dtype=np.int64)[order],
-               np.asarray(src["output_tokens"], dtype=np.int64)[order], cfg)
+    src = {k: requests.column(k) for k in ("request_id", "arrival_s", "input_tokens", "output_tokens")}  # (Arrow)
+    ids = LazyIds(src["request_id"])
+    check_fits(LazyIds(src["request_id"], order),
+               *(src[k].to_numpy().astype(np.int64)[order] for k in ("input_tokens", "output_tokens")), cfg)
     recorder = Recorder(len(t))
     writer = StepWriter(steps_path) if steps_path is not None else None
     t0 = time.perf_counter()

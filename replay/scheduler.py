@@ -103,23 +103,48 @@ def _build(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now: f
     only after admission, in step order, as schedule-then-apply does: an admission must
     not hit blocks computed in the same step."""
     plan = StepPlan()
-    budget = cfg.max_num_batched_tokens
-    block = kv.block_size
-    add_item, add_prefill = plan.items.append, plan.prefills.append
+    budget, decode_kv, prefill_kv, to_commit = _run(cfg.max_num_batched_tokens, running, waiting, kv, plan, advance)
+    n_scheduled = len(plan.items)
+    if waiting and not plan.preempted:
+        budget = _admit(cfg, running, waiting, kv, now, plan, budget)
+    plan.num_tokens = cfg.max_num_batched_tokens - budget
+    if advance:
+        _settle(plan, decode_kv, prefill_kv, to_commit, n_scheduled, kv)
+    return plan
+
+
+def _run(budget: int, running: list, waiting: deque, kv: KVCache, plan: StepPlan, advance: bool) -> tuple:
+    """:func:`_build`'s running requests: ``(budget left, decode KV lengths, prefill KV tokens, requests to
+    commit)``. (Preemption shrinks ``running`` from the back: a request preempting itself was the last.)"""
+    block, add_item, add_prefill = kv.block_size, plan.items.append, plan.prefills.append
     add_first, add_last = plan.first.append, plan.last.append
     decode_kv: list[int] = []  # KV lengths of the decodes (their count, sum, max and min)
-    add_decode = decode_kv.append
-    to_commit: list[Request] = []  # (and the KV tokens of the prefills)
-    prefill_kv = 0
-    # A for loop over a list that preemption shrinks from the back: when the current
-    # request preempts itself it was the last, and the loop ends.
+    add_decode, to_commit, prefill_kv = decode_kv.append, [], 0
     for req in running:
         if budget <= 0:
             break
         computed, num_tokens = req.num_computed, req.num_tokens
         n = num_tokens - computed
-        if n > budget:
-            n = budget
+        if n == 1 and advance:  # a decode (the common case): the general path below, unrolled
+            generated, output_len = req.num_generated, req.output_len
+            if generated >= output_len or (  # done, awaiting its last output; or no KV blocks
+                    num_tokens > len(req.blocks) * block and not kv.allocate(req, num_tokens)
+                    and not _make_room(req, num_tokens, running, waiting, kv, plan)):
+                continue
+            add_item((req, 1))
+            budget -= 1
+            req.num_computed = num_tokens
+            add_decode(num_tokens)
+            if num_tokens // block > req.num_committed:
+                to_commit.append(req)
+            req.num_generated = generated = generated + 1
+            req.num_tokens = num_tokens + 1
+            if generated == 1:
+                add_first(req)
+            if generated == output_len:
+                add_last(req)
+            continue
+        n = min(n, budget)
         generated, output_len = req.num_generated, req.output_len
         if n <= 0 or generated >= output_len:  # done, awaiting its last output
             continue
@@ -147,13 +172,7 @@ def _build(cfg: EngineConfig, running: list, waiting: deque, kv: KVCache, now: f
                     add_first(req)
                 if generated == output_len:
                     add_last(req)
-    n_scheduled = len(plan.items)
-    if waiting and not plan.preempted:
-        budget = _admit(cfg, running, waiting, kv, now, plan, budget)
-    plan.num_tokens = cfg.max_num_batched_tokens - budget
-    if advance:
-        _settle(plan, decode_kv, prefill_kv, to_commit, n_scheduled, kv)
-    return plan
+    return budget, decode_kv, prefill_kv, to_commit
 
 
 def _make_room(req: Request, need: int, running: list, waiting: deque, kv: KVCache, plan: StepPlan) -> bool:

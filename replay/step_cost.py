@@ -29,6 +29,7 @@ their bucket (see :mod:`mist.calibrate.skew`).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -121,6 +122,54 @@ class StepCost:
                 t += attn(c, k, 0, 0)
         return t * self.num_layers
 
+    @cached_property
+    def _decode_rows(self) -> dict:
+        """Per decode count ``n``: what a decode-only step's duration needs that depends on
+        ``n`` alone (see :meth:`decode_s`), filled as counts are met."""
+        return {}
+
+    def _decode_row(self, n: int) -> tuple:
+        """``(dense + per-sequence s, host s or None, grid offset of n's row, n's weight)``."""
+        dense, per_seq = self.dense_s, self.per_seq_s
+        d = dense[n] if n < len(dense) else dense[-1] * n / (len(dense) - 1)
+        s = per_seq[n] if n < len(per_seq) else per_seq[-1] * n / (len(per_seq) - 1)
+        grid = self._decode_only
+        ax = grid.axes[0]
+        if n <= ax[0]:
+            i, fx = 0, 0.0
+        elif n >= ax[-1]:
+            i, fx = len(ax) - 1, 0.0
+        else:
+            i = bisect_right(ax, n) - 1
+            fx = (n - ax[i]) / (ax[i + 1] - ax[i])
+        row = (d + s, self.host(n, n) if self.host is not None else None, i * grid.strides[0], fx)
+        self._decode_rows[n] = row
+        return row
+
+    def decode_s(self, n: int, kv_sum: int, kv_max: int, kv_min: int) -> float:
+        """:meth:`step_s` of a decode-only step of ``n >= 1`` sequences (``n`` tokens, no
+        prefill), bit for bit: the terms that depend on ``n`` alone are kept per ``n`` and
+        the decode-only attention grid is read inline (the replay's hottest call)."""
+        row = self._decode_rows.get(n) or self._decode_row(n)
+        grid = self._decode_only
+        ay, vals, sx = grid.axes[1], grid.values, grid.strides[0]
+        ds, host, o0, fx = row
+        kv_mean = kv_sum / n
+        t = _row_at(vals, ay, sx, o0, fx, kv_mean)
+        if n > 1 and kv_max > kv_mean:
+            skew = self.skew
+            alpha = self.skew_alpha
+            if skew is not None:
+                alpha = skew(0, n, kv_min, kv_mean, kv_max, 0) if skew.table else skew.default
+            if alpha:
+                t_max = _row_at(vals, ay, sx, o0, fx, kv_max)
+                if t_max > t:
+                    t += alpha * (t_max - t)
+        t = ds + t * self.num_layers + self.overhead_s
+        if host is not None:
+            t += host
+        return t * self.scale
+
     def operators_only(self) -> StepCost:
         """This cost with no host time, constant overhead or drift scale: the operators'
         composition alone (what :mod:`mist.calibrate.host` fits the host time against)."""
@@ -154,3 +203,20 @@ class StepCost:
         moe = self.moe_s[total] if total < len(self.moe_s) else self.moe_s[-1] * total / (len(self.moe_s) - 1)
         exchange = self.exchange_s + self.exchange_s_per_token * received
         return max(own_s) + (moe + exchange) * self.scale
+
+
+def _row_at(vals: tuple, ay: tuple, sx: int, o: int, fx: float, y: float) -> float:
+    """:meth:`GridLookup.bilinear` at ``y`` on a 2-axis grid whose first argument sits at
+    row offset ``o`` with weight ``fx`` (the same arithmetic, step for step)."""
+    if y <= ay[0]:
+        j, fy = 0, 0.0
+    elif y >= ay[-1]:
+        j, fy = len(ay) - 1, 0.0
+    else:
+        j = bisect_right(ay, y) - 1
+        fy = (y - ay[j]) / (ay[j + 1] - ay[j])
+    o += j
+    v = vals[o] * (1.0 - fy) + (vals[o + 1] * fy if fy else 0.0)
+    if fx:
+        v = v * (1.0 - fx) + fx * (vals[o + sx] * (1.0 - fy) + (vals[o + sx + 1] * fy if fy else 0.0))
+    return v

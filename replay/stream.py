@@ -60,6 +60,17 @@ def request_stream(requests: pa.Table, t: np.ndarray, order: np.ndarray) -> Iter
             yield Request(i, ids[j], ti, int(inp[j]), int(out[j]), tok[j])
 
 
+class LazyIds:
+    """Request ids of an Arrow column by position (in ``order``, if given), made as asked
+    for (only error messages ask): as Python strings they held ~60 B a request."""
+
+    def __init__(self, column: pa.ChunkedArray, order: np.ndarray | None = None):
+        self.column, self.order = column, order
+
+    def __getitem__(self, i: int) -> str:
+        return self.column[int(i if self.order is None else self.order[i])].as_py()
+
+
 def check_fits(ids, prompt: np.ndarray, output: np.ndarray, cfg: EngineConfig) -> None:
     """Raise ReplayError unless every request (``ids``, ``prompt``/``output`` tokens, in
     arrival order) can run: it fits in one replica's KV cache, and (chunked prefill off)
@@ -124,31 +135,40 @@ class StepWriter:
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         os.close(fd)
         self.tmp = Path(tmp)
-        self.parts: list[pa.Table] = []
+        # the buffered rows, column by column (chunks of each): a row group is put
+        # together one column at a time, so writing it adds one column, not a table
+        self.chunks: list[list[pa.Array]] = [[] for _ in STEPS]
         self.buffered = 0
         self.rows = 0
         self.writer = pq.ParquetWriter(self.tmp, STEPS, compression="zstd")
 
     def __call__(self, columns: dict) -> None:
         part = from_columns(STEPS, columns)
-        self.parts.append(part)
+        for chunks, column in zip(self.chunks, part.columns):
+            chunks.extend(column.chunks)
         self.buffered += part.num_rows
+        del part
         while self.buffered >= ROW_GROUP_ROWS:
             self._write(ROW_GROUP_ROWS)
 
     def _write(self, n: int) -> None:
-        table = pa.concat_tables(self.parts)
-        self.writer.write_table(table.slice(0, n).combine_chunks())
-        rest = table.slice(n)
-        self.parts = [rest] if rest.num_rows else []
-        self.buffered = rest.num_rows
+        """Write the first ``n`` buffered rows as one row group (the same values, types
+        and schema as one table written whole: the same bytes)."""
+        arrays = []
+        for i, field in enumerate(STEPS):
+            whole = pa.chunked_array(self.chunks[i], type=field.type)
+            self.chunks[i] = whole.slice(n).chunks  # (the rest; this column's written rows freed below)
+            # (numpy owns the combined column, as it owned most of the chunks: their memory is reused)
+            arrays.append(pa.array(np.concatenate([c.to_numpy() for c in whole.slice(0, n).chunks] or
+                                                  [np.empty(0, field.type.to_pandas_dtype())]), type=field.type))
+            del whole
+        self.writer.write_table(pa.Table.from_arrays(arrays, schema=STEPS))
+        self.buffered -= n
         self.rows += n
 
     def close(self) -> int:
         """Write what is buffered, put the file in place; return the rows written."""
         if self.buffered or not self.rows:  # (an empty table is one empty row group)
-            if not self.parts:
-                self.parts = [from_columns(STEPS, {f.name: [] for f in STEPS})]
             self._write(self.buffered)
         self.writer.close()
         os.chmod(self.tmp, 0o644)

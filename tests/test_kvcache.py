@@ -287,3 +287,41 @@ def test_registering_salted_blocks_at_preemption_changes_no_result(seed, monkeyp
         results.append(([(r.first_token_s, r.finished_s, r.cached_tokens, r.num_preemptions)
                           for r in sorted(rep.requests, key=lambda r: r.index)], rep.steps))
     assert results[0] == results[1]
+
+
+def test_free_queue_order_with_a_free_block_taken_back_by_a_prefix_hit():
+    """A prefix hit on freed blocks takes them out of the LRU queue; released again they
+    rejoin it at the back (the blocks handed out next are worked out by hand)."""
+    kv = KVCache(num_blocks=4, block_size=2)
+    a = _req(1, 5, [1, 2, 3, 4, 5])
+    _compute_all(kv, a)  # blocks 0, 1, 2 (0 and 1 full: registered)
+    assert a.blocks == [0, 1, 2] and kv.free == [3]
+    kv.release(a)
+    assert kv.free == [3, 2, 1, 0] and kv.num_free == 4  # tail first
+    b = _req(2, 5, [1, 2, 3, 4, 5])
+    assert kv.match_prefix(b) == 4
+    kv.take_prefix(b, 4)
+    assert b.blocks == [0, 1] and kv.free == [3, 2] and kv.used_blocks == 2
+    c = _req(3, 4, [7, 7, 7, 7])  # shares block 0 with nobody
+    assert kv.match_prefix(c) == 0
+    d = _req(4, 5, [1, 2, 3, 4, 5])
+    kv.take_prefix(d, kv.match_prefix(d))  # blocks 0 and 1 now held twice
+    assert kv.ref[0] == kv.ref[1] == 2 and kv.free == [3, 2]
+    kv.release(b)
+    assert kv.free == [3, 2] and kv.ref[0] == 1  # still held by d
+    kv.release(d)
+    assert kv.free == [3, 2, 1, 0]
+    assert kv.allocate(c, 8) and c.blocks == [3, 2, 1, 0]  # the taken-back entries are skipped
+    assert kv.block_of == {} and kv.num_free == 0 and kv.free == []  # 0 and 1 evicted
+
+
+def test_free_queue_is_compacted_and_keeps_its_order():
+    kv = KVCache(num_blocks=64, block_size=1)
+    reqs = [_req(i, 1) for i in range(64)]
+    for rounds in range(200):  # 200 x 64 blocks through the queue: compacted many times
+        for r in reqs:
+            assert kv.allocate(r, 1)
+        for r in reqs[::-1] if rounds % 2 else reqs:
+            kv.release(r)
+    assert len(kv.queue) - kv.head == 64 and kv.head < 2 * KVCache._COMPACT + 64
+    assert kv.free == [r.index for r in reqs] and kv.ref == [0] * 64

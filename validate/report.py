@@ -21,6 +21,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from mist.traces.io import atomic_write_bytes, atomic_write_text
 from mist.validate.align import METRICS, AlignResult
+from mist.validate.cdf import cdf_points
 from mist.validate.metrics import ape, excluded, format_table, valid_mask
 
 LABELS = {"ttft": "TTFT (s)", "tpot": "TPOT (s)", "e2e": "E2E latency (s)"}
@@ -90,10 +91,8 @@ def _cdf_panels(series: list[tuple[dict, str, str]]) -> Figure:
     fig, axes = _panels(len(METRICS))
     for ax, metric in zip(axes, METRICS, strict=True):
         for values, color, label in series:
-            x = np.sort(values[metric])
-            ax.step(
-                x, np.arange(1, x.size + 1) / max(x.size, 1), where="post", color=color, label=label
-            )
+            x, y = cdf_points(values[metric])
+            ax.step(x, y, where="post", color=color, label=label)
         if (decades := _decades(*(values[metric] for values, _, _ in series))) > 1:
             _log_axes(ax, decades, "x")
         ax.set(xlabel=LABELS[metric], ylabel="fraction of requests", ylim=(0, 1.02))
