@@ -24,6 +24,11 @@ class TraceError(ValueError):
         super().__init__(f"{where}: {reason}")
 
 
+class InputWarning(UserWarning):
+    """Input read with a part left out or a setting doubted; the job still runs and the
+    message says what and why (``mist`` prints it as ``mist <cmd>: warning: …``)."""
+
+
 class ReplayError(ValueError):
     """A replay that cannot run as configured (no room for a KV cache, a request larger
     than the cache, a simulation that stalled); the message says what to change."""

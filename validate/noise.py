@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mist.profiles.measure.probe import drift_ratio
+from mist.traces.errors import InputWarning
 from mist.traces.formats import read_trace
 from mist.validate.align import AlignResult, align
 from mist.validate.metrics import rounded, summarize
@@ -90,7 +91,7 @@ def noise_floor(settings: NoiseSettings) -> NoiseResult:
     for e in excluded:
         where = f" (line {e['line']})" if "line" in e else ""
         warnings.warn(f"recording {e['recording']}: request {e['request_id']}{where} excluded from the "
-                      f"comparison: {e['reason']}", UserWarning, stacklevel=2)
+                      f"comparison: {e['reason']}", InputWarning, stacklevel=2)
     aligned = align(a.requests.to_pandas(), b.requests.to_pandas(), excluded)
     ratio = drift_ratio([b.meta.get("speed_probe"), b.meta.get("speed_probe_end")],
                         [a.meta.get("speed_probe"), a.meta.get("speed_probe_end")])

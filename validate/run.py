@@ -31,7 +31,7 @@ from mist.profiles.measure.probe import drift_ratio
 from mist.replay.config import EngineConfig
 from mist.replay.run import ARRIVALS, input_warnings, load_deployment, prepare, simulate
 from mist.traces.checks import MAX_TOKENS, MAX_TRACE_S, Check, raise_at, violation
-from mist.traces.errors import TraceError
+from mist.traces.errors import InputWarning, TraceError
 from mist.traces.io import write_table
 from mist.traces.readers.vllm_run import attach_workload, read_vllm_run
 from mist.validate.align import AlignResult, align
@@ -57,11 +57,6 @@ TIMESERIES_CHECKS: dict[str, Check] = {
 _WORKLOAD = "workload.jsonl"  # `mist record` keeps its generated stream in the run folder
 _ATTRIBUTION_INTRO = ("Error of each request split at the instant it was first scheduled: "
                       "queueing (waiting for admission) versus its own service (prefill and decode steps).\n\n")
-
-
-class InputWarning(UserWarning):
-    """Something about the inputs deserves a warning; the replay still runs (requests
-    longer than the model's context, a run recorded with another model)."""
 
 
 @dataclass(frozen=True)

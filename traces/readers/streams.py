@@ -221,6 +221,10 @@ def parse_workload(path) -> dict:
         length differs from ``input_toks``.
     """
     cols = parse_stream(path, "workload-jsonl")
+    for name in ("input_toks", "output_toks"):  # (read_trace checks them too; mist validate reads only this)
+        bad = np.flatnonzero(cols[name] < 0)
+        if bad.size:
+            raise TraceError(path, f"{name} is negative ({cols[name][bad[0]]})", int(cols["lines"][bad[0]]))
     ids = [rec.get("input_tok_ids") for rec in cols.pop("records")]
     check_token_ids(path, ids, cols["input_toks"], cols["lines"])
     cols["input_tok_ids"] = ids

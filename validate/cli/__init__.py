@@ -11,12 +11,14 @@ module imports the library inside ``run``, so ``mist --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from mist.traces.errors import ReplayError, TraceError
+from mist.traces.errors import InputWarning, ReplayError, TraceError
 
 #: sub-command -> the module that holds it
 COMMANDS = {
@@ -96,12 +98,31 @@ def _check_outputs(args: argparse.Namespace) -> None:
             _check_replaced(args, path)
 
 
+@contextlib.contextmanager
+def _input_warnings_printed(command: str):
+    """Inside, an :class:`InputWarning` (input left out or doubted, the job goes on) is
+    printed as ``mist <command>: warning: <message>``, every time; other warnings as Python
+    shows them."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, *rest, **kw):
+            if not issubclass(category, InputWarning):
+                return shown(message, category, *rest, **kw)
+            print(f"mist {command}: warning: {message}", file=sys.stderr)
+
+        warnings.showwarning = show
+        warnings.simplefilter("always", InputWarning)
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mist`` console script."""
     args = build_parser().parse_args(argv)
     try:
         _check_outputs(args)
-        return int(args._run(args) or 0)
+        with _input_warnings_printed(args.command):
+            return int(args._run(args) or 0)
     except (TraceError, ReplayError) as exc:
         print(f"mist {args.command}: error: {exc}", file=sys.stderr)
         return 2

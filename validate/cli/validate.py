@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 from mist.traces.io import atomic_write_json, staged_outputs, write_staged
@@ -67,24 +65,6 @@ def _settings(args: argparse.Namespace):
         timeseries=args.out is not None)  # the report's queue plot is its only use
 
 
-@contextmanager
-def _input_warnings_printed():
-    """Inside, the replay's input warnings print as the command line words them, when found."""
-    from mist.validate.run import InputWarning
-
-    with warnings.catch_warnings():
-        shown = warnings.showwarning
-
-        def show(message, category, *rest, **kw):
-            if not issubclass(category, InputWarning):
-                return shown(message, category, *rest, **kw)
-            print(f"mist validate: warning: {message}", file=sys.stderr)
-
-        warnings.showwarning = show
-        warnings.simplefilter("always", InputWarning)
-        yield
-
-
 def _print_excluded(result) -> None:
     """Name the requests left out of the comparison, and why (nothing on a clean run)."""
     excluded = result.aligned.excluded
@@ -103,8 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workload is None and (workload := default_workload(args.run)):
         print(f"prompt token ids from {workload}")
-    with _input_warnings_printed():
-        result = validate_run(_settings(args))
+    result = validate_run(_settings(args))
     ratio, uncorrected = result.drift_ratio, result.metrics_uncorrected
     n_out = len(result.aligned.excluded)
     print(f"{args.run}: {result.aligned.matched} of {result.aligned.measured} requests matched"
