@@ -23,6 +23,7 @@ silicon rows are never used in the fit, so MoE rows there are held out.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from mist.calibrate.kernels import KernelSet, base_dtype
 from mist.profiles.limits import MAX_EXPERTS, MAX_RANKS, MAX_STEP_TOKENS
 from mist.profiles.model import ModelConfig, dtype_bytes
 from mist.traces.checks import MAX_OPERATOR_S
-from mist.traces.errors import TraceError
+from mist.traces.errors import InputWarning, TraceError
 from mist.traces.io import read_yaml_object, write_yaml
 from mist.traces.rules import Rule
 
@@ -194,7 +195,16 @@ class FusedMoEEfficiency:
                 or half > MAX_STEP_TOKENS:
             raise TraceError(path, f"{TOKENS_PER_EXPERT_HALF} must be a non-negative number of tokens "
                                    f"(at most {MAX_STEP_TOKENS}), got {half!r}")
+        missing = [d for d in RATE_DTYPES if d not in eff]
+        if missing:  # a file fitted for some dtypes only: the others fall back, said so
+            warnings.warn(f"{path}: no fused-MoE rate for {', '.join(missing)}; MoE layers computed in "
+                          f"{'that dtype' if len(missing) == 1 else 'those dtypes'} are composed from the GEMM "
+                          "table alone (the efficiency is skipped for them)", InputWarning, stacklevel=2)
         return cls(doc["system"], eff, fitted_on, sm, float(half))
+
+
+#: the compute dtypes a fused-MoE rate is fitted for (the packaged file gives each)
+RATE_DTYPES = ("bfloat16", "fp8", "w4a16")
 
 
 class _Memo:

@@ -232,3 +232,29 @@ def test_a_truncated_hardware_catalog_is_named_on_one_line(tmp_path):
     with pytest.raises(TraceError, match="not valid YAML") as err:
         load_catalog(extra=[path])
     assert err.value.path == str(path) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("version", ["-1", "inf", "1e+300", "nan"])
+def test_a_backend_version_that_is_a_number_but_no_release_is_an_error(tmp_path, version):
+    """A build name (nightly-dev, main) reads the newest kernel tables; a number that is no
+    release (-1, inf) would pass for one and silently pick them."""
+    path = _csv(tmp_path, ROW.format(id="a"), ROW.format(id="b").replace("0.12.0", version))
+    with pytest.raises(TraceError, match=r"backend_version: .* is a number, not a release version") as err:
+        read_silicon(path, system="h100_sxm", backend="vllm")
+    assert err.value.line == 3
+    ok = _csv(tmp_path, ROW.format(id="a"), ROW.format(id="b").replace("0.12.0", "nightly-dev-2026"),
+              ROW.format(id="c").replace("0.12.0", "v0.19"))
+    assert list(read_silicon(ok)["backend_version"]) == ["0.12.0", "nightly-dev-2026", "v0.19"]
+
+
+def test_a_moe_efficiency_file_without_a_dtype_says_that_dtype_falls_back(tmp_path):
+    from mist.calibrate.fused_moe import DEFAULT_EFFICIENCY, FusedMoEEfficiency
+    from mist.traces.errors import InputWarning
+
+    doc = yaml.safe_load(DEFAULT_EFFICIENCY.read_text())
+    del doc["efficiency"]["bfloat16"]
+    path = tmp_path / "eff.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.warns(InputWarning, match=r"no fused-MoE rate for bfloat16; MoE layers computed in that dtype"):
+        eff = FusedMoEEfficiency.load(path)
+    assert "bfloat16" not in eff.efficiency and eff.efficiency["fp8"] == doc["efficiency"]["fp8"]

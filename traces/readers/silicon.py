@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,31 @@ def _check_names(df: pd.DataFrame, path: Path, columns) -> None:
                              line=_line(df, dup[0]))
 
 
+#: a release number (``0.19.0``, ``v0.12``); builds named otherwise (``nightly-…``,
+#: ``main``) read the newest tables
+RELEASE = re.compile(r"v?\d+(\.\d+)*")
+
+
+def _check_versions(df: pd.DataFrame, path: Path) -> None:
+    """A ``backend_version`` that reads as a number must be a release number: ``-1``,
+    ``inf``, ``1e+300`` would otherwise pass for a build name and silently pick the
+    newest kernel tables."""
+    if "backend_version" not in df.columns:
+        return
+    for i, v in enumerate(df["backend_version"].to_numpy(str)):
+        if v and not RELEASE.fullmatch(v) and _is_number(v):
+            raise TraceError(path, f"backend_version: {v!r} is a number, not a release version "
+                                   "(major.minor[.patch], e.g. 0.19.0)", line=_line(df, i))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _to_numbers(df: pd.DataFrame, path: Path) -> None:
     """Numeric columns as floats in place (NaN where empty; absent columns all NaN)."""
     for col in NUMERIC:
@@ -150,6 +176,7 @@ def read_silicon(path, system: str | None = None, backend: str | None = None) ->
     if backend is not None:
         df = df[df["backend"].str.casefold() == backend.strip().casefold()]
     _check_names(df, path, NAMED)
+    _check_versions(df, path)
     _to_numbers(df, path)
     _check_values(df, path)
     df.attrs["source"] = str(path)
