@@ -106,10 +106,17 @@ class GridLookup:
         return all(a[0] <= v <= a[-1] for a, v in zip(self.axes, x))
 
     def __call__(self, *x: float) -> float:
+        return self.total(self.corners(*x))
+
+    def corners(self, *x: float, start: int = 0, head: list | None = None) -> list:
+        """The grid corners ``[(offset into values, weight)]`` around ``x`` on the axes
+        from ``start`` on, expanding ``head`` (the corners on the axes before ``start``;
+        default: none). Queries that share their leading coordinates can share their
+        expansion: the weights are the same products, so the result is bit for bit."""
         # Corners are expanded only along axes where the point falls strictly inside a
         # cell, so a decode-only query (prefill axes at 0) touches 4 corners, not 16.
-        corners = [(0, 1.0)]
-        for a, s, v in zip(self.axes, self.strides, x):
+        corners = head if head is not None else [(0, 1.0)]
+        for a, s, v in zip(self.axes[start:], self.strides[start:], x):
             if v <= a[0]:
                 continue
             n = len(a)
@@ -124,5 +131,9 @@ class GridLookup:
             else:
                 g = 1.0 - f
                 corners = [c for o, w in corners for c in ((o + lo, w * g), (o + lo + s, w * f))]
+        return corners
+
+    def total(self, corners: list) -> float:
+        """The interpolated value of :meth:`corners`' weighted grid corners."""
         vals = self.values
         return sum(w * vals[o] for o, w in corners)

@@ -51,12 +51,66 @@ def grow_kv(kv: KVCache, takes: list, fills: list | None, k: int) -> bool:
     return True
 
 
-def decode_plan(running: list, kv_sum: int, kv_max: int, kv_min: int) -> StepPlan:
-    """The plan of a quiet decode step of ``running`` (see :meth:`Replay._coast`)."""
+def leave(decoders: list, finished: list, takes: list, fills: list | None, k: int, kv_sum: int) -> tuple:
+    """The decoders ``finished`` (in coasted plan ``k``, whose KV lengths sum to
+    ``kv_sum``) leave: their token counts brought up to date, their block phases
+    dropped. Returns ``(decoders left, their count, their KV-length sum, maximum and
+    minimum in plan k, the first plan in which one of them finishes)``."""
+    gone = set(map(id, finished))
+    for r in finished:
+        r.num_computed += k
+        r.num_generated += k
+        r.num_tokens += k
+        kv_sum -= r.num_computed
+    for phases in (takes, fills) if fills is not None else (takes,):
+        for i, due in enumerate(phases):
+            if due:
+                phases[i] = [e for e in due if id(e[1]) not in gone]
+    left = [r for r in decoders if id(r) not in gone]
+    if not left:
+        return left, 0, 0, 0, 0, 0
+    c = [r.num_computed for r in left]
+    return (left, len(left), kv_sum, max(c) + k, min(c) + k,
+            min(r.output_len - r.num_generated for r in left))
+
+
+def all_decoding(running: list) -> bool:
+    """True when every running request is one token short of its next sample and has
+    sampled its first (no prompt left to prefill: a plan that fills the token budget may
+    have cut a prompt one token short)."""
+    return all(r.num_tokens - r.num_computed == 1 and r.num_generated for r in running)
+
+
+def decode_stats(plan: StepPlan, decoders: list) -> tuple[int, int, int, int, int]:
+    """``(count, KV-length sum, maximum, minimum, first plan with a finish)`` of the
+    decoders of the plan ``plan`` (their KV lengths from their computed tokens when
+    ``plan`` also completed prefills)."""
+    n = len(decoders)
+    if n == plan.n_decode:
+        stats = plan.kv_decode_sum, plan.kv_decode_max, plan.kv_decode_min
+    else:
+        c = [r.num_computed for r in decoders]
+        stats = sum(c), max(c), min(c)
+    return (n, *stats, min(r.output_len - r.num_generated for r in decoders))
+
+
+def catch_up(decoders: list, done: int) -> None:
+    """Bring the token counts of ``decoders`` up to date after ``done`` coasted plans."""
+    for r in decoders:
+        r.num_computed += done
+        r.num_generated += done
+        r.num_tokens += done
+
+
+def decode_plan(running: list, kv_sum: int, kv_max: int, kv_min: int, last: list | None = None) -> StepPlan:
+    """The plan of a quiet decode step of ``running`` (see :meth:`Replay._coast`), in
+    which the requests ``last`` (in running order) sample their last token."""
     n = len(running)
     plan = StepPlan()
     plan.items = [(r, 1) for r in running]
     plan.num_tokens = plan.n_decode = n
     plan.kv_decode_sum = plan.kv_tokens = kv_sum
     plan.kv_decode_max, plan.kv_decode_min = kv_max, kv_min
+    if last:
+        plan.last = last
     return plan

@@ -21,15 +21,22 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
-
-from mist.replay.coast import block_phases, decode_plan, grow_kv
+from mist.replay.coast import (
+    all_decoding,
+    block_phases,
+    catch_up,
+    decode_plan,
+    decode_stats,
+    grow_kv,
+    leave,
+)
 from mist.replay.config import EngineConfig
 from mist.replay.kvcache import KVCache
 from mist.replay.loop import EventLoop
 from mist.replay.request import Request
 from mist.replay.scheduler import StepPlan, plan_step
 from mist.replay.step_cost import StepCost
+from mist.replay.stream import step_columns
 
 # At equal times: finish a step, then queue arrivals, then start an idle replica,
 # so requests arriving together share their first step.
@@ -192,9 +199,10 @@ class Replay:
         steps.append((rep.index, now, d, len(plan.prefills), plan.num_tokens - n_decode, n_decode,
                       plan.kv_tokens, len(rep.running), len(rep.waiting), kv.num_blocks - kv.num_free, plan.preempted))
         group.busy = True
-        if (self.coast and not rep.waiting and n_decode == len(items) == len(rep.running)
-                and not plan.first and not plan.last and not plan.preempted
-                and self.loop.next_time() >= now + 2 * d):
+        if (self.coast and not rep.waiting and len(items) == len(rep.running) and not plan.last
+                and not plan.preempted and self.loop.next_time() >= now + 2 * d
+                and (n_decode == len(items) and plan.num_tokens < self.cfg.max_num_batched_tokens
+                     or all_decoding(rep.running))):
             return self._coast(group, rep, plan, now, d)
         if self.cfg.async_scheduling:
             if self.align:
@@ -206,56 +214,70 @@ class Replay:
         """Run quiet decode steps in a row, from the step ``plan`` starting at ``now``
         (already logged, lasting ``d``), without the event loop or the scheduler.
 
-        A step is quiet when every running request decodes one token, none samples its
-        first or last token, nothing waits and nothing is preempted: the next plan is the
-        same requests one token on, whose cost needs only their count and KV-length sum,
-        maximum and minimum. Coasting stops before a plan in which a request would finish
-        or KV blocks would run out (:func:`grow_kv`), or at a step end an arrival
-        precedes (read from the event loop); token counts are then brought up to date, so
-        the replay is the same event for event, bit for bit.
+        ``plan`` holds every running request, leaves each one token short of its next
+        sample, finishes and preempts none, and nothing waits. The plans after it are
+        quiet: every decoder (running, not yet done) decodes one token; their cost needs
+        only the decoders' count and KV-length sum, max and min. Invariant: a decoder's
+        token counts lag by ``done`` (the plans built here), its KV length in plan ``k``
+        is its computed tokens plus ``k``. With async scheduling a plan that finishes
+        requests is coasted too: they leave the decoders, and finish at its end
+        (:meth:`_finish`). Coasting stops before a plan for which KV blocks run out
+        (:func:`grow_kv`), or at a step end an arrival precedes; the replay is the same
+        event for event, bit for bit.
         """
-        running, kv, steps = rep.running, rep.kv, self.steps
-        num_blocks, block, index = kv.num_blocks, kv.block_size, rep.index
-        decode_s, log = self.cost.decode_s, steps.append
+        kv, log, decode_s = rep.kv, self.steps.append, self.cost.decode_s
         sync = not self.cfg.async_scheduling
-        n = len(running)
-        kv_sum, kv_max, kv_min = plan.kv_decode_sum, plan.kv_decode_max, plan.kv_decode_min
-        last_plan = min(r.output_len - r.num_generated for r in running)  # first plan with a finish
-        takes, fills = block_phases(running, kv)
+        decoders = rep.running
+        n, kv_sum, kv_max, kv_min, last_plan = decode_stats(plan, decoders)
+        takes, fills = block_phases(decoders, kv)
         next_arrival = self.loop.next_time()
-        done = 0  # plans built here beyond ``plan``
-        logged = 0  # coasted steps logged
+        done = logged = 0  # plans built here beyond ``plan``; coasted steps logged
+        ending = []  # the requests the step now running finishes
         while True:
-            end = now + d
-            if sync and next_arrival < end:
+            end, k = now + d, done + 1
+            if sync and (next_arrival < end or k >= last_plan):  # (sync: the next plan is made at the step end)
                 break
-            k = done + 1
-            if k >= last_plan:
-                break
-            phase = k % block
+            phase = k % kv.block_size
             # (most plans take and fill no block: grow_kv is called only when one might)
             if (takes[phase] or (fills is not None and fills[phase])) and not grow_kv(kv, takes, fills, k):
                 break
             done = k
-            kv_sum += n
-            kv_max += 1
-            kv_min += 1
+            kv_sum, kv_max, kv_min = kv_sum + n, kv_max + 1, kv_min + 1
+            last = [r for r in decoders if r.output_len - r.num_generated == k] if k == last_plan else None
             if not sync and next_arrival < end:  # the plan just built waits for this step's end
-                rep.pending = decode_plan(running, kv_sum, kv_max, kv_min)
+                rep.pending = decode_plan(decoders, kv_sum, kv_max, kv_min, last)
                 break
             now = end
+            if not logged:  # (``plan``'s first tokens are sampled at its end)
+                for r in plan.first:
+                    r.first_token_s = now
+            if ending:  # (the step that ended finished requests)
+                for r in ending:
+                    self._finish(rep, r, now)
+                ending, next_arrival = [], self.loop.next_time()  # (a client may have sent requests)
             d = decode_s(n, kv_sum, kv_max, kv_min)
             logged += 1
-            log((index, now, d, 0, 0, n, kv_sum, n, 0, num_blocks - kv.num_free, 0))
+            log((rep.index, now, d, 0, 0, n, kv_sum, n, 0, kv.num_blocks - kv.num_free, 0))
+            if last:  # plan k finishes ``last`` at its end: the plans after it leave them out
+                ending = last
+                decoders, n, kv_sum, kv_max, kv_min, last_plan = leave(decoders, last, takes, fills, k, kv_sum)
+                if not n:
+                    break
         self.coasted += logged
-        current = plan if not logged else StepPlan()  # (coasted: no first or last token to emit)
-        for r in running:
-            r.num_computed += done
-            r.num_generated += done
-            r.num_tokens += done
+        catch_up(decoders, done)
+        if logged:  # (the coasted steps sample no first token)
+            plan = StepPlan()
+            plan.last = ending
+        return self._resume(group, rep, plan, now, d)
+
+    def _resume(self, group: Group, rep: Replica, current: StepPlan, now: float, d: float) -> list:
+        """Hand a replica back to the event loop after :meth:`_coast`: ``current`` is the
+        step running from ``now`` for ``d`` s; the next plan is made now if coasting did not."""
         rep.current = current
-        if not sync and rep.pending is None:
+        if self.cfg.async_scheduling and rep.pending is None:
             rep.pending = self._plan(rep, now)
+        if self.sink is not None and len(self.steps) >= STEP_CHUNK:
+            self.flush_steps()
         return [(now + d, STEP_END, self._on_step_end, group)]
 
     def _take_early(self, now: float, until: float) -> None:
@@ -294,21 +316,24 @@ class Replay:
             plan = rep.current
             for req in plan.first:
                 req.first_token_s = now
-            if plan.last:
-                running, release = rep.running, rep.kv.release
-                for req in plan.last:
-                    req.finished_s = now
-                    if req.num_computed:
-                        running.remove(req)
-                        release(req)
-                    else:  # preempted while its last token was in flight: done all the same
-                        rep.waiting.remove(req)
-                    if self.client is not None:  # queued before the next plan (see _coast)
-                        self._feed(self.client.on_finish(req, now))
+            for req in plan.last:
+                self._finish(rep, req, now)
         events = self._kick(group, now)
         if self.sink is not None and len(self.steps) >= STEP_CHUNK:
             self.flush_steps()
         return events
+
+    def _finish(self, rep: Replica, req: Request, now: float) -> None:
+        """``req`` sampled its last token at ``now``: it leaves its replica, and the
+        client (if any) is told and its answers scheduled (before the next plan)."""
+        req.finished_s = now
+        if req.num_computed:
+            rep.running.remove(req)
+            rep.kv.release(req)
+        else:  # preempted while its last token was in flight: done all the same
+            rep.waiting.remove(req)
+        if self.client is not None:
+            self._feed(self.client.on_finish(req, now))
 
     def _feed(self, requests: Iterable[Request]) -> None:
         """Schedule the arrival of requests a client sends during the replay."""
@@ -342,17 +367,7 @@ class Replay:
     def step_columns(self) -> dict:
         """The steps not yet handed to a sink, as ``steps`` columns (all of them when
         the replay has no sink)."""
-        names = ("replica", "start_s", "duration_s", "num_prefill_seqs", "prefill_tokens",
-                 "num_decode_seqs", "kv_tokens", "num_running", "num_waiting", "kv_blocks_used",
-                 "num_preempted")
-        out = {"step_id": np.arange(self.flushed, self.flushed + len(self.steps), dtype=np.int64)}
-        if not self.steps:
-            out.update({n: np.asarray([], dtype=float if n.endswith("_s") else np.int64) for n in names})
-            return out
-        # one 2-D conversion (every count is an integer far below 2**53, so exact in float64)
-        grid = np.array(self.steps, dtype=np.float64)
-        out.update({n: grid[:, i] if n.endswith("_s") else grid[:, i].astype(np.int64) for i, n in enumerate(names)})
-        return out
+        return step_columns(self.steps, self.flushed)
 
     def flush_steps(self) -> None:
         """Hand the buffered steps to the sink as columns and forget them."""

@@ -141,6 +141,8 @@ class KVCache:
         if need <= 0:
             return True
         head = self.head
+        if need == 1 and not self.dead:  # (the common case: a decode entering a new block)
+            return self._take_one(blocks, head)
         if self.dead:
             taken, head = self._take_live(need, head)
         else:
@@ -158,6 +160,23 @@ class KVCache:
         for b in taken:
             ref[b] = 1
         blocks += taken
+        if head >= self._COMPACT and 2 * head >= len(self.queue):
+            del self.queue[:head]
+            head = 0
+        self.head = head
+        return True
+
+    def _take_one(self, blocks: list, head: int) -> bool:
+        """:meth:`allocate` of one block with no dead entries in the free queue."""
+        b = self.queue[head]
+        h = self.hash_of[b]
+        if h is not None:  # evict the cached content
+            del self.block_of[h]
+            self.hash_of[b] = None
+        self.ref[b] = 1
+        blocks.append(b)
+        self.num_free -= 1
+        head += 1
         if head >= self._COMPACT and 2 * head >= len(self.queue):
             del self.queue[:head]
             head = 0

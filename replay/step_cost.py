@@ -101,16 +101,26 @@ class StepCost:
         """Attention time of all layers (s) for prefill chunks ``[(chunk, kv_before)]``
         and ``n_decode`` decodes whose KV lengths sum to ``kv_sum`` (max ``kv_max``,
         min ``kv_min``; without ``kv_min`` the default skew alpha applies)."""
-        attn = self._attention_at
         c0, k0 = max(prefills) if prefills else (0, 0)
         kv_mean = kv_sum / n_decode if n_decode else 0.0
-        t = attn(c0, k0, n_decode, kv_mean)
+        if c0 or k0:  # the 4-D grid: the corners of the first three axes found once for both KV lengths
+            grid = self.attention
+            head = grid.corners(c0, k0, n_decode)
+
+            def at_kv(kv: float) -> float:
+                return grid.total(grid.corners(kv, start=3, head=head))
+        else:
+            decode = self._decode_only
+
+            def at_kv(kv: float) -> float:
+                return decode.bilinear(n_decode, kv)
+        t = at_kv(kv_mean)
         if n_decode > 1 and kv_max > kv_mean:
             alpha = self.skew_alpha
             if self.skew is not None and kv_min is not None:
                 alpha = self.skew(c0, n_decode, kv_min, kv_mean, kv_max, k0)
             if alpha:
-                t_max = attn(c0, k0, n_decode, kv_max)
+                t_max = at_kv(kv_max)
                 if t_max > t:
                     t += alpha * (t_max - t)
         if len(prefills) > 1:
@@ -119,7 +129,7 @@ class StepCost:
                 if first and (c, k) == (c0, k0):
                     first = False
                     continue
-                t += attn(c, k, 0, 0)
+                t += self._attention_at(c, k, 0, 0)
         return t * self.num_layers
 
     @cached_property

@@ -179,3 +179,19 @@ class StepWriter:
         """Drop the partial file."""
         self.writer.close()
         self.tmp.unlink(missing_ok=True)
+
+
+def step_columns(steps: list, first_id: int) -> dict:
+    """``steps`` columns of the logged step tuples ``steps`` (see
+    :meth:`mist.replay.engine.Replay._log`), numbered from ``first_id``."""
+    names = ("replica", "start_s", "duration_s", "num_prefill_seqs", "prefill_tokens",
+             "num_decode_seqs", "kv_tokens", "num_running", "num_waiting", "kv_blocks_used",
+             "num_preempted")
+    out = {"step_id": np.arange(first_id, first_id + len(steps), dtype=np.int64)}
+    if not steps:
+        out.update({n: np.asarray([], dtype=float if n.endswith("_s") else np.int64) for n in names})
+        return out
+    # one 2-D conversion (every count is an integer far below 2**53, so exact in float64)
+    grid = np.array(steps, dtype=np.float64)
+    out.update({n: grid[:, i] if n.endswith("_s") else grid[:, i].astype(np.int64) for i, n in enumerate(names)})
+    return out

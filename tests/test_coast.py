@@ -80,3 +80,48 @@ def test_coasting_a_closed_loop_sees_each_follow_up_request(async_scheduling):
     planned, coasted = run(False), run(True)
     assert coasted.coasted > 0
     assert _outcome(coasted) == _outcome(planned)
+
+
+def _short_requests(seed: int, with_ids: bool) -> list[Request]:
+    """Bursts of requests with short outputs (1 to 6 tokens, often finishing together
+    inside coasted runs) among long ones, prompts up to twice the token budget
+    (chunked), with or without token ids."""
+    rng = random.Random(seed)
+    out, t = [], 0.0
+    for i in range(120):
+        t += rng.expovariate(3.0) if i % 10 == 0 else rng.expovariate(200.0)
+        prompt = rng.randrange(1, 1024)
+        ids = [rng.randrange(50) for _ in range(prompt)] if with_ids else None
+        out.append(Request(i, f"r{i}", t, prompt, rng.choice([1, 2, 3, 6, rng.randrange(7, 300)]), ids))
+    return out
+
+
+@pytest.mark.parametrize("seed", [2, 3, 4])
+@pytest.mark.parametrize("async_scheduling", [True, False])
+@pytest.mark.parametrize(("blocks", "budget"), [(4096, 512), (300, 512), (4096, 40)])
+def test_coasting_through_finishes_and_prefills_replays_exactly(seed, async_scheduling, blocks, budget):
+    """Coasts that start right after a prefill, and (async) coast through plans in which
+    requests finish, replay exactly too: finishes, freed blocks and first tokens land
+    where the event loop puts them (a small token budget cuts prompts one token short)."""
+    cfg = EngineConfig(max_num_seqs=24, max_num_batched_tokens=budget, num_gpu_blocks=blocks,
+                       async_scheduling=async_scheduling)
+    for with_ids in (True, False):
+        planned = _replay(_short_requests(seed, with_ids), cfg, coast=False)
+        coasted = _replay(_short_requests(seed, with_ids), cfg, coast=True)
+        assert coasted.coasted > 0 or budget < 64  # (a small budget leaves few quiet runs)
+        assert _outcome(coasted) == _outcome(planned)
+
+
+@pytest.mark.parametrize("async_scheduling", [True, False])
+def test_a_prompt_cut_one_token_short_is_not_coasted_as_a_decode(async_scheduling):
+    """One decode and a 64-token prompt in a 64-token budget: the prompt gets 63 tokens;
+    its last one samples its first token, which a coast must not skip."""
+    cfg = EngineConfig(max_num_seqs=8, max_num_batched_tokens=64, num_gpu_blocks=4096,
+                       async_scheduling=async_scheduling)
+
+    def reqs():
+        return [Request(0, "a", 0.0, 10, 200), Request(1, "b", 0.01, 64, 30)]
+
+    planned, coasted = _replay(reqs(), cfg, coast=False), _replay(reqs(), cfg, coast=True)
+    assert all(r.first_token_s is not None for r in coasted.requests)
+    assert _outcome(coasted) == _outcome(planned)
