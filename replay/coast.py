@@ -57,21 +57,36 @@ def leave(decoders: list, finished: list, takes: list, fills: list | None, k: in
     dropped. Returns ``(decoders left, their count, their KV-length sum, maximum and
     minimum in plan k, the first plan in which one of them finishes)``."""
     gone = set(map(id, finished))
+    block = len(takes)
     for r in finished:
-        r.num_computed += k
+        c = r.num_computed  # (as when the phases were found: they recur every block_size plans)
+        _drop(takes, (1 - c) % block, r)
+        if fills is not None:
+            _drop(fills, -c % block, r)
+        r.num_computed = c + k
         r.num_generated += k
         r.num_tokens += k
-        kv_sum -= r.num_computed
-    for phases in (takes, fills) if fills is not None else (takes,):
-        for i, due in enumerate(phases):
-            if due:
-                phases[i] = [e for e in due if id(e[1]) not in gone]
+        kv_sum -= c + k
     left = [r for r in decoders if id(r) not in gone]
     if not left:
         return left, 0, 0, 0, 0, 0
     c = [r.num_computed for r in left]
     return (left, len(left), kv_sum, max(c) + k, min(c) + k,
             min(r.output_len - r.num_generated for r in left))
+
+
+def _drop(phases: list, phase: int, r) -> None:
+    """Drop ``r``'s entry from ``phases``: from ``phases[phase]``, where
+    :func:`block_phases` put it (unless a lagging commit moved its first fill to plan 1),
+    else from whichever phase holds it."""
+    due = phases[phase]
+    kept = [e for e in due if e[1] is not r]
+    if len(kept) < len(due):
+        phases[phase] = kept
+        return
+    for i, due in enumerate(phases):
+        if any(e[1] is r for e in due):
+            phases[i] = [e for e in due if e[1] is not r]
 
 
 def all_decoding(running: list) -> bool:
