@@ -39,7 +39,7 @@ import pyarrow as pa
 import yaml
 
 from mist.profiles.limits import check_engine_meta
-from mist.traces.checks import CHECKS, check_columns, check_duplicates
+from mist.traces.checks import CHECKS, MAX_TOKENS, check_columns, check_duplicates
 from mist.traces.errors import TraceError, positive_numbers
 from mist.traces.readers.vllm_run import PROBE_RULES
 from mist.traces.rules import Rule, check_document
@@ -152,6 +152,38 @@ def _check(path: Path, df: pd.DataFrame, features: list[str]) -> None:
         check_duplicates(path, table, lines)
 
 
+#: the engine-step log's columns: optional as a table, but whole when present (the host
+#: residual fit, :mod:`mist.calibrate.host`, reads every one of them)
+STEP_LOG_COLUMNS = tuple(BUNDLE_TABLES["engine_steps"].names)
+_PREFILL = re.compile(r"\d+:\d+")
+
+
+def _check_step_log(path: Path, df: pd.DataFrame) -> None:
+    """``engine_steps.csv``: counts are whole numbers in 0..2^53 (``step``, ``sequences``,
+    ``tokens``, ``n_decode``, ``kv_decode_*``) and ``prefills`` is empty or
+    ``chunk:cached`` pairs joined by ``;`` (``time_us`` is checked with every table's)."""
+    missing = [c for c in STEP_LOG_COLUMNS if c not in df.columns and not (c == "time_us" and "latency_s" in df)]
+    if missing:
+        raise TraceError(path, f"missing columns {missing}; found {list(df.columns)}", line=1)
+    lines = df.index.to_numpy() + 2
+    counts = [c for c in STEP_LOG_COLUMNS if c not in ("prefills", "time_us")]
+    for col in counts:
+        values = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
+        bad = np.flatnonzero(~np.isfinite(values) | (values < 0) | (values > MAX_TOKENS)
+                             | (values != np.floor(values)))
+        if bad.size:
+            raise TraceError(path, f"{col}: must be a whole number in 0..2^53, got {df[col].iloc[bad[0]]!r}",
+                             line=int(lines[bad[0]]))
+    for i, text in enumerate(df["prefills"].to_numpy(object)):
+        if isinstance(text, float) and np.isnan(text):
+            continue  # an empty cell: no prefill in that step
+        parts = str(text).split(";")
+        if not all(_PREFILL.fullmatch(p) and int(p.split(":")[0]) <= MAX_TOKENS
+                   and int(p.split(":")[1]) <= MAX_TOKENS for p in parts):
+            raise TraceError(path, f"prefills: expected chunk:cached token pairs joined by ';' (e.g. 16:0), "
+                                   f"got {str(text)[:80]!r}", line=int(lines[i]))
+
+
 def _present(path: Path) -> bool:
     """Whether a table is there to read: a file, or anything else in its place (a
     folder, a dangling link, a symlink loop), which reading then rejects by name."""
@@ -203,6 +235,8 @@ def read_bundle(root) -> Bundle:
             path = tp_dir / f"{name}.csv"
             if _present(path):
                 tables[(tp, name)] = _read_csv(path, ())
+                if name == "engine_steps":
+                    _check_step_log(path, tables[(tp, name)])
     if not tables:
         raise TraceError(root, "no tp<N>/ folders with profile tables")
     return Bundle(root=root, meta=meta, tables=tables)

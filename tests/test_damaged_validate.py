@@ -11,6 +11,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -223,3 +224,28 @@ def test_rule_kinds():
                         ({"a": {"n": 11}}, "a.n must be at most 10"), ({"d": "yesterday"}, "d must be an ISO")]:
         with pytest.raises(TraceError, match=reason):
             check_document(doc, rules, "x")
+
+
+@pytest.mark.parametrize("column, value, reason", [
+    ("kv_decode_sum", None, "missing columns"), ("kv_decode_sum", "inf", "kv_decode_sum: must be a whole number"),
+    ("prefills", "-1", "prefills: expected chunk:cached"), ("prefills", "1e+300", "prefills: expected chunk:cached"),
+])
+def test_a_damaged_engine_step_log_is_an_error_naming_the_column(tmp_path, column, value, reason):
+    """engine_steps.csv is optional, but the host fit reads all of it: a missing column or
+    a cell that is no count (was: a traceback in the fit) is an error at its line."""
+    import shutil
+
+    from mist.profiles.bundle import read_bundle
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO / "profiles/samples/cpu-tiny-llama/fp32", bundle)
+    path = bundle / "tp1/engine_steps.csv"
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if value is None:
+        df = df.drop(columns=[column])
+    else:
+        df.loc[5, column] = value
+    df.to_csv(path, index=False)
+    with pytest.raises(TraceError, match=reason) as err:
+        read_bundle(bundle)
+    assert err.value.path == str(path) and err.value.line == (1 if value is None else 7)
