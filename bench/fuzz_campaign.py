@@ -293,7 +293,7 @@ def _masked(text: str, work: Path, out: Path) -> str:
     """``text`` with the scratch folders named generically and durations masked, so a
     damaged run's text compares with the clean run's."""
     text = text.replace(str(out), "<out>").replace(str(work), "<work>")
-    return re.sub(r"\d+(\.\d+)? ?s\b", "<t>", text)
+    return re.sub(r"\d+(\.\d+)? ?(s\b|requests/s|MB\b|MiB\b)", "<t>", text)
 
 
 def fingerprint(work: Path, out: Path, stdout: str) -> str:

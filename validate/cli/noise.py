@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from mist.traces.io import atomic_write_json, staged_outputs, write_staged
@@ -35,7 +36,13 @@ def run(args: argparse.Namespace) -> int:
     from mist.validate.noise import NoiseSettings, noise_floor, write_noise_report
 
     result = noise_floor(NoiseSettings(a=args.a, b=args.b))
-    print(f"{args.a} vs {args.b}: {result.aligned.matched} requests matched")
+    aligned = result.aligned
+    print(f"{args.a} vs {args.b}: {aligned.matched} requests matched")
+    for side, ids in ((args.a, aligned.only_measured), (args.b, aligned.only_simulated)):
+        if ids:  # a request of one recording that the other lacks: left out, and said so
+            shown = ", ".join(map(str, ids[:10])) + (" …" if len(ids) > 10 else "")
+            print(f"mist noise: warning: {len(ids)} request(s) only in {side}, excluded from the "
+                  f"comparison: {shown}", file=sys.stderr)
     if result.speed_ratio is not None:
         print(f"speed probe ratio b/a: {result.speed_ratio:.3f}")
     print(format_table(result.metrics))
