@@ -35,19 +35,15 @@ def grow_kv(kv: KVCache, takes: list, fills: list | None, k: int) -> bool:
     """Take and commit the KV blocks of coasted plan ``k`` in the order
     :func:`mist.replay.scheduler.plan_step` would (requests in running order,
     allocations before commits); False, with nothing taken, when blocks run out."""
-    phase = k % kv.block_size
+    block = kv.block_size
+    phase = k % block
     due = [r for first, r in takes[phase] if first <= k]
     if len(due) > kv.num_free:
         return False
-    for r in due:
-        kv.allocate(r, r.num_computed + k)
+    if due:  # (each takes one block: its KV length just crossed a block boundary)
+        kv.take_one_each(due)
     if fills is not None:
-        for first, r in fills[phase]:
-            if first <= k:  # commit reads the request's computed tokens as of this plan
-                had = r.num_computed
-                r.num_computed = had + k
-                kv.commit(r)
-                r.num_computed = had
+        kv.commit_ahead(fills[phase], k)
     return True
 
 

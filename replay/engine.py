@@ -226,6 +226,7 @@ class Replay:
         event for event, bit for bit.
         """
         kv, log, decode_s = rep.kv, self.steps.append, self.cost.decode_s
+        index, block, num_blocks = rep.index, kv.block_size, kv.num_blocks
         sync = not self.cfg.async_scheduling
         decoders = rep.running
         n, kv_sum, kv_max, kv_min, last_plan = decode_stats(plan, decoders)
@@ -237,7 +238,7 @@ class Replay:
             end, k = now + d, done + 1
             if sync and (next_arrival < end or k >= last_plan):  # (sync: the next plan is made at the step end)
                 break
-            phase = k % kv.block_size
+            phase = k % block
             # (most plans take and fill no block: grow_kv is called only when one might)
             if (takes[phase] or (fills is not None and fills[phase])) and not grow_kv(kv, takes, fills, k):
                 break
@@ -257,7 +258,7 @@ class Replay:
                 ending, next_arrival = [], self.loop.next_time()  # (a client may have sent requests)
             d = decode_s(n, kv_sum, kv_max, kv_min)
             logged += 1
-            log((rep.index, now, d, 0, 0, n, kv_sum, n, 0, kv.num_blocks - kv.num_free, 0))
+            log((index, now, d, 0, 0, n, kv_sum, n, 0, num_blocks - kv.num_free, 0))
             if last:  # plan k finishes ``last`` at its end: the plans after it leave them out
                 ending = last
                 decoders, n, kv_sum, kv_max, kv_min, last_plan = leave(decoders, last, takes, fills, k, kv_sum)

@@ -183,6 +183,33 @@ class KVCache:
         self.head = head
         return True
 
+    def take_one_each(self, reqs: list) -> None:
+        """:meth:`allocate` of one more block for each of ``reqs`` in turn (as many
+        blocks free; each needs exactly one), in one slice when no entry is dead."""
+        if self.dead:
+            for r in reqs:
+                self.allocate(r, (len(r.blocks) + 1) * self.block_size)
+            return
+        head = self.head
+        taken = self.queue[head:head + len(reqs)]
+        if self.block_of:  # evict the cached content
+            hash_of, block_of = self.hash_of, self.block_of
+            for b in taken:
+                h = hash_of[b]
+                if h is not None:
+                    del block_of[h]
+                    hash_of[b] = None
+        ref = self.ref
+        for r, b in zip(reqs, taken):
+            ref[b] = 1
+            r.blocks.append(b)
+        self.num_free -= len(taken)
+        head += len(taken)
+        if head >= self._COMPACT and 2 * head >= len(self.queue):
+            del self.queue[:head]
+            head = 0
+        self.head = head
+
     def _take_live(self, need: int, head: int) -> tuple[list, int]:
         """The next ``need`` free blocks from ``head``, skipping dead entries; and the new head."""
         queue, dead, taken = self.queue, self.dead, []
@@ -216,6 +243,24 @@ class KVCache:
         if full > len(ids) // bs:
             full = len(ids) // bs
         self._register(req, start, full)
+
+    def commit_ahead(self, due: list, k: int) -> None:
+        """:meth:`commit` of the requests of ``due`` (``(first plan, request)`` pairs,
+        see :func:`mist.replay.coast.block_phases`) due by plan ``k``, as of ``k`` more
+        computed tokens than they have."""
+        bs = self.block_size
+        for first, r in due:
+            if first > k:
+                continue
+            if r.token_ids is None:  # (nothing to register: the count alone)
+                full = (r.num_computed + k) // bs
+                if full > r.num_committed:
+                    r.num_committed = full
+                continue
+            had = r.num_computed
+            r.num_computed = had + k
+            self.commit(r)
+            r.num_computed = had
 
     def _register(self, req: Request, start: int, end: int) -> None:
         """Register the hashes of ``req``'s blocks ``start`` to ``end`` (exclusive)."""

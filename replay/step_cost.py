@@ -108,7 +108,7 @@ class StepCost:
             head = grid.corners(c0, k0, n_decode)
 
             def at_kv(kv: float) -> float:
-                return grid.total(grid.corners(kv, start=3, head=head))
+                return grid.total_along(head, 3, kv)  # (grid.total(grid.corners(kv, start=3, head=head)))
         else:
             decode = self._decode_only
 
@@ -165,7 +165,17 @@ class StepCost:
         ay, vals, sx = grid.axes[1], grid.values, grid.strides[0]
         ds, host, o0, fx = row
         kv_mean = kv_sum / n
-        t = _row_at(vals, ay, sx, o0, fx, kv_mean)
+        # (_row_at(vals, ay, sx, o0, fx, kv_mean), inlined: the same arithmetic)
+        if kv_mean <= ay[0]:
+            o, fy = o0, 0.0
+        elif kv_mean >= ay[-1]:
+            o, fy = o0 + len(ay) - 1, 0.0
+        else:
+            j = bisect_right(ay, kv_mean) - 1
+            o, fy = o0 + j, (kv_mean - ay[j]) / (ay[j + 1] - ay[j])
+        t = vals[o] * (1.0 - fy) + (vals[o + 1] * fy if fy else 0.0)
+        if fx:
+            t = t * (1.0 - fx) + fx * (vals[o + sx] * (1.0 - fy) + (vals[o + sx + 1] * fy if fy else 0.0))
         if n > 1 and kv_max > kv_mean:
             skew = self.skew
             alpha = self.skew_alpha
