@@ -27,8 +27,8 @@ requests   steps      before (all in memory)    steps streamed,         the whol
                                                 report aside            (report included)      steps buffer and CDFs
 =========  =========  ========================  ======================  =====================  =====================
 19,366     188,722    7.3 s, 356 MB             355 MB                  355 MB                 315 MB
-100,000    980,066    41.9 s, 822 MB            489 MB                  487 MB                 433 MB
-1,000,000  9,726,910  1177 s (loaded), 6111 MB  568 s (loaded), 849 MB  299 s, 1097 MB         (not measured)
+100,000    980,066    41.9 s, 822 MB            489 MB                  487 MB                 22.9 s, 435 MB
+1,000,000  9,726,910  1177 s (loaded), 6111 MB  568 s (loaded), 849 MB  299 s, 1097 MB         212 s, 687 MB
 =========  =========  ========================  ======================  =====================  =====================
 
 (the streamed job's wall times were taken at a load average of 8 on 2 CPUs, the whole
