@@ -148,7 +148,15 @@ class KVCache:
         else:
             taken = self.queue[head:head + need]  # the least recently freed blocks
             head += need
-        self.num_free -= need
+        self._claim(taken)
+        blocks += taken
+        self._advance(head)
+        return True
+
+    def _claim(self, taken: list) -> None:
+        """Blocks just taken from the free queue: their cached content evicted, each
+        referenced once, the free count lowered."""
+        self.num_free -= len(taken)
         if self.block_of:  # evict the cached content
             hash_of, block_of = self.hash_of, self.block_of
             for b in taken:
@@ -159,12 +167,14 @@ class KVCache:
         ref = self.ref
         for b in taken:
             ref[b] = 1
-        blocks += taken
+
+    def _advance(self, head: int) -> None:
+        """Move the free queue's head to ``head``, dropping the consumed prefix once it
+        is at least half the queue (and ``_COMPACT`` entries)."""
         if head >= self._COMPACT and 2 * head >= len(self.queue):
             del self.queue[:head]
             head = 0
         self.head = head
-        return True
 
     def _take_one(self, blocks: list, head: int) -> bool:
         """:meth:`allocate` of one block with no dead entries in the free queue."""
@@ -176,11 +186,7 @@ class KVCache:
         self.ref[b] = 1
         blocks.append(b)
         self.num_free -= 1
-        head += 1
-        if head >= self._COMPACT and 2 * head >= len(self.queue):
-            del self.queue[:head]
-            head = 0
-        self.head = head
+        self._advance(head + 1)
         return True
 
     def take_one_each(self, reqs: list) -> None:
@@ -192,23 +198,10 @@ class KVCache:
             return
         head = self.head
         taken = self.queue[head:head + len(reqs)]
-        if self.block_of:  # evict the cached content
-            hash_of, block_of = self.hash_of, self.block_of
-            for b in taken:
-                h = hash_of[b]
-                if h is not None:
-                    del block_of[h]
-                    hash_of[b] = None
-        ref = self.ref
+        self._claim(taken)
         for r, b in zip(reqs, taken):
-            ref[b] = 1
             r.blocks.append(b)
-        self.num_free -= len(taken)
-        head += len(taken)
-        if head >= self._COMPACT and 2 * head >= len(self.queue):
-            del self.queue[:head]
-            head = 0
-        self.head = head
+        self._advance(head + len(taken))
 
     def _take_live(self, need: int, head: int) -> tuple[list, int]:
         """The next ``need`` free blocks from ``head``, skipping dead entries; and the new head."""
